@@ -1,0 +1,133 @@
+"""TierStore: the interface every tier below the device pool implements (host, disk, NFS, Redis)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+
+from kvtier.config import KVLayout
+from kvtier.types import BlockHash, Namespace, TierKind
+
+
+class BlockKey(NamedTuple):
+    """What identifies a block object: its namespace, its chained hash, and its own token ids.
+
+    Stores index by `block_hash` alone (it already chains the namespace); the namespace and
+    token ids are written beside the payload where a tier can, and checked again on read.
+    """
+
+    namespace: Namespace
+    block_hash: BlockHash
+    token_ids: tuple[int, ...]
+
+
+EvictionHook = Callable[[BlockKey, torch.Tensor], None]
+"""Called with a block leaving a tier (and its data, valid only during the call)."""
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Counters of one tier; monotonic except `used_bytes`-like views computed elsewhere."""
+
+    hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    evictions: int = 0
+    rejected: int = 0  # puts refused with TierFullError (back-pressure)
+    corrupt: int = 0  # objects that failed verification and were dropped
+    io_errors: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TierStore(ABC):
+    """A tier of whole blocks, each of `layout.block_shape`, keyed by block hash.
+
+    A missing, corrupt or unreadable block is a miss (`get` returns None), never an exception
+    and never wrong data. A full tier evicts its least recently used unpinned block, handing
+    it to the eviction hook; when everything is pinned, `put` raises TierFullError.
+    """
+
+    kind: TierKind
+
+    def __init__(self, layout: KVLayout) -> None:
+        self.layout = layout
+        self.stats = TierStats()
+        self._eviction_hook: EvictionHook | None = None
+
+    def set_eviction_hook(self, hook: EvictionHook | None) -> None:
+        """Receive every block this tier evicts (the next tier down, usually)."""
+        self._eviction_hook = hook
+
+    @property
+    @abstractmethod
+    def capacity_bytes(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def used_bytes(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_blocks(self) -> int: ...
+
+    @abstractmethod
+    def contains(self, block_hash: BlockHash) -> bool: ...
+
+    @abstractmethod
+    def put(self, key: BlockKey, data: torch.Tensor) -> None:
+        """Store one block (a CPU or device tensor of `layout.block_shape` and `layout.dtype`).
+
+        Raises:
+            ValueError: data has the wrong shape or dtype.
+            TierFullError: the tier is full and every resident block is pinned.
+        """
+
+    @abstractmethod
+    def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The block's data (into `out` when given), or None on a miss."""
+
+    @abstractmethod
+    def pin(self, block_hash: BlockHash) -> None:
+        """Protect a resident block from eviction until `unpin`; pins nest."""
+
+    @abstractmethod
+    def unpin(self, block_hash: BlockHash) -> None: ...
+
+    @abstractmethod
+    def evict(self, block_hash: BlockHash) -> bool:
+        """Drop one block now (not handed to the hook); False if absent. Pinned blocks raise."""
+
+    def close(self) -> None:
+        """Release files, sockets and executors. Idempotent."""
+
+    def contains_many(self, block_hashes: Sequence[BlockHash]) -> list[bool]:
+        return [self.contains(h) for h in block_hashes]
+
+    def put_many(self, keys: Sequence[BlockKey], datas: Sequence[torch.Tensor]) -> None:
+        if len(keys) != len(datas):
+            raise ValueError(f"put_many got {len(keys)} keys and {len(datas)} tensors")
+        for key, data in zip(keys, datas):
+            self.put(key, data)
+
+    def get_many(self, keys: Sequence[BlockKey]) -> list[torch.Tensor | None]:
+        return [self.get(key) for key in keys]
+
+    def check_block(self, data: torch.Tensor) -> None:
+        """Raise ValueError unless `data` is one block of this tier's layout."""
+        shape = self.layout.block_shape
+        if tuple(data.shape) != shape or data.dtype != self.layout.dtype:
+            raise ValueError(f"{type(self).__name__}.put expects a block of shape {list(shape)} "
+                             f"and dtype {self.layout.dtype}, got {list(data.shape)} {data.dtype}")
+
+    def __enter__(self) -> TierStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
