@@ -1,0 +1,101 @@
+"""Payload codecs of the block object: `raw` (the tensor's bytes) and `zstd` on byte planes.
+
+Byte planes: element i's byte b goes to plane b, so the sign/exponent bytes of fp16/bf16 sit
+together and compress well, while the noisy mantissa bytes barely cost the compressor time.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import zstandard
+
+from kvtier.errors import FormatError
+
+CODEC_IDS: dict[str, int] = {"raw": 0, "zstd": 1}
+CODEC_NAMES: dict[int, str] = {code: name for name, code in CODEC_IDS.items()}
+ZSTD_LEVEL = 1  # level 1 keeps the codec near 1 GB/s; higher levels gain little on float planes
+
+_local = threading.local()  # NOTE: zstd contexts are not thread-safe; one pair per thread
+
+
+def encode_payload(data: torch.Tensor, codec: str) -> memoryview:
+    """The payload bytes of a block tensor (a view of its memory for "raw")."""
+    flat = data.detach().to("cpu").contiguous().view(-1).view(torch.uint8)  # [num_bytes]
+    if codec == "raw":
+        return flat.numpy().data.cast("B")
+    if codec == "zstd":
+        planes = _to_planes(flat.numpy(), data.element_size())  # [itemsize, num_elements]
+        return memoryview(_compressor().compress(planes.data.cast("B")))
+    raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
+
+
+def decode_payload(payload: memoryview, codec: str, dtype: torch.dtype,
+                   shape: tuple[int, ...]) -> torch.Tensor:
+    """The block tensor of a verified payload. Raises FormatError if it does not decode to `shape`."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    num_bytes = itemsize
+    for dim in shape:
+        num_bytes *= dim
+    if codec == "raw":
+        flat = _frombuffer(payload)
+    elif codec == "zstd":
+        planes = np.frombuffer(_decompress(payload, num_bytes), dtype=np.uint8)
+        flat = torch.from_numpy(_from_planes(planes, itemsize)).view(-1)  # [num_bytes]
+    else:
+        raise FormatError(f"unknown codec {codec!r}")
+    if flat.numel() != num_bytes:
+        raise FormatError(f"payload decodes to {flat.numel()} bytes, the layout needs {num_bytes}")
+    return flat.view(dtype).view(shape)
+
+
+def _to_planes(flat: npt.NDArray[np.uint8], itemsize: int) -> npt.NDArray[np.uint8]:
+    # NOTE: one strided copy per plane; numpy's and torch's generic transposes of uint8 run
+    # at about 0.3-0.8 GB/s here, this loop at about 3 GB/s.
+    elements = flat.reshape(-1, itemsize)  # [num_elements, itemsize]
+    planes = np.empty((itemsize, elements.shape[0]), dtype=np.uint8)
+    for b in range(itemsize):
+        planes[b] = elements[:, b]
+    return planes
+
+
+def _from_planes(planes: npt.NDArray[np.uint8], itemsize: int) -> npt.NDArray[np.uint8]:
+    by_plane = planes.reshape(itemsize, -1)  # [itemsize, num_elements]
+    elements = np.empty((by_plane.shape[1], itemsize), dtype=np.uint8)
+    for b in range(itemsize):
+        elements[:, b] = by_plane[b]
+    return elements
+
+
+def _frombuffer(view: memoryview) -> torch.Tensor:
+    if view.nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    if view.readonly:  # torch would warn and alias immutable memory; copy once instead
+        return torch.frombuffer(bytearray(view), dtype=torch.uint8)
+    return torch.frombuffer(view, dtype=torch.uint8)
+
+
+def _decompress(payload: memoryview, num_bytes: int) -> bytes:
+    try:
+        if zstandard.frame_content_size(payload) != num_bytes:
+            raise FormatError(f"zstd frame does not announce the {num_bytes} bytes the layout needs")
+        out = _decompressor().decompress(payload, max_output_size=num_bytes)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"zstd payload does not decode: {exc}") from None
+    if len(out) != num_bytes:
+        raise FormatError(f"zstd payload decodes to {len(out)} bytes, the layout needs {num_bytes}")
+    return out
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_local, "compressor"):
+        _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return _local.compressor  # type: ignore[no-any-return]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor  # type: ignore[no-any-return]
