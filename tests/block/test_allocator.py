@@ -1,0 +1,85 @@
+import pytest
+
+from kvtier.block.allocator import BlockAllocator
+from kvtier.block.hashing import hash_blocks, namespace_digest
+from kvtier.errors import OutOfBlocksError
+
+NS = namespace_digest("m", None)
+H = hash_blocks(NS, list(range(80)), 16)  # 5 distinct block hashes
+
+
+def test_allocate_sets_refcount_and_takes_from_head():
+    alloc = BlockAllocator(5)
+    blocks = alloc.allocate(3)
+    assert [b.block_id for b in blocks] == [0, 1, 2]
+    assert [b.ref_cnt for b in blocks] == [1, 1, 1] and alloc.num_free_blocks == 2
+
+
+def test_out_of_blocks_message_has_numbers_and_remedy():
+    alloc = BlockAllocator(5)
+    alloc.allocate(4)
+    with pytest.raises(OutOfBlocksError, match=r"need 2 device blocks, 1 free or evictable of 5; free "
+                                               r"finished sequences, raise num_device_blocks, or add a host tier"):
+        alloc.allocate(2)
+    assert alloc.num_free_blocks == 1
+
+
+def test_freed_cached_block_is_found_until_reused_then_evicted_through_hook():
+    evicted = []
+    alloc = BlockAllocator(2, eviction_hook=lambda blocks: evicted.extend((b.block_id, b.block_hash) for b in blocks))
+    (block,) = alloc.allocate(1)
+    alloc.cache_block(block, H[0], NS, list(range(16)))
+    alloc.free([block])
+    assert alloc.get_cached([H[0]]) == [block]
+    alloc.allocate(1)  # takes the never-used block 1 first
+    assert evicted == [] and alloc.get_cached([H[0]]) == [block]
+    alloc.allocate(1)  # only block 0 is left: it is evicted
+    assert evicted == [(0, H[0])]
+    assert alloc.get_cached([H[0]]) == [] and block.block_hash is None and alloc.num_evicted == 1
+
+
+def test_touch_takes_free_cached_block_off_the_free_queue():
+    alloc = BlockAllocator(3)
+    (block,) = alloc.allocate(1)
+    alloc.cache_block(block, H[0], NS, [0] * 16)
+    alloc.free([block])
+    assert alloc.num_free_blocks == 3
+    alloc.touch([block])
+    assert block.ref_cnt == 1 and alloc.num_free_blocks == 2
+
+
+def test_get_cached_stops_at_first_miss():
+    alloc = BlockAllocator(5)
+    blocks = alloc.allocate(3)
+    for i in (0, 2):
+        alloc.cache_block(blocks[i], H[i], NS, [i] * 16)
+    assert alloc.get_cached(H[:3]) == [blocks[0]]
+
+
+def test_cache_block_keeps_the_first_holder_of_a_hash():
+    alloc = BlockAllocator(5)
+    a, b = alloc.allocate(2)
+    assert alloc.cache_block(a, H[0], NS, [0] * 16) is a
+    assert alloc.cache_block(b, H[0], NS, [0] * 16) is a
+    assert b.block_hash is None
+
+
+def test_double_free_raises_and_changes_nothing():
+    alloc = BlockAllocator(5)
+    a, b = alloc.allocate(2)
+    alloc.free([b])
+    with pytest.raises(RuntimeError, match=r"double free: Block\(id=1, ref_cnt=0"):
+        alloc.free([a, b])
+    assert a.ref_cnt == 1 and alloc.num_free_blocks == 4
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, "5"])
+def test_bad_pool_size_raises_value_error(bad):
+    with pytest.raises(ValueError, match="BlockAllocator.num_blocks must be"):
+        BlockAllocator(bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 1.0, None])
+def test_unknown_block_id_raises(bad):
+    with pytest.raises(ValueError, match=r"unknown block id .*: this pool has ids 0..4"):
+        BlockAllocator(5).block(bad)
