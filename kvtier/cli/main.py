@@ -5,9 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kvtier.cli import demo, info
+from kvtier.cli import bench, demo, info
 
-COMMAND_MODULES = [demo, info]
+COMMAND_MODULES = [demo, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""The raw ceiling: the same block ops as plain Python file I/O, plus page-cache control.
+
+Raw writes are open/write/optional fsync/close of the payload bytes, one file per block, named
+by the block hash; raw reads are open/readinto a preallocated buffer/close. No header, no
+checksum, no rename: the cheapest way Python can move those bytes through the filesystem.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from kvtier.bench.workload import BlockOp
+from kvtier.errors import TierIOError
+
+
+def tensor_bytes(data: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy."""
+    return memoryview(data.contiguous().view(torch.uint8).numpy()).cast("B")
+
+
+class RawFiles:
+    """Block ops on flat files in `folder`; a read of a file that is not there raises TierIOError."""
+
+    def __init__(self, folder: Path, pool: list[torch.Tensor], *, fsync: bool) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self._payloads = [tensor_bytes(t) for t in pool]
+        self._block_bytes = len(self._payloads[0])
+        self._local = threading.local()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _buffer(self) -> memoryview:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(self._block_bytes))
+        return buf
+
+    def path(self, op: BlockOp) -> Path:
+        return self.folder / op.key.block_hash.hex()
+
+    def run(self, op: BlockOp) -> bool:
+        """Do one op; True when it moved the block (a raw read never misses on purpose)."""
+        if op.kind == "write":
+            self.write(op)
+        else:
+            self.read(op)
+        return True
+
+    def write(self, op: BlockOp) -> None:
+        payload = self._payloads[op.data_index]
+        with open(self.path(op), "wb", buffering=0) as f:
+            written = 0
+            while written < len(payload):
+                written += f.write(payload[written:])
+            if self.fsync:
+                os.fsync(f.fileno())
+
+    def read(self, op: BlockOp) -> None:
+        buf = self._buffer()
+        try:
+            with open(self.path(op), "rb", buffering=0) as f:
+                got = 0
+                while got < len(buf):
+                    n = f.readinto(buf[got:])
+                    if not n:
+                        break
+                    got += n
+        except FileNotFoundError as exc:
+            raise TierIOError(f"raw ceiling: block file {self.path(op)} is missing; "
+                              "the folder was changed during the run") from exc
+        if got != len(buf):
+            raise TierIOError(f"raw ceiling: {self.path(op)} has {got} bytes, expected {len(buf)}")
+
+
+def settle(folder: Path) -> int:
+    """Flush and drop from the page cache every file under `folder`; returns the file count.
+
+    Called between phases for the tier's folder and the raw folder alike, so that each read
+    phase starts cold and no phase pays for another's write-back.
+    """
+    count = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:
+                continue  # renamed or removed under us: nothing to flush
+            try:
+                os.fdatasync(fd)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                count += 1
+            finally:
+                os.close(fd)
+    return count

@@ -1,0 +1,116 @@
+"""Turn timed phases into the storage-bench report: GB/s, IOPS, latency, ratios, break-even, facts."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from kvtier.bench.runner import PhaseResult
+
+PREFIX_TOKENS = (1024, 8192, 32768)
+
+
+def percentile_ms(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile `q` (0-100) of latencies in seconds, in milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1] * 1e3
+
+
+def direction(prefix: str, phase: PhaseResult, kind: str) -> dict[str, Any]:
+    """GB/s, IOPS, op count and p50/p90/p99 of one direction of one phase, keys prefixed."""
+    lat = phase.latencies_s[kind]
+    wall = phase.wall_s
+    return {
+        f"{prefix}gbps": phase.gbps(kind),
+        f"{prefix}iops": len(lat) / wall if wall > 0 else 0.0,
+        f"{prefix}ops": len(lat),
+        f"{prefix}bytes": phase.bytes_moved(kind),
+        f"{prefix}p50_ms": percentile_ms(lat, 50),
+        f"{prefix}p90_ms": percentile_ms(lat, 90),
+        f"{prefix}p99_ms": percentile_ms(lat, 99),
+    }
+
+
+def ratio(value: float, ceiling: float) -> float | None:
+    return value / ceiling if ceiling > 0 else None
+
+
+def break_even(bytes_per_token: float, read_gbps: float) -> dict[str, Any]:
+    """Bytes per token and the time to onload an N-token prefix at the measured read bandwidth."""
+    seconds = {n: (n * bytes_per_token / (read_gbps * 1e9) if read_gbps > 0 else None)
+               for n in PREFIX_TOKENS}
+    return {
+        "bytes_per_token": bytes_per_token,
+        "prefix_load_ms": {str(n): (s * 1e3 if s is not None else None) for n, s in seconds.items()},
+    }
+
+
+def filesystem_of(path: Path) -> dict[str, Any]:
+    """Mount point, filesystem type and device of `path` (longest match in /proc/mounts)."""
+    target = os.path.realpath(path)
+    best: dict[str, Any] = {"mount_point": None, "fs_type": None, "device": None}
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                device, mount, fs_type = line.split()[:3]
+                mount = mount.replace("\\040", " ")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best["mount_point"] or ""):
+                    best = {"mount_point": mount, "fs_type": fs_type, "device": device}
+    except OSError:
+        pass  # not Linux: leave the facts empty rather than guess
+    return best
+
+
+def git_sha() -> str | None:
+    """The checkout's commit when kvtier runs from a git tree, else None."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_facts(path: Path) -> dict[str, Any]:
+    import torch
+
+    import kvtier
+
+    usage = shutil.disk_usage(path)
+    return {**filesystem_of(path), "free_bytes": usage.free, "total_bytes": usage.total,
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "kvtier": kvtier.__version__, "git_sha": git_sha()}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain, aligned table of the headline numbers."""
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    cfg = report["config"]
+    rows = [("", "tier", "raw", "ratio")]
+    for kind in ("write", "read"):
+        rows.append((f"{kind} GB/s", num(report[f"{kind}_gbps"], ".3f"),
+                     num(report[f"raw_{kind}_gbps"], ".3f"), num(report[f"{kind}_ratio"], ".3f")))
+        rows.append((f"{kind} IOPS", num(report[f"{kind}_iops"], ".0f"),
+                     num(report[f"raw_{kind}_iops"], ".0f"), ""))
+        for q in ("p50", "p90", "p99"):
+            rows.append((f"{kind} {q} ms", num(report[f"{kind}_{q}_ms"], ".3f"),
+                         num(report[f"raw_{kind}_{q}_ms"], ".3f"), ""))
+    lines = [f"kvtier bench storage: {cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
+             f"codec {cfg['codec']}, fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, "
+             f"read ratio {cfg['read_ratio']}, {report['device']['fs_type']} at {cfg['path']}"]
+    lines += [f"{a:<14}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
+    lines.append(f"misses {report['misses']}, rejected {report['rejected']}; "
+                 f"{report['bytes_per_token']:.0f} bytes/token; prefix load at measured read GB/s: "
+                 + ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""`kvtier bench storage|codec`: argument parsing and printing; the measuring lives in kvtier.bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvtier.config import MODEL_PRESETS, KVLayout, ModelConfig
+from kvtier.errors import KVTierError
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("bench", help="measure storage tiers and codecs (see `kvtier bench -h`)")
+    benches = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    _register_storage(benches)
+    _register_codec(benches)
+
+
+def _register_storage(benches: Any) -> None:
+    p = benches.add_parser(
+        "storage", help="KV-offload I/O through the disk tier against the raw file-I/O ceiling",
+        description="Write one-block objects, then replay prefix-read bursts with Zipf reuse mixed with "
+                    "new spills, through the disk tier's public API and as plain Python file I/O of the "
+                    "same bytes at the same concurrency in the same folder; report GB/s, IOPS, "
+                    "latency percentiles, tier/raw ratios and the prefix-load break-even.")
+    p.add_argument("--path", type=Path, required=True, help="folder to benchmark (a fresh subfolder is used)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--block-bytes", type=int, help="bytes per block (a 1-layer fp16 layout of that size)")
+    size.add_argument("--model-preset", choices=sorted(MODEL_PRESETS),
+                      help="size blocks from a model's KV shape (default llama-3-8b: 2 MiB at 16 tokens)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
+    p.add_argument("--read-ratio", type=float, default=0.8,
+                   help="share of the mixed phase's blocks that are reads, 0..1 (default 0.8)")
+    p.add_argument("--concurrency", type=int, default=4, help="threads issuing block ops (default 4)")
+    p.add_argument("--codec", choices=("raw", "zstd"), default="raw", help="tier payload codec (default raw)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of tier I/O, half writes, half mixed; the raw replay adds as much (default 10)")
+    p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
+    p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes (default min(16 GiB, free/4))")
+    p.add_argument("--seed", type=int, default=0, help="trace and data seed (default 0)")
+    p.add_argument("--keep", action="store_true", help="leave the tier's objects (for `kvtier cache`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_storage, parser=p)
+
+
+def _register_codec(benches: Any) -> None:
+    p = benches.add_parser("codec", help="compression ratio and GB/s of the block codecs on fp16/bf16 data")
+    p.add_argument("--model-preset", choices=sorted(MODEL_PRESETS), default="llama-3-8b",
+                   help="block shape to encode (default llama-3-8b)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
+    p.add_argument("--repeat", type=int, default=20, help="encodes and decodes per case (default 20)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p.set_defaults(func=run_codec, parser=p)
+
+
+def storage_layout(args: argparse.Namespace) -> KVLayout:
+    """The layout named by --block-bytes or --model-preset (llama-3-8b when neither)."""
+    from kvtier.bench.storage import layout_for_block_bytes
+
+    if args.block_bytes is not None:
+        return layout_for_block_bytes(args.block_bytes, args.block_size)
+    if args.block_size < 1:
+        raise ValueError(f"--block-size must be >= 1 token, got {args.block_size}")
+    return ModelConfig.preset(args.model_preset or "llama-3-8b").kv_layout(args.block_size)
+
+
+def run_storage(args: argparse.Namespace) -> int:
+    from kvtier.bench.report import format_table
+    from kvtier.bench.storage import StorageBenchConfig, run_storage_bench
+    from kvtier.bench.workload import WorkloadConfig
+
+    try:
+        layout = storage_layout(args)
+        config = StorageBenchConfig(
+            path=args.path, layout=layout, concurrency=args.concurrency, codec=args.codec,
+            fsync=not args.no_fsync, duration_s=args.duration, keep=args.keep, max_bytes=args.max_bytes,
+            workload=WorkloadConfig(block_size=layout.block_size, read_ratio=args.read_ratio, seed=args.seed),
+            progress=not args.json and sys.stderr.isatty())
+        report = run_storage_bench(config)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    except (KVTierError, OSError, ImportError) as exc:
+        print(f"kvtier bench storage: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def run_codec(args: argparse.Namespace) -> int:
+    from kvtier.bench.codec import codec_report
+
+    if args.repeat < 1 or args.block_size < 1:
+        args.parser.error(f"--repeat and --block-size must be >= 1, got {args.repeat} and {args.block_size}")
+    rows = codec_report(ModelConfig.preset(args.model_preset), args.block_size, args.repeat)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['codec']:>5} {row['dtype']:>9}: ratio {row['ratio']:.3f}, encode "
+                  f"{row['encode_gbps']:.2f} GB/s, decode {row['decode_gbps']:.2f} GB/s "
+                  f"({row['block_bytes']} B blocks)")
+    return 0

@@ -1,0 +1,183 @@
+"""The storage bench: trace shape, report keys and sanity, raw ceiling, --keep (no timed assertions)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvtier.bench.raw_io import RawFiles
+from kvtier.bench.report import percentile_ms
+from kvtier.bench.storage import StorageBenchConfig, layout_for_block_bytes, run_storage_bench
+from kvtier.bench.tier_ops import BenchCheckError, data_pool
+from kvtier.bench.workload import (PrefixChains, WorkloadConfig, mixed_trace, write_trace,
+                                   written_blocks)
+from kvtier.config import DiskTierConfig, KVLayout
+from kvtier.errors import TierIOError
+from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.types import BlockHash, TierKind
+
+BLOCK_BYTES = 64 << 10
+
+
+class MemoryStore(TierStore):
+    """The in-memory fake tier: a dict of cloned blocks, no capacity pressure."""
+
+    kind = TierKind.HOST
+
+    def __init__(self, layout: KVLayout, config: DiskTierConfig | None = None) -> None:
+        super().__init__(layout)
+        self.blocks: dict[BlockHash, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    capacity_bytes = property(lambda self: 1 << 40)
+    used_bytes = property(lambda self: len(self.blocks) * self.layout.page_size_bytes)
+    num_blocks = property(lambda self: len(self.blocks))
+
+    def contains(self, block_hash: BlockHash) -> bool:
+        return block_hash in self.blocks
+
+    def put(self, key: BlockKey, data: torch.Tensor) -> None:
+        self.check_block(data)
+        with self._lock:
+            self.blocks[key.block_hash] = data.clone()
+
+    def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        data = self.blocks.get(key.block_hash)
+        if data is None:
+            return None
+        return out.copy_(data) if out is not None else data.clone()
+
+    def pin(self, block_hash: BlockHash) -> None: ...
+
+    def unpin(self, block_hash: BlockHash) -> None: ...
+
+    def evict(self, block_hash: BlockHash) -> bool:
+        with self._lock:
+            return self.blocks.pop(block_hash, None) is not None
+
+
+class ZeroStore(MemoryStore):
+    """A lying tier: every read returns zeros."""
+
+    def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        return torch.zeros(self.layout.block_shape, dtype=self.layout.dtype)
+
+
+def short_config(path: Path, **overrides: object) -> StorageBenchConfig:
+    base: dict[str, object] = dict(path=path, layout=layout_for_block_bytes(BLOCK_BYTES), duration_s=0.4,
+                                   concurrency=2, max_bytes=64 << 20)
+    return StorageBenchConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+REQUIRED = ("write_gbps", "read_gbps", "raw_write_gbps", "raw_read_gbps", "write_ratio", "read_ratio",
+            "write_iops", "read_iops", "raw_write_iops", "raw_read_iops", "bytes_per_token", "prefix_load_ms")
+
+
+def test_short_run_reports_every_key_with_sane_values(tmp_path: Path) -> None:
+    report = run_storage_bench(short_config(tmp_path), MemoryStore)
+    for key in REQUIRED:
+        assert key in report, key
+    for key in ("write_gbps", "read_gbps", "raw_write_gbps", "raw_read_gbps", "write_ratio", "read_ratio"):
+        assert report[key] > 0, (key, report[key])
+    assert report["write_ops"] == report["raw_write_ops"] > 0
+    assert report["read_ops"] == report["raw_read_ops"] > 0
+    for side in ("write_", "read_", "raw_write_", "raw_read_"):
+        assert 0 <= report[f"{side}p50_ms"] <= report[f"{side}p90_ms"] <= report[f"{side}p99_ms"]
+    assert report["misses"] == 0 and report["rejected"] == 0
+    assert report["bytes_per_token"] == BLOCK_BYTES / 16
+    loads = [report["prefix_load_ms"][n] for n in ("1024", "8192", "32768")]
+    assert 0 < loads[0] < loads[1] < loads[2]
+    assert report["config"]["block_bytes"] == BLOCK_BYTES
+    assert report["device"]["free_bytes"] > 0 and report["tier_path"] is None
+    assert list(tmp_path.iterdir()) == []  # tier and raw folders removed without --keep
+
+
+def test_write_bytes_respect_max_bytes(tmp_path: Path) -> None:
+    report = run_storage_bench(short_config(tmp_path, duration_s=30.0, max_bytes=8 * BLOCK_BYTES), MemoryStore)
+    assert report["write_bytes"] + report["mixed_write_ops"] * BLOCK_BYTES <= 8 * BLOCK_BYTES
+
+
+def test_lying_tier_is_refused_before_timing(tmp_path: Path) -> None:
+    with pytest.raises(BenchCheckError, match="different bytes"):
+        run_storage_bench(short_config(tmp_path), ZeroStore)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("block_bytes", [256 << 10, 1 << 20, 2 << 20, 64])
+def test_layout_for_block_bytes_has_that_page_size(block_bytes: int) -> None:
+    assert layout_for_block_bytes(block_bytes).page_size_bytes == block_bytes
+
+
+@pytest.mark.parametrize("block_bytes", [0, -4, 1000, 63])
+def test_layout_for_block_bytes_rejects_unrepresentable_sizes(block_bytes: int) -> None:
+    with pytest.raises(ValueError, match="--block-bytes"):
+        layout_for_block_bytes(block_bytes)
+
+
+@pytest.mark.parametrize("read_ratio", [0.0, 0.3, 0.8, 1.0])
+def test_mixed_trace_reads_only_written_blocks_at_the_read_ratio(read_ratio: float) -> None:
+    chains = PrefixChains(WorkloadConfig(read_ratio=read_ratio, seed=3))
+    writes = [op for op, _ in zip(write_trace(chains, 8), range(500))]
+    written = written_blocks(writes)
+    on_tier = {op.key.block_hash for op in writes}
+    mixed = [op for op, _ in zip(mixed_trace(chains, written, 8), range(2000))]
+    reads = [op for op in mixed if op.kind == "read"]
+    assert abs(len(reads) - read_ratio * len(mixed)) <= 1
+    assert all(op.key.block_hash in on_tier for op in reads)
+    assert not {op.key.block_hash for op in mixed if op.kind == "write"} & on_tier  # written once
+
+
+def test_prefix_reads_are_bursts_of_consecutive_chained_blocks() -> None:
+    chains = PrefixChains(WorkloadConfig(read_ratio=1.0, seed=1))
+    writes = [op for op, _ in zip(write_trace(chains, 8), range(300))]
+    reads = [op for op, _ in zip(mixed_trace(chains, written_blocks(writes), 8), range(300))]
+    for prev, op in zip(reads, reads[1:]):
+        if op.block_index:
+            assert (op.prefix_id, op.block_index) == (prev.prefix_id, prev.block_index + 1)
+    assert chains.key(0, 1).block_hash != chains.key(1, 1).block_hash
+
+
+def test_trace_is_deterministic_per_seed() -> None:
+    def keys(seed: int) -> list[bytes]:
+        chains = PrefixChains(WorkloadConfig(seed=seed))
+        return [op.key.block_hash for op, _ in zip(write_trace(chains, 8), range(100))]
+
+    assert keys(5) == keys(5) != keys(6)
+
+
+def test_raw_ceiling_round_trips_and_reports_missing_files(tmp_path: Path) -> None:
+    layout = layout_for_block_bytes(BLOCK_BYTES)
+    pool = data_pool(layout, seed=0)
+    raw = RawFiles(tmp_path, pool, fsync=False)
+    op = next(write_trace(PrefixChains(WorkloadConfig()), len(pool)))
+    raw.write(op)
+    assert raw.path(op).read_bytes() == pool[0].view(torch.uint8).numpy().tobytes()
+    raw.read(op)
+    raw.path(op).unlink()
+    with pytest.raises(TierIOError, match="missing"):
+        raw.read(op)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    assert percentile_ms(values, 50) == pytest.approx(50.0)
+    assert percentile_ms(values, 99) == pytest.approx(99.0)
+    assert percentile_ms([], 50) is None
+
+
+def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path) -> None:
+    disk = pytest.importorskip("kvtier.tiers.disk")
+    config = short_config(tmp_path, keep=True)
+    report = run_storage_bench(config)
+    tier_path = Path(report["tier_path"])
+    assert tier_path.is_dir() and [p.name for p in tmp_path.iterdir()] == [tier_path.name]
+    pool = data_pool(config.layout, config.workload.seed)
+    first = next(write_trace(PrefixChains(config.workload), len(pool)))
+    store = disk.DiskStore(config.layout, DiskTierConfig(path=str(tier_path), capacity_bytes=1 << 30))
+    try:
+        got = store.get(first.key)
+        assert got is not None and torch.equal(got, pool[first.data_index])
+    finally:
+        store.close()
