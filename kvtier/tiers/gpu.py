@@ -1,0 +1,57 @@
+"""DevicePool: the per-layer paged K/V cache tensors on the compute device, addressed by block id."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvtier import ops
+from kvtier.config import KVLayout, check_positive_int
+
+
+class DevicePool:
+    """One tensor `[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]` for all layers.
+
+    NOTE: a single allocation, so gather/scatter of whole blocks across every layer is one kernel;
+    `k_cache(l)` and `v_cache(l)` are views in the per-layer shape the attention kernels read.
+    """
+
+    def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device | str = "cpu") -> None:
+        check_positive_int("DevicePool", "num_blocks", num_blocks)
+        self.layout = layout
+        self.num_blocks = num_blocks
+        self.device = torch.device(device)
+        self.kv_cache = torch.zeros((layout.num_layers, 2, num_blocks, *layout.device_cache_shape),
+                                    dtype=layout.dtype, device=self.device)
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.num_blocks * self.layout.page_size_bytes
+
+    def k_cache(self, layer: int) -> torch.Tensor:
+        """`[num_blocks, block_size, num_kv_heads, head_dim]` keys of one layer (a view)."""
+        return self.kv_cache[layer, 0]
+
+    def v_cache(self, layer: int) -> torch.Tensor:
+        """`[num_blocks, block_size, num_kv_heads, head_dim]` values of one layer (a view)."""
+        return self.kv_cache[layer, 1]
+
+    def _ids(self, block_ids: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor(list(block_ids), dtype=torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_blocks):
+            raise ValueError(f"block ids must be in [0, {self.num_blocks}), got {list(block_ids)}")
+        return ids.to(self.device)
+
+    def read_blocks(self, block_ids: Sequence[int]) -> torch.Tensor:
+        """Blocks packed off-device style: `[n, num_layers, 2, num_kv_heads, block_size, head_dim]`."""
+        out = torch.empty((len(block_ids), *self.layout.block_shape), dtype=self.layout.dtype,
+                          device=self.device)
+        return ops.gather_blocks(self.kv_cache, self._ids(block_ids), out)
+
+    def write_blocks(self, block_ids: Sequence[int], data: torch.Tensor) -> None:
+        """The inverse of read_blocks; `data` may live on any device."""
+        expected = (len(block_ids), *self.layout.block_shape)
+        if tuple(data.shape) != expected or data.dtype != self.layout.dtype:
+            raise ValueError(f"write_blocks expects {list(expected)} {self.layout.dtype}, "
+                             f"got {list(data.shape)} {data.dtype}")
+        ops.scatter_blocks(data.to(self.device, non_blocking=True), self._ids(block_ids), self.kv_cache)
