@@ -1,0 +1,75 @@
+"""Checks and launch-shape choices for the paged attention launchers (torch-only, no triton)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ._checks import (check_dtype, check_int_vector, check_ndim, check_paged_cache,
+                             check_same_device)
+
+MAX_HEAD_DIM = 256  # one head's row is one register tile; 64, 80, 96, 128 and 256 are tested
+# NOTE: off CUDA the kernels run under the interpreter, where small tiles and a few splits keep
+# the tests fast while still crossing tile and split boundaries at short lengths.
+INTERPRETER_BLOCK_N = 16
+INTERPRETER_TARGET_PROGRAMS = 16
+PROGRAMS_PER_SM = 2  # two resident split programs per SM hide the reduction's tail
+
+
+def check_attention_args(op: str, query: torch.Tensor, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, block_tables: torch.Tensor,
+                         seq_lens: torch.Tensor) -> None:
+    """Shapes, dtypes, devices and strides shared by decode and prefill."""
+    _, _, num_kv_heads, head_dim = check_paged_cache(op, k_cache, v_cache)
+    check_ndim(op, "query", query, 3, "[tokens, num_heads, head_dim]")
+    if query.shape[2] != head_dim or head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head_dim must match the cache ({head_dim}) and be at most "
+                         f"{MAX_HEAD_DIM}, got query shape {tuple(query.shape)}")
+    if query.shape[1] % num_kv_heads:
+        raise ValueError(f"{op}: num_heads ({query.shape[1]}) must be a multiple of num_kv_heads "
+                         f"({num_kv_heads})")
+    if query.dtype != k_cache.dtype:
+        raise ValueError(f"{op}: query.dtype ({query.dtype}) must match the cache ({k_cache.dtype})")
+    if query.stride(2) != 1:
+        raise ValueError(f"{op}: query head_dim must be contiguous, got strides {query.stride()}")
+    check_ndim(op, "block_tables", block_tables, 2, "[batch, max_blocks_per_seq]")
+    check_dtype(op, "block_tables", block_tables, (torch.int32,))
+    if block_tables.shape[1] > 1 and block_tables.stride(1) != 1:
+        raise ValueError(f"{op}: block_tables rows must be contiguous, got strides {block_tables.stride()}")
+    check_int_vector(op, "seq_lens", seq_lens, torch.int32, block_tables.shape[0])
+    check_same_device(op, query=query, k_cache=k_cache, v_cache=v_cache,
+                      block_tables=block_tables, seq_lens=seq_lens)
+
+
+def check_decode_args(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      block_tables: torch.Tensor, seq_lens: torch.Tensor) -> None:
+    op = "paged_decode_attention"
+    check_attention_args(op, query, k_cache, v_cache, block_tables, seq_lens)
+    if block_tables.shape[0] != query.shape[0]:
+        raise ValueError(f"{op}: block_tables has {block_tables.shape[0]} rows, query batch is "
+                         f"{query.shape[0]}")
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def kv_tile_tokens(block_d: int, device: torch.device) -> int:
+    """Tokens per inner tile: 64 (32 for head_dim 256, to bound registers) on CUDA."""
+    if device.type != "cuda":
+        return INTERPRETER_BLOCK_N
+    return 64 if block_d <= 128 else 32
+
+
+def choose_num_splits(num_programs: int, max_tiles: int, device: torch.device) -> int:
+    """Splits per sequence so that about PROGRAMS_PER_SM programs run per SM.
+
+    Decided from host-known shapes only (no read of seq_lens, so no device sync).
+    """
+    if device.type == "cuda":
+        target = PROGRAMS_PER_SM * _num_sms(device.index or torch.cuda.current_device())
+    else:
+        target = INTERPRETER_TARGET_PROGRAMS
+    wanted = -(-target // max(num_programs, 1))
+    return max(1, min(wanted, max_tiles))

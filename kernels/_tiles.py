@@ -1,0 +1,41 @@
+"""Triton helpers shared by the paged attention kernels: paged K/V tile loads and a safe dot.
+
+NOTE: triton 3.9's interpreter (TRITON_INTERPRET=1) computes `tl.dot` on bfloat16 operands as
+if they were uint16 (numpy has no bfloat16), which returns garbage; loads, stores and casts are
+fine. Launchers therefore set UPCAST=True off CUDA so operands reach `tl.dot` as float32. On the
+GPU the dot runs on the native fp16/bf16 tensor cores with float32 accumulation.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_paged_tile(cache_ptr, block_table_row_ptr, token_pos, token_mask, kv_head, offs_d,
+                    mask_d, stride_c_block, stride_c_tok, stride_c_head,
+                    BLOCK_SIZE: tl.constexpr):
+    """Rows token_pos of one sequence's cache for one KV head: [len(token_pos), len(offs_d)]."""
+    block_ids = tl.load(block_table_row_ptr + token_pos // BLOCK_SIZE, mask=token_mask, other=0)
+    rows = (block_ids.to(tl.int64) * stride_c_block + (token_pos % BLOCK_SIZE) * stride_c_tok
+            + kv_head * stride_c_head)
+    return tl.load(cache_ptr + rows[:, None] + offs_d[None, :],
+                   mask=token_mask[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
+def dot(a, b, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """a @ b with float32 accumulation; see the module NOTE for UPCAST."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+def dot_precision(dtype_is_fp32: bool) -> str:
+    """'ieee' keeps float32 caches exact (tf32 would drop 13 mantissa bits); ignored for 16-bit."""
+    return "ieee" if dtype_is_fp32 else "tf32"
+
+
+def next_pow2_at_least(value: int, floor: int) -> int:
+    """Tile extent: a power of two >= value and >= floor (tl.dot needs every dim >= 16)."""
+    return max(floor, triton.next_power_of_2(value))

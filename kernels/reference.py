@@ -1,0 +1,94 @@
+"""Pure-torch references for every kernel: same signatures as the launchers, float32 math.
+
+Written for clarity rather than speed. They serve the CPU path of the library (`kvtier.ops`)
+and are the oracles of the kernel tests. This module never imports triton.
+"""
+from __future__ import annotations
+
+import torch
+
+PAD_SLOT_ID = -1  # mirrors kvtier.types.PAD_SLOT_ID; kept local so kernels/ stands alone
+
+
+def store_kv_ref(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write K/V `[num_tokens, num_kv_heads, head_dim]` into `slot_mapping` slots; -1 is skipped."""
+    block_size = k_cache.shape[1]
+    keep = slot_mapping != PAD_SLOT_ID
+    slots = slot_mapping[keep].long()
+    block_ids, offsets = slots // block_size, slots % block_size
+    k_cache[block_ids, offsets] = key[keep].to(k_cache.dtype)
+    v_cache[block_ids, offsets] = value[keep].to(v_cache.dtype)
+
+
+def _gather_seq(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The first seq_len tokens of one sequence: [seq_len, num_kv_heads, head_dim] in float32."""
+    block_size = cache.shape[1]
+    num_blocks = -(-seq_len // block_size)
+    block_ids = block_table[:num_blocks].long()
+    if bool((block_ids < 0).any()):
+        raise ValueError(f"block table has PAD_SLOT_ID within seq_len {seq_len}: {block_ids.tolist()}")
+    tokens = cache[block_ids].flatten(0, 1)  # [num_blocks * block_size, num_kv_heads, head_dim]
+    return tokens[:seq_len].float()
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+            positions: torch.Tensor) -> torch.Tensor:
+    """Causal attention in float32. q [n, H, D] at `positions`; k, v [L, Hkv, D]. Returns [n, H, D]."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, L, D]
+    v = v.repeat_interleave(group, dim=1).transpose(0, 1)
+    scores = torch.matmul(q.float().transpose(0, 1), k.transpose(1, 2)) * scale  # [H, n, L]
+    key_pos = torch.arange(k.shape[1], device=q.device)
+    scores = scores.masked_fill(key_pos[None, None, :] > positions[None, :, None], float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(0, 1)  # [n, H, D]
+
+
+def paged_decode_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """One new token per sequence: query/out [batch, num_heads, head_dim]. seq_len 0 gives zeros."""
+    out = torch.zeros_like(query)
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        if seq_len == 0:
+            continue
+        k = _gather_seq(k_cache, block_tables[b], seq_len)
+        v = _gather_seq(v_cache, block_tables[b], seq_len)
+        positions = torch.tensor([seq_len - 1], device=query.device)
+        out[b] = _attend(query[b:b + 1], k, v, scale, positions)[0].to(out.dtype)
+    return out
+
+
+def paged_prefill_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                                seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal varlen attention of new tokens [total_new_tokens, num_heads, head_dim] over the cache."""
+    out = torch.zeros_like(query)
+    starts = query_start_loc.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = starts[b], starts[b + 1]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        if q_len > seq_len:
+            raise ValueError(f"sequence {b} has {q_len} new tokens but seq_len {seq_len}")
+        k = _gather_seq(k_cache, block_tables[b], seq_len)
+        v = _gather_seq(v_cache, block_tables[b], seq_len)
+        positions = torch.arange(seq_len - q_len, seq_len, device=query.device)
+        out[q_start:q_end] = _attend(query[q_start:q_end], k, v, scale, positions).to(out.dtype)
+    return out
+
+
+def gather_blocks_ref(kv_cache: torch.Tensor, block_ids: torch.Tensor,
+                      out: torch.Tensor) -> torch.Tensor:
+    """kv_cache [L, 2, num_blocks, block_size, Hkv, D] -> out [n, L, 2, Hkv, block_size, D]."""
+    picked = kv_cache[:, :, block_ids.long()]  # [L, 2, n, block_size, Hkv, D]
+    out.copy_(picked.permute(2, 0, 1, 4, 3, 5))
+    return out
+
+
+def scatter_blocks_ref(staging: torch.Tensor, block_ids: torch.Tensor,
+                       kv_cache: torch.Tensor) -> torch.Tensor:
+    """The inverse of gather_blocks_ref: staging [n, L, 2, Hkv, block_size, D] into kv_cache."""
+    kv_cache[:, :, block_ids.long()] = staging.permute(1, 2, 0, 4, 3, 5).to(kv_cache.dtype)
+    return kv_cache

@@ -1,0 +1,76 @@
+"""The one place that chooses a kernel implementation: Triton on CUDA, the torch reference elsewhere.
+
+Triton modules are imported lazily, only on the CUDA path, so importing kvtier on a CPU-only
+machine never imports triton. Every function has the signature of its kernel launcher.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from types import ModuleType
+
+import torch
+
+from kvtier.kernels import reference
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    """Whether triton can be imported (checked once, without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def uses_triton(tensor: torch.Tensor) -> bool:
+    """Whether an op on `tensor` runs the Triton kernel (CUDA and triton present)."""
+    return tensor.is_cuda and has_triton()
+
+
+def _kernel_module(name: str) -> ModuleType:
+    return importlib.import_module(f"kvtier.kernels.{name}")
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+             v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write new tokens' K/V into their cache slots; see kernels/store_kv.py."""
+    if uses_triton(k_cache):
+        return _kernel_module("store_kv").store_kv(key, value, k_cache, v_cache, slot_mapping)
+    return reference.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+    """One-token-per-sequence attention over the paged cache; see kernels/paged_attention.py."""
+    if uses_triton(query):
+        launcher = _kernel_module("paged_attention").paged_decode_attention
+        return launcher(query, k_cache, v_cache, block_tables, seq_lens, scale)
+    return reference.paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens,
+                                                scale)
+
+
+def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal varlen attention of new tokens over the paged cache; see kernels/paged_prefill.py."""
+    if uses_triton(query):
+        launcher = _kernel_module("paged_prefill").paged_prefill_attention
+        return launcher(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
+    return reference.paged_prefill_attention_ref(query, k_cache, v_cache, block_tables,
+                                                 query_start_loc, seq_lens, scale)
+
+
+def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor,
+                  out: torch.Tensor) -> torch.Tensor:
+    """Pack pool blocks into a block-major staging buffer; see kernels/copy_blocks.py."""
+    if uses_triton(kv_cache):
+        return _kernel_module("copy_blocks").gather_blocks(kv_cache, block_ids, out)
+    return reference.gather_blocks_ref(kv_cache, block_ids, out)
+
+
+def scatter_blocks(staging: torch.Tensor, block_ids: torch.Tensor,
+                   kv_cache: torch.Tensor) -> torch.Tensor:
+    """Unpack a block-major staging buffer into pool blocks; see kernels/copy_blocks.py."""
+    if uses_triton(kv_cache):
+        return _kernel_module("copy_blocks").scatter_blocks(staging, block_ids, kv_cache)
+    return reference.scatter_blocks_ref(staging, block_ids, kv_cache)
