@@ -5,7 +5,7 @@ from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
-from tests.fill import block_content, compute_blocks
+from kvtier.synthetic import block_content, compute_blocks
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)

@@ -9,7 +9,7 @@ from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.errors import OutOfBlocksError
 from kvtier.tiers.host import HostStore
-from tests.fill import block_content, compute_blocks
+from kvtier.synthetic import block_content, compute_blocks
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
 NAMESPACES = [namespace_digest("m", None), namespace_digest("m", "tenant-b")]

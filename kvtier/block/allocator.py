@@ -96,19 +96,26 @@ class BlockAllocator:
                 freed.append(block)
         self.free_queue.append_n(freed)
 
-    def cache_block(self, block: Block, block_hash: BlockHash, namespace: Namespace,
-                    token_ids: list[int]) -> Block:
-        """Register a full, computed block under its hash; returns the block now holding it.
+    def cache_blocks(self, blocks: Sequence[Block], block_hashes: Sequence[BlockHash], namespace: Namespace,
+                     token_ids: Sequence[int], block_size: int, start: int, stop: int) -> list[Block]:
+        """Register full, computed blocks [start, stop) of a sequence under their hashes.
 
-        NOTE: when another block already holds the hash (two sequences computed the same prefix
-        at once) the existing one stays canonical and `block` simply stays unregistered.
+        Returns the blocks now holding those hashes. NOTE: when another block already holds a hash
+        (two sequences computed the same prefix at once) that one stays canonical and the
+        sequence's own block simply stays unregistered until it is freed.
         """
-        existing = self.cached.get(block_hash)
-        if existing is not None:
-            return existing
-        block.block_hash, block.namespace, block.token_ids = block_hash, namespace, token_ids
-        self.cached[block_hash] = block
-        return block
+        cached = self.cached
+        registered: list[Block] = []
+        for i in range(start, stop):
+            block_hash = block_hashes[i]
+            block = cached.get(block_hash)
+            if block is None:
+                block = blocks[i]
+                block.block_hash, block.namespace = block_hash, namespace
+                block.token_ids = token_ids[i * block_size:(i + 1) * block_size]
+                cached[block_hash] = block
+            registered.append(block)
+        return registered
 
     def block(self, block_id: int) -> Block:
         """The block with this id; ValueError for an unknown id."""

@@ -1,6 +1,8 @@
 """Block: the metadata of one device block. Bookkeeping only; the bytes live in the device pool."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kvtier.types import BlockHash, BlockId, Namespace
 
 
@@ -17,7 +19,7 @@ class Block:
         self.ref_cnt = 0
         self.block_hash: BlockHash | None = None  # set once the block is full and registered
         self.namespace: Namespace | None = None
-        self.token_ids: list[int] | None = None  # this block's own tokens, for the tier headers
+        self.token_ids: Sequence[int] | None = None  # this block's own tokens, for the tier headers
         self.prev_free: Block | None = None
         self.next_free: Block | None = None
 

@@ -101,9 +101,8 @@ class BlockManager:
             parent = seq.block_hashes[-1] if seq.block_hashes else seq.namespace
             seq.block_hashes += hash_blocks(parent, seq.token_ids[len(seq.block_hashes) * bs:num_full * bs],
                                             bs, seq.extra_keys)
-        cache_block, tokens = self.allocator.cache_block, seq.token_ids
-        registered = [cache_block(seq.blocks[i], seq.block_hashes[i], seq.namespace, tokens[i * bs:(i + 1) * bs])
-                      for i in range(start, num_full)]
+        registered = self.allocator.cache_blocks(seq.blocks, seq.block_hashes, seq.namespace, seq.token_ids,
+                                                 bs, start, num_full)
         seq.num_registered_blocks = num_full
         return registered
 

@@ -28,7 +28,7 @@ def test_freed_cached_block_is_found_until_reused_then_evicted_through_hook():
     evicted = []
     alloc = BlockAllocator(2, eviction_hook=lambda blocks: evicted.extend((b.block_id, b.block_hash) for b in blocks))
     (block,) = alloc.allocate(1)
-    alloc.cache_block(block, H[0], NS, list(range(16)))
+    alloc.cache_blocks([block], H, NS, list(range(16)), 16, 0, 1)
     alloc.free([block])
     assert alloc.get_cached([H[0]]) == [block]
     alloc.allocate(1)  # takes the never-used block 1 first
@@ -41,7 +41,7 @@ def test_freed_cached_block_is_found_until_reused_then_evicted_through_hook():
 def test_touch_takes_free_cached_block_off_the_free_queue():
     alloc = BlockAllocator(3)
     (block,) = alloc.allocate(1)
-    alloc.cache_block(block, H[0], NS, [0] * 16)
+    alloc.cache_blocks([block], H, NS, [0] * 16, 16, 0, 1)
     alloc.free([block])
     assert alloc.num_free_blocks == 3
     alloc.touch([block])
@@ -52,16 +52,16 @@ def test_get_cached_stops_at_first_miss():
     alloc = BlockAllocator(5)
     blocks = alloc.allocate(3)
     for i in (0, 2):
-        alloc.cache_block(blocks[i], H[i], NS, [i] * 16)
+        alloc.cache_blocks(blocks, H, NS, [i] * 48, 16, i, i + 1)
     assert alloc.get_cached(H[:3]) == [blocks[0]]
 
 
 def test_cache_block_keeps_the_first_holder_of_a_hash():
     alloc = BlockAllocator(5)
     a, b = alloc.allocate(2)
-    assert alloc.cache_block(a, H[0], NS, [0] * 16) is a
-    assert alloc.cache_block(b, H[0], NS, [0] * 16) is a
-    assert b.block_hash is None
+    assert alloc.cache_blocks([a], H, NS, [0] * 16, 16, 0, 1) == [a]
+    assert alloc.cache_blocks([b], H, NS, [0] * 16, 16, 0, 1) == [a]
+    assert b.block_hash is None and a.token_ids == [0] * 16
 
 
 def test_double_free_raises_and_changes_nothing():

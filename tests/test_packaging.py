@@ -1,0 +1,25 @@
+"""kernels/ ships as kvtier.kernels and never as a top-level `kernels` (an unrelated PyPI name)."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_kvtier_kernels_comes_from_kernels_folder_and_top_level_kernels_does_not_resolve(tmp_path):
+    code = ("import importlib.util, kvtier.kernels, kvtier.kernels.reference;"
+            "print(kvtier.kernels.__file__); print(importlib.util.find_spec('kernels'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    kernels_file, top_level = out.stdout.split()
+    assert Path(kernels_file).parent.name == "kernels" and top_level == "None"
+
+
+def test_wheel_maps_kernels_under_kvtier(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("kvtier-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "kvtier/kernels/__init__.py" in names and "kvtier/kernels/reference.py" in names
+    assert not any(n.startswith("kernels/") for n in names)
+    assert any(n.endswith("entry_points.txt") for n in names)
