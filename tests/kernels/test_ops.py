@@ -1,0 +1,72 @@
+"""kvtier.ops: the reference on CPU, the kernels on CUDA, and no triton import on the CPU path."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kvtier import ops
+from kvtier.kernels import reference
+from tests.kernels.paged_inputs import HAS_CUDA, make_paged_cache, randn
+from tests.tolerances import tol
+
+
+def test_importing_kvtier_and_using_ops_on_cpu_never_imports_triton():
+    code = ("import sys, torch, kvtier, kvtier.ops as ops, kvtier.kernels\n"
+            "c = torch.zeros(2, 16, 1, 64); k = torch.ones(1, 1, 64)\n"
+            "ops.store_kv(k, k, c, c, torch.tensor([3]))\n"
+            "assert c[0, 3].eq(1).all()\n"
+            "print('triton' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_cpu_tensors_run_the_reference():
+    assert not ops.uses_triton(torch.zeros(1))
+    paged = make_paged_cache([5, 17], 16, 2, 64, torch.float32, "cpu")
+    query = randn((2, 4, 64), torch.float32, "cpu", seed=0)
+    args = (query, paged.k_cache, paged.v_cache, paged.block_tables, paged.seq_lens, 0.125)
+    assert torch.equal(ops.paged_decode_attention(*args), reference.paged_decode_attention_ref(*args))
+
+
+def test_prefill_reference_of_last_token_equals_decode_reference():
+    paged = make_paged_cache([9, 33], 16, 1, 64, torch.float32, "cpu")
+    query = randn((2, 2, 64), torch.float32, "cpu", seed=1)
+    starts = torch.tensor([0, 1, 2], dtype=torch.int32)
+    prefill = ops.paged_prefill_attention(query, paged.k_cache, paged.v_cache, paged.block_tables,
+                                          starts, paged.seq_lens, 0.125)
+    decode = ops.paged_decode_attention(query, paged.k_cache, paged.v_cache, paged.block_tables,
+                                        paged.seq_lens, 0.125)
+    torch.testing.assert_close(prefill, decode, **tol(torch.float32))
+
+
+def test_reference_matches_sdpa_on_a_contiguous_cache():
+    k = randn((20, 2, 64), torch.float32, "cpu", seed=2)  # [seq_len, num_kv_heads, head_dim]
+    v = randn((20, 2, 64), torch.float32, "cpu", seed=3)
+    q = randn((1, 4, 64), torch.float32, "cpu", seed=4)
+    k_cache = torch.cat([k, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64)
+    v_cache = torch.cat([v, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64)
+    table = torch.tensor([[0, 1]], dtype=torch.int32)
+    out = reference.paged_decode_attention_ref(q, k_cache, v_cache, table,
+                                               torch.tensor([20], dtype=torch.int32), 0.125)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.repeat_interleave(2, 1).transpose(0, 1),
+        v.repeat_interleave(2, 1).transpose(0, 1), scale=0.125).transpose(0, 1)
+    torch.testing.assert_close(out, expected, **tol(torch.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
+def test_cuda_tensors_run_the_triton_kernels():
+    assert ops.uses_triton(torch.zeros(1, device="cuda"))
+    paged = make_paged_cache([5, 17], 16, 2, 64, torch.bfloat16, "cuda")
+    query = randn((2, 4, 64), torch.bfloat16, "cuda", seed=0)
+    args = (query, paged.k_cache, paged.v_cache, paged.block_tables, paged.seq_lens, 0.125)
+    torch.testing.assert_close(ops.paged_decode_attention(*args),
+                               reference.paged_decode_attention_ref(*args), **tol(torch.bfloat16))
+    assert "kvtier.kernels.paged_attention" in sys.modules
