@@ -19,8 +19,8 @@ adversary: the namespace and block hash are checked separately, and the path is 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import torch
 import xxhash
@@ -47,9 +47,8 @@ FIXED_HEADER_BYTES = _FIXED.size
 BufferLike = bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class BlockHeader:
-    """A decoded, checksum-verified header."""
+class BlockHeader(NamedTuple):
+    """A decoded, checksum-verified header (a NamedTuple: it is built on every read)."""
 
     namespace: Namespace
     block_hash: BlockHash
@@ -84,6 +83,11 @@ class BlockHeader:
         return self.header_len + self.payload_len
 
 
+@lru_cache(maxsize=64)
+def _tokens_struct(num_tokens: int) -> struct.Struct:
+    return struct.Struct(f"<{num_tokens}I")
+
+
 def header_bytes_for(num_tokens: int) -> int:
     """The header length of an object whose block carries `num_tokens` token ids."""
     unpadded = _FIXED.size + 4 * num_tokens + _CHECKSUM.size
@@ -109,7 +113,7 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
                      layout.num_layers, start, end, layout.block_size, layout.head_dim,
                      DTYPE_IDS[layout.dtype], CODEC_IDS[codec], 0, len(key.token_ids),
                      payload_len, checksum)
-    struct.pack_into(f"<{len(key.token_ids)}I", buf, _FIXED.size, *key.token_ids)
+    _tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
     _CHECKSUM.pack_into(buf, header_len - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
     return bytes(buf)
 
@@ -175,8 +179,9 @@ def decode_header(buf: BufferLike) -> BlockHeader:
     num_tokens = fields[13]
     if header_bytes_for(num_tokens) != header_len:
         raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids")
-    token_ids = struct.unpack_from(f"<{num_tokens}I", view, _FIXED.size)
-    if any(view[_FIXED.size + 4 * num_tokens:header_len - 8]):
+    token_ids = _tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
+    padding = view[_FIXED.size + 4 * num_tokens:header_len - 8]
+    if padding.nbytes and bytes(padding).count(0) != padding.nbytes:
         raise FormatError("header padding is not zero")
     return _header_from_fields(fields, tuple(token_ids), header_len)
 

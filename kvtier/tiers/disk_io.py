@@ -1,0 +1,155 @@
+"""File operations of the disk tier: atomic object writes, whole-object reads, removal, O_DIRECT probe.
+
+Every function here is synchronous and owns its file descriptor from open to close; the store
+decides when to call them (on the caller's thread or on its executor).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+
+from kvtier.tiers.disk_paths import QUARANTINE_DIR, quarantine_name, unique_suffix
+from kvtier.tiers.format import BufferLike
+
+logger = logging.getLogger(__name__)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], fsync: bool) -> None:
+    """Write `parts` to `temp_path`, optionally fsync, and rename onto `final_path` (atomic).
+
+    On any failure the temporary file is removed and the OSError propagates.
+    """
+    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    try:
+        try:
+            _write_all(fd, parts)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp_path, final_path)
+    except BaseException:
+        _unlink_quietly(temp_path)
+        raise
+    if fsync:
+        fsync_dir(os.path.dirname(final_path))
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, parts: Sequence[BufferLike]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        if written == 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def read_exact_into(fd: int, targets: Sequence[memoryview]) -> int:
+    """Fill `targets` in order from `fd` with as few `readv` calls as the kernel allows.
+
+    Returns the number of bytes read (less than the total only at end of file).
+    """
+    views = [t for t in targets if t.nbytes]
+    total = 0
+    while views:
+        got = os.readv(fd, views)
+        if got == 0:
+            break
+        total += got
+        while views and got >= views[0].nbytes:
+            got -= views[0].nbytes
+            views.pop(0)
+        if views and got:
+            views[0] = views[0][got:]
+    return total
+
+
+def read_whole(fd: int, size: int) -> memoryview:
+    """`size` bytes from the start of `fd` into a fresh, uninitialised, writable buffer."""
+    buf = torch.empty(size, dtype=torch.uint8)  # NOTE: no zero fill, unlike bytearray(size)
+    view = buf.numpy().data.cast("B")
+    got = read_exact_into(fd, [view])
+    return view[:got]
+
+
+def open_for_read(path: str) -> tuple[int, int, int]:
+    """Open an object for reading: `(fd, size, inode)`. FileNotFoundError when absent."""
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size, st.st_ino
+
+
+def discard(path: str, root: str, shared: bool, inode: int | None) -> None:
+    """Remove a corrupt object, or in a shared folder move it to `ROOT/quarantine`.
+
+    With `inode`, only the file that was read is touched: a shared folder may have had a good
+    copy renamed over it since.
+    """
+    try:
+        if inode is not None and os.stat(path).st_ino != inode:
+            return
+        if not shared:
+            os.unlink(path)
+            return
+        quarantine = os.path.join(root, QUARANTINE_DIR)
+        os.makedirs(quarantine, exist_ok=True)
+        os.rename(path, os.path.join(quarantine, quarantine_name(bytes.fromhex(_digest_of(path)))))
+    except (OSError, ValueError) as exc:
+        logger.warning("could not remove corrupt object %s: %s", path, exc)
+
+
+def _digest_of(path: str) -> str:
+    return os.path.basename(path).split(".", 1)[0]
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove temporary file %s: %s", path, exc)
+
+
+def probe_o_direct(folder: str) -> bool:
+    """Whether `folder`'s filesystem accepts O_DIRECT; logs the outcome. Never raises."""
+    flag = getattr(os, "O_DIRECT", None)
+    path = os.path.join(folder, f".odirect-probe.{unique_suffix()}.tmp")
+    if flag is None:
+        logger.info("O_DIRECT is not available on this platform; %s uses buffered I/O", folder)
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flag | _O_CLOEXEC, 0o644)
+        os.close(fd)
+        supported = True
+    except OSError as exc:
+        supported = False
+        logger.info("O_DIRECT probe failed on %s (%s); falling back to buffered I/O", folder, exc)
+    _unlink_quietly(path)
+    if supported:
+        # NOTE: objects are read whole right after being located and written once; buffered
+        # I/O keeps the page cache as a free extra tier and needs no aligned buffers.
+        logger.info("O_DIRECT is supported on %s; kvtier uses buffered I/O (page cache as a tier)", folder)
+    return supported

@@ -1,0 +1,107 @@
+"""Names in a disk tier's folder: objects by hex digest in a two-level fan-out, temporaries, quarantine.
+
+    ROOT/ab/cd/abcd...(64 hex).kvb        one block object
+    ROOT/ab/cd/.abcd....HOST.PID.N.tmp    a write in progress (renamed onto the object when done)
+    ROOT/quarantine/abcd....HOST.PID.N.bad  a corrupt object moved aside in a shared folder
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kvtier.types import BlockHash
+
+OBJECT_SUFFIX = ".kvb"
+TEMP_SUFFIX = ".tmp"
+QUARANTINE_DIR = "quarantine"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_counter = itertools.count()  # NOTE: next() on itertools.count is atomic under the GIL
+
+
+def object_relpath(block_hash: bytes) -> str:
+    """`ab/cd/abcd....kvb`: the only way a path is ever built from a key (its hex digest)."""
+    digest = block_hash.hex()
+    return f"{digest[:2]}/{digest[2:4]}/{digest}{OBJECT_SUFFIX}"
+
+
+def parse_object_name(name: str) -> BlockHash | None:
+    """The block hash an object file name stands for, or None if it is not an object name."""
+    if not name.endswith(OBJECT_SUFFIX):
+        return None
+    digest = name[:-len(OBJECT_SUFFIX)]
+    return BlockHash(bytes.fromhex(digest)) if _HEX64.fullmatch(digest) else None
+
+
+def unique_suffix() -> str:
+    """`HOST.PID.N`: unique among every writer of a shared folder (hosts, processes, threads)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}.{os.getpid()}.{next(_counter)}"
+
+
+def temp_name(block_hash: bytes) -> str:
+    """A hidden temporary name beside the object, so that `rename` stays within one folder."""
+    return f".{block_hash.hex()}.{unique_suffix()}{TEMP_SUFFIX}"
+
+
+def quarantine_name(block_hash: bytes) -> str:
+    return f"{block_hash.hex()}.{unique_suffix()}.bad"
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """A file met while scanning the fan-out; `block_hash` is None for temporaries and strays."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    block_hash: BlockHash | None
+    is_temp: bool
+
+
+def fanout_dirs(root: str) -> Iterator[str]:
+    """Every existing `ROOT/ab/cd` folder."""
+    for top in _hex_subdirs(root):
+        yield from _hex_subdirs(top)
+
+
+def scan_leaf(leaf: str) -> list[FoundFile]:
+    """The files of one fan-out folder; an object is only recognised in the folder its name maps to."""
+    found: list[FoundFile] = []
+    prefix = leaf[-5:].replace(os.sep, "")  # "ab/cd" -> "abcd"
+    try:
+        entries = list(os.scandir(leaf))
+    except OSError:
+        return found  # removed or unreadable while scanning: nothing here to index
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        block_hash = parse_object_name(entry.name)
+        if block_hash is not None and not block_hash.hex().startswith(prefix):
+            block_hash = None
+        is_temp = entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)
+        found.append(FoundFile(entry.path, st.st_size, st.st_mtime_ns, block_hash, is_temp))
+    return found
+
+
+def is_stale(found: FoundFile, max_age_s: float) -> bool:
+    return time.time_ns() - found.mtime_ns > max_age_s * 1e9
+
+
+def _hex_subdirs(folder: str) -> Iterator[str]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if _HEX2.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            yield entry.path
