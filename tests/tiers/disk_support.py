@@ -51,16 +51,72 @@ def object_files(root: Path) -> list[Path]:
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    """A real 2 MiB tmpfs with 16 inodes, mounted for the test (root only), unmounted afterwards."""
     mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    tmpfs_mount(mount_point, "size=2m,nr_inodes=16")
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        tmpfs_unmount(mount_point)
+
+
+def tmpfs_mount(mount_point: Path, options: str) -> None:
+    """Mount a tmpfs with `options` (root only); skips the test where that is impossible."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+def tmpfs_unmount(mount_point: Path) -> None:
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def killed_writer(root: str, num_done: int, ready: object) -> None:
+    """Child process: store `num_done` blocks, then stall half way through the next write until killed."""
+    import time
+
+    from kvtier.tiers import disk_io
+
+    store = open_store(Path(root))
+    for i in range(num_done):
+        store.put(make_key(i), make_block(i))
+    real_writev = os.writev
+
+    def half_then_stall(fd: int, buffers: list[memoryview]) -> int:
+        written = real_writev(fd, [buffers[0], buffers[1][:len(buffers[1]) // 2]])
+        ready.set()  # type: ignore[attr-defined]
+        while True:  # wait for SIGKILL with a torn temporary file on disk
+            time.sleep(1)
+        return written
+
+    disk_io.os.writev = half_then_stall  # type: ignore[assignment]
+    store.put(make_key(num_done), make_block(num_done))
+
+
+def shared_worker(root: str, seed: int, num_keys: int, num_ops: int, capacity_blocks: int) -> dict[str, int]:
+    """Child process: random puts and gets of overlapping keys in a shared folder; counts outcomes."""
+    import random
+
+    rng = random.Random(seed)
+    store = open_store(Path(root), num_blocks=capacity_blocks, shared=True)
+    blocks = [make_block(i) for i in range(num_keys)]
+    counts = {"hits": 0, "misses": 0, "wrong": 0, "puts": 0}
+    for _ in range(num_ops):
+        i = rng.randrange(num_keys)
+        if rng.random() < 0.5:
+            store.put(make_key(i), blocks[i])
+            counts["puts"] += 1
+            continue
+        got = store.get(make_key(i))
+        if got is None:
+            counts["misses"] += 1
+        elif same_bits(got, blocks[i]):
+            counts["hits"] += 1
+        else:
+            counts["wrong"] += 1
+    counts["corrupt"] = store.stats.corrupt
+    return counts

@@ -1,0 +1,141 @@
+"""Faults in the disk tier become misses or typed errors: corruption, full disks, I/O errors."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvtier.config import DiskTierConfig, KVLayout
+from kvtier.errors import TierFullError, TierIOError
+from kvtier.tiers.disk import DiskStore
+from tests.tiers.disk_support import (
+    make_block,
+    make_key,
+    object_files,
+    open_store,
+    same_bits,
+    tiny_tmpfs,
+    tmpfs_mount,
+    tmpfs_unmount,
+)
+
+__all__ = ["tiny_tmpfs"]  # the fixture is used by name below
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offset", [0, 20, 100, -1, -500])
+def test_corrupt_object_is_a_miss_counted_and_removed(tmp_path: Path, offset: int) -> None:
+    store = open_store(tmp_path)
+    store.put(make_key(1), make_block(1))
+    path = object_files(tmp_path)[0]
+    flip_byte(path, offset)
+    assert store.get(make_key(1)) is None
+    assert store.stats.corrupt == 1 and store.stats.misses == 1
+    assert not path.exists() and not store.contains(make_key(1).block_hash)
+
+
+def test_corrupt_object_in_shared_folder_is_quarantined(tmp_path: Path) -> None:
+    store = open_store(tmp_path, shared=True)
+    store.put(make_key(1), make_block(1))
+    path = object_files(tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    out = torch.full(make_block(1).shape, 7.0, dtype=torch.float16)
+    assert store.get(make_key(1), out=out) is None and store.stats.corrupt == 1
+    assert not path.exists() and len(list((tmp_path / "quarantine").iterdir())) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"KVTIERB\x00" + bytes(300)])
+def test_foreign_file_under_an_object_name_is_never_served(tmp_path: Path, content: bytes) -> None:
+    key = make_key(5)
+    digest = key.block_hash.hex()
+    folder = tmp_path / digest[:2] / digest[2:4]
+    folder.mkdir(parents=True)
+    (folder / f"{digest}.kvb").write_bytes(content)
+    store = open_store(tmp_path)  # warm restart indexes it by name; the read verifies it
+    assert store.contains(key.block_hash)
+    assert store.get(key) is None and store.stats.corrupt == 1
+
+
+def test_object_of_another_namespace_is_a_miss(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.put(make_key(1), make_block(1))
+    other_tenant = make_key(1)._replace(namespace=make_key(1, namespace=b"\x01" * 32).namespace)
+    assert store.get(other_tenant) is None and store.stats.corrupt == 1
+
+
+def test_injected_write_eio_raises_tier_io_error_and_leaves_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(tmp_path)
+    store.put(make_key(0), make_block(0))
+
+    def failing_writev(fd: int, buffers: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("kvtier.tiers.disk_io.os.writev", failing_writev)
+    with pytest.raises(TierIOError, match=r"EIO.*not stored.*check the device"):
+        store.put(make_key(1), make_block(1))
+    monkeypatch.undo()
+    assert store.stats.io_errors == 1 and not store.contains(make_key(1).block_hash)
+    assert not list(tmp_path.rglob("*.tmp")) and len(object_files(tmp_path)) == 1
+    assert store.used_bytes == object_files(tmp_path)[0].stat().st_size
+    assert same_bits(store.get(make_key(0)), make_block(0))
+
+
+def test_injected_read_eio_is_a_miss_that_keeps_the_object(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(tmp_path)
+    store.put(make_key(0), make_block(0))
+
+    def failing_readv(fd: int, buffers: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("kvtier.tiers.disk_io.os.readv", failing_readv)
+    assert store.get(make_key(0)) is None and store.stats.io_errors == 1
+    monkeypatch.undo()
+    assert same_bits(store.get(make_key(0)), make_block(0))
+
+
+def test_full_filesystem_raises_tier_io_error_enospc(tiny_tmpfs: Path) -> None:
+    # 16 inodes: the fan-out folders and objects run out of inodes long before the byte budget.
+    store = open_store(tiny_tmpfs, num_blocks=1000)
+    stored = []
+    with pytest.raises(TierIOError, match=r"ENOSPC.*free space on the filesystem"):
+        for i in range(16):
+            store.put(make_key(i), make_block(i))
+            stored.append(i)
+    assert stored and store.stats.io_errors == 1
+    assert not [p for p in tiny_tmpfs.rglob("*") if p.name.endswith(".tmp")]
+    assert all(same_bits(store.get(make_key(i)), make_block(i)) for i in stored)
+
+
+def test_free_space_floor_evicts_before_the_filesystem_fills(tmp_path: Path) -> None:
+    mount_point = tmp_path / "small"
+    tmpfs_mount(mount_point, "size=2m")
+    try:
+        layout = KVLayout(num_layers=4, num_kv_heads=4, head_dim=128, block_size=16, dtype=torch.float16)
+        config = DiskTierConfig(path=str(mount_point), capacity_bytes=1 << 30,
+                                min_free_bytes=256 * 1024, fsync=False)
+        store = DiskStore(layout, config)  # blocks of 256 KiB; the budget alone would never evict
+        for i in range(20):
+            key = make_key(i)._replace(token_ids=tuple(range(16)))
+            store.put(key, make_block(i, layout))
+            st = os.statvfs(mount_point)
+            assert st.f_bavail * st.f_frsize >= config.min_free_bytes
+        assert store.stats.evictions > 0 and store.stats.io_errors == 0
+        last = make_key(19)._replace(token_ids=tuple(range(16)))
+        assert same_bits(store.get(last), make_block(19, layout))
+        for key_hash in [make_key(i).block_hash for i in range(20)]:
+            if store.contains(key_hash):
+                store.pin(key_hash)
+        with pytest.raises(TierFullError, match="bytes free on the filesystem"):
+            store.put(make_key(99)._replace(token_ids=tuple(range(16))), make_block(99, layout))
+    finally:
+        tmpfs_unmount(mount_point)
