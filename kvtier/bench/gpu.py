@@ -1,0 +1,118 @@
+"""The GPU check of issue 3: gpu tests, copy bandwidths, paged decode and block-transfer throughput.
+
+Every kernel result is checked against its reference before it is timed. Throughputs are stated
+as GB/s and as a fraction of the bandwidth the same card reaches with a plain copy.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvtier.bench.gpu_cases import (DecodeCase, Timer, TransferCase, decode_inputs,
+                                    torch_decode_baseline)
+
+# Bench-time sanity tolerance by dtype (the test suite has its own table in tests/tolerances.py).
+CHECK_TOL = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+TARGETS = {"decode": 0.80, "transfer": 0.85}  # fraction of the measured copy bandwidth
+
+
+def _gbps(nbytes: int, ms: float) -> float:
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def copy_bandwidths(nbytes: int, device: torch.device, timer: Timer) -> dict[str, float]:
+    """D2D (bytes read + written) and pinned H2D / D2H GB/s for `nbytes` buffers."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    d2d = timer(lambda: dst.copy_(src))
+    h2d = timer(lambda: dst.copy_(host, non_blocking=True))
+    d2h = timer(lambda: host.copy_(src, non_blocking=True))
+    return {"bytes": nbytes, "d2d_gbps": _gbps(2 * nbytes, d2d), "h2d_gbps": _gbps(nbytes, h2d),
+            "d2h_gbps": _gbps(nbytes, d2h)}
+
+
+def _assert_close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    tol = CHECK_TOL[want.dtype]
+    try:
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    except AssertionError as err:
+        raise AssertionError(f"{name}: result differs from the reference, not timing it\n{err}") from err
+
+
+def bench_decode(case: DecodeCase, device: torch.device, timer: Timer,
+                 d2d_gbps: float) -> dict[str, Any]:
+    """Check, then time the Triton kernel and the gather+SDPA baseline at one shape."""
+    from kvtier.kernels.paged_attention import paged_decode_attention
+    from kvtier.kernels.reference import paged_decode_attention_ref
+    query, k_cache, v_cache, tables, lens = decode_inputs(case, device)
+    scale = case.head_dim ** -0.5
+    want = paged_decode_attention_ref(query, k_cache, v_cache, tables, lens, scale)
+    _assert_close(case.name, paged_decode_attention(query, k_cache, v_cache, tables, lens, scale), want)
+    _assert_close(case.name + " baseline",
+                  torch_decode_baseline(query, k_cache, v_cache, tables, case.context, scale), want)
+    kernel_ms = timer(lambda: paged_decode_attention(query, k_cache, v_cache, tables, lens, scale))
+    base_ms = timer(lambda: torch_decode_baseline(query, k_cache, v_cache, tables, case.context, scale))
+    gbps = _gbps(case.bytes_moved, kernel_ms)
+    return {"name": case.name, "batch": case.batch, "context": case.context,
+            "bytes": case.bytes_moved, "kernel_ms": kernel_ms, "kernel_gbps": gbps,
+            "fraction_of_d2d": gbps / d2d_gbps, "baseline_ms": base_ms,
+            "baseline_gbps": _gbps(case.bytes_moved, base_ms), "target": TARGETS["decode"]}
+
+
+def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple:
+    gen = torch.Generator(device=device).manual_seed(0)
+    pool_shape = (case.num_layers, 2, case.pool_blocks, case.block_size, case.num_kv_heads,
+                  case.head_dim)  # the device pool: [layers, K|V, blocks, block_size, heads, dim]
+    pool = torch.randn(pool_shape, generator=gen, device=device).to(case.dtype)
+    ids = torch.randperm(case.pool_blocks, generator=gen, device=device)[:case.num_blocks]
+    staging = torch.empty((case.num_blocks, *case.block_shape), dtype=case.dtype, device=device)
+    host = torch.empty(staging.shape, dtype=case.dtype, pin_memory=device.type == "cuda")
+    return pool, ids, staging, host
+
+
+def bench_transfer(case: TransferCase, device: torch.device, timer: Timer,
+                   bandwidth: dict[str, float]) -> dict[str, Any]:
+    """gather_blocks + D2H and H2D + scatter_blocks, after checking both against references."""
+    from kvtier.kernels.copy_blocks import gather_blocks, scatter_blocks
+    from kvtier.kernels.reference import gather_blocks_ref
+    pool, ids, staging, host = _transfer_buffers(case, device)
+    want = gather_blocks_ref(pool, ids, torch.empty_like(staging))
+    if not torch.equal(gather_blocks(pool, ids, staging), want):
+        raise AssertionError(f"{case.name}: gather_blocks differs from the reference, not timing it")
+    before = pool.clone()
+    pool[:, :, ids] = 0
+    if not torch.equal(scatter_blocks(staging, ids, pool), before):
+        raise AssertionError(f"{case.name}: scatter_blocks did not restore the gathered blocks")
+    out_ms = timer(lambda: host.copy_(gather_blocks(pool, ids, staging), non_blocking=True))
+    in_ms = timer(lambda: scatter_blocks(staging.copy_(host, non_blocking=True), ids, pool))
+    nbytes = case.num_blocks * case.page_size_bytes
+    out_gbps, in_gbps = _gbps(nbytes, out_ms), _gbps(nbytes, in_ms)
+    return {"name": case.name, "page_size_bytes": case.page_size_bytes, "bytes": nbytes,
+            "offload_ms": out_ms, "offload_gbps": out_gbps,
+            "offload_fraction_of_d2h": out_gbps / bandwidth["d2h_gbps"],
+            "onload_ms": in_ms, "onload_gbps": in_gbps,
+            "onload_fraction_of_h2d": in_gbps / bandwidth["h2d_gbps"], "target": TARGETS["transfer"]}
+
+
+def run_gpu_tests(tests_dir: Path, include_slow: bool, timeout_s: float) -> dict[str, Any]:
+    """Run the `gpu`-marked kernel tests in a subprocess; returns its summary line and code."""
+    if not tests_dir.is_dir():
+        return {"ran": False, "summary": f"no tests at {tests_dir}", "returncode": None}
+    marker = "gpu" if include_slow else "gpu and not slow"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+           str(tests_dir)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              cwd=tests_dir.parents[1])
+    except subprocess.TimeoutExpired:
+        return {"ran": True, "command": " ".join(cmd), "returncode": None,
+                "summary": f"timed out after {timeout_s:.0f} s (first runs compile every kernel "
+                           "variant; rerun, or pass --skip-tests and run pytest -m gpu apart)"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    return {"ran": True, "command": " ".join(cmd), "returncode": done.returncode,
+            "summary": lines[-1] if lines else done.stderr[-500:]}

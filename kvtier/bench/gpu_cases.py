@@ -1,0 +1,125 @@
+"""Shapes and inputs of the GPU check: paged decode cases, block-transfer cases, and timers.
+
+Inputs use shuffled block ids so the kernels read through real, non-contiguous block tables.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Timer = Callable[[Callable[[], object]], float]  # runs fn, returns milliseconds (median)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecodeCase:
+    """Paged decode at a uniform context length."""
+
+    name: str
+    batch: int
+    context: int  # tokens per sequence, the new one included
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int  # tokens
+    dtype: torch.dtype
+
+    @property
+    def bytes_moved(self) -> int:
+        """K and V of every context token read once, plus query read and output written."""
+        item = self.dtype.itemsize
+        kv = 2 * self.batch * self.context * self.num_kv_heads * self.head_dim * item
+        return kv + 2 * self.batch * self.num_heads * self.head_dim * item
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferCase:
+    """Moving `num_blocks` pool blocks through a device staging buffer and pinned host memory."""
+
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int  # tokens
+    dtype: torch.dtype
+    num_blocks: int  # blocks per transfer
+    pool_blocks: int  # blocks in the device pool
+
+    @property
+    def page_size_bytes(self) -> int:
+        """One block: all layers, K and V."""
+        return (2 * self.num_layers * self.num_kv_heads * self.block_size * self.head_dim
+                * self.dtype.itemsize)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        return (self.num_layers, 2, self.num_kv_heads, self.block_size, self.head_dim)
+
+
+def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
+    """The shapes of issue 3: Llama-3-8B-like decode, and 2 MiB blocks (32 layers x 8 heads)."""
+    common = dict(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+    decode = [DecodeCase(name="decode b64 ctx4096", batch=64, context=4096, **common),
+              DecodeCase(name="decode b4 ctx32768", batch=4, context=32768, **common)]
+    transfer = [TransferCase(name="2MiB blocks x128", num_layers=32, num_kv_heads=8, head_dim=128,
+                             block_size=16, dtype=torch.bfloat16, num_blocks=128, pool_blocks=512)]
+    return decode, transfer
+
+
+def dry_run_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
+    """Tiny shapes with the same structure, for a CPU run under the Triton interpreter."""
+    common = dict(num_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16)
+    decode = [DecodeCase(name="decode b3 ctx37", batch=3, context=37, **common),
+              DecodeCase(name="decode b1 ctx131", batch=1, context=131, **common)]
+    transfer = [TransferCase(name="4KiB blocks x3", num_layers=2, num_kv_heads=2, head_dim=32,
+                             block_size=8, dtype=torch.bfloat16, num_blocks=3, pool_blocks=9)]
+    return decode, transfer
+
+
+def cuda_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds from triton.testing.do_bench (warm-up, L2 flush, CUDA events)."""
+    from triton.testing import do_bench  # only on the GPU path
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def cpu_timer(fn: Callable[[], object], reps: int = 3) -> float:
+    """Median wall milliseconds; the dry run's stand-in for do_bench."""
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def decode_inputs(case: DecodeCase, device: torch.device, seed: int = 0) -> tuple:
+    """(query, k_cache, v_cache, block_tables, seq_lens) with shuffled block ids."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    blocks_per_seq = -(-case.context // case.block_size)
+    num_blocks = case.batch * blocks_per_seq
+    shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_dim)
+    k_cache = torch.randn(shape, generator=gen, device=device).to(case.dtype)
+    v_cache = torch.randn(shape, generator=gen, device=device).to(case.dtype)
+    order = torch.randperm(num_blocks, generator=gen, device=device)
+    block_tables = order.view(case.batch, blocks_per_seq).to(torch.int32)
+    seq_lens = torch.full((case.batch,), case.context, dtype=torch.int32, device=device)
+    query = torch.randn(case.batch, case.num_heads, case.head_dim, generator=gen,
+                        device=device).to(case.dtype)
+    return query, k_cache, v_cache, block_tables, seq_lens
+
+
+def torch_decode_baseline(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          block_tables: torch.Tensor, context: int, scale: float) -> torch.Tensor:
+    """Gather each sequence's blocks into a dense tensor, then SDPA (uniform context only)."""
+    batch, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    ids = block_tables.long()
+    # [batch, blocks, block_size, kv_heads, head_dim] -> [batch, kv_heads, context, head_dim]
+    k = k_cache[ids].flatten(1, 2)[:, :context].transpose(1, 2)
+    v = v_cache[ids].flatten(1, 2)[:, :context].transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.unsqueeze(2), k, v, scale=scale, enable_gqa=num_heads != num_kv_heads)
+    return out.squeeze(2)  # [batch, num_heads, head_dim]

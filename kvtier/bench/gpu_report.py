@@ -1,0 +1,92 @@
+"""Run the whole GPU check, save it as JSON, and format its table (benches/gpu_check.py's logic)."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvtier.bench.gpu import bench_decode, bench_transfer, copy_bandwidths, run_gpu_tests
+from kvtier.bench.gpu_cases import cpu_timer, cuda_timer, dry_run_cases, full_cases
+
+
+def environment(repo: Path) -> dict[str, Any]:
+    """Device, library versions and git SHA, so a JSON file says what produced it."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=repo, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})",
+            "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "git_sha": sha, "python": platform.python_version()}
+
+
+def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
+              run_tests: bool = True, tests_timeout_s: float = 180.0) -> dict[str, Any]:
+    """Everything issue 3's GPU check asks for, as one JSON-ready dict.
+
+    Raises:
+        RuntimeError: a full run without CUDA.
+    """
+    if not dry_run and not torch.cuda.is_available():
+        raise RuntimeError("the GPU check needs CUDA; use --dry-run on a CPU-only machine")
+    device = torch.device("cpu" if dry_run else "cuda")
+    timer = cpu_timer if dry_run else cuda_timer
+    decode_cases, transfer_cases = dry_run_cases() if dry_run else full_cases()
+    report: dict[str, Any] = {"dry_run": dry_run, "env": environment(repo)}
+    report["gpu_tests"] = (run_gpu_tests(repo / "tests" / "kernels", include_slow_tests,
+                                         tests_timeout_s) if run_tests else {"ran": False})
+    copy_bytes = transfer_cases[0].num_blocks * transfer_cases[0].page_size_bytes
+    report["bandwidth"] = copy_bandwidths(copy_bytes, device, timer)
+    d2d = report["bandwidth"]["d2d_gbps"]
+    report["decode"] = [bench_decode(case, device, timer, d2d) for case in decode_cases]
+    report["transfer"] = [bench_transfer(case, device, timer, report["bandwidth"])
+                          for case in transfer_cases]
+    return report
+
+
+def save_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def _verdict(fraction: float, target: float, dry_run: bool) -> str:
+    if dry_run:
+        return "(dry run: not a measurement)"
+    return "ok" if fraction >= target else "BELOW"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A fixed-width table: one row per measurement, napkin-math fraction beside the raw GB/s."""
+    bw = report["bandwidth"]
+    rows = [("what", "ms", "GB/s", "vs copy", "target", ""),
+            ("copy D2D (read+write)", "", f"{bw['d2d_gbps']:.1f}", "", "", ""),
+            ("copy H2D pinned", "", f"{bw['h2d_gbps']:.1f}", "", "", ""),
+            ("copy D2H pinned", "", f"{bw['d2h_gbps']:.1f}", "", "", "")]
+    for d in report["decode"]:
+        rows.append((d["name"] + " triton", f"{d['kernel_ms']:.3f}", f"{d['kernel_gbps']:.1f}",
+                     f"{d['fraction_of_d2d']:.0%}", f"{d['target']:.0%}",
+                     _verdict(d["fraction_of_d2d"], d["target"], report["dry_run"])))
+        rows.append((d["name"] + " gather+SDPA", f"{d['baseline_ms']:.3f}",
+                     f"{d['baseline_gbps']:.1f}", f"{d['baseline_gbps'] / bw['d2d_gbps']:.0%}", "", ""))
+    for t in report["transfer"]:
+        for way, key in (("gather+D2H", "offload"), ("H2D+scatter", "onload")):
+            frac = t[f"{key}_fraction_of_{'d2h' if key == 'offload' else 'h2d'}"]
+            rows.append((f"{t['name']} {way}", f"{t[key + '_ms']:.3f}", f"{t[key + '_gbps']:.1f}",
+                         f"{frac:.0%}", f"{t['target']:.0%}", _verdict(frac, t["target"], report["dry_run"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    tests = report["gpu_tests"]
+    head = (f"device: {report['env']['device']}  torch {report['env']['torch']}  "
+            f"triton {report['env']['triton']}  dry_run={report['dry_run']}")
+    return "\n".join([head, f"gpu tests: {tests.get('summary', 'not run')}", *lines])
