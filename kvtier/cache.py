@@ -1,50 +1,55 @@
 """TieredKVCache: the block manager, the device pool and the tiers below it, wired together.
 
-Device evictions are offloaded down (write-back) to the first lower tier; a prompt whose prefix
-continues in a lower tier has those blocks onloaded into fresh device blocks before it runs.
+Device evictions are offloaded down (write-back: device -> host synchronously, a memcpy; host ->
+disk asynchronously through the transfer engine). A prompt whose prefix continues in a lower tier
+gets those blocks pinned and read in the background; `finish_onload` puts them on the device.
+All bookkeeping stays on the caller's thread; only bytes move on the engine's workers.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from kvtier.block.block import Block
 from kvtier.block.manager import BlockManager, SeqState
+from kvtier.cache_stats import CacheStats
 from kvtier.config import KVLayout
 from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.gpu import DevicePool
+from kvtier.transfer.engine import TransferEngine
+from kvtier.transfer.onload import OnloadHandle
 from kvtier.types import BlockHash, Namespace, SeqId, TierKind
 
 
-@dataclass(slots=True)
-class CacheStats:
-    """Blocks looked up and where they were found; blocks moved per tier."""
-
-    lookup_blocks: int = 0  # full blocks of prompts that could have hit
-    hit_blocks: dict[TierKind, int] = field(default_factory=lambda: {k: 0 for k in TierKind})
-    offloaded_blocks: int = 0  # device -> first lower tier
-    dropped_blocks: int = 0  # evicted from the device with no lower tier able to take them
-    onloaded_bytes: int = 0
-    offloaded_bytes: int = 0
-
-    def hit_rate(self, kind: TierKind) -> float:
-        return self.hit_blocks[kind] / self.lookup_blocks if self.lookup_blocks else 0.0
-
-
 class TieredKVCache:
-    """Allocates KV blocks to sequences and keeps evicted prefixes in slower tiers."""
+    """Allocates KV blocks to sequences and keeps evicted prefixes in slower tiers.
+
+    Args:
+        layout: the KV layout of every tier.
+        num_device_blocks: size of the device pool.
+        lower_tiers: fastest first (host, disk, shared); each one's evictions spill to the next.
+        device: where the pool lives.
+        write_through: tiers (usually shared ones) that get every newly computed block at once,
+            so other hosts can hit it, instead of only on eviction.
+        engine: the transfer engine to use (one is made and owned otherwise).
+    """
 
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
+                 engine: TransferEngine | None = None) -> None:
         self.layout = layout
         self.pool = DevicePool(layout, num_device_blocks, device)
         self.manager = BlockManager(num_device_blocks, layout.block_size, eviction_hook=self._offload)
         self.tiers = list(lower_tiers)
+        self.write_through = list(write_through)
+        self.engine = engine or TransferEngine()
+        self._owns_engine = engine is None
         for upper, lower in zip(self.tiers, self.tiers[1:]):
-            upper.set_eviction_hook(lower.put)  # NOTE: write-back cascade host -> disk -> ...
+            upper.set_eviction_hook(functools.partial(self._spill_copy, lower))
+        self._onloads: dict[SeqId, OnloadHandle] = {}
         self.stats = CacheStats()
 
     @staticmethod
@@ -54,10 +59,11 @@ class TieredKVCache:
         return BlockKey(block.namespace, block.block_hash, tuple(block.token_ids))
 
     def allocate(self, seq_id: SeqId, token_ids: Sequence[int], namespace: Namespace,
-                 extra_keys: bytes = b"") -> SeqState:
-        """Blocks for a new prompt: device prefix hits, then lower-tier hits onloaded, then fresh blocks.
+                 extra_keys: bytes = b"", *, wait: bool = True) -> SeqState:
+        """Blocks for a new prompt: device prefix hits, then lower-tier hits, then fresh blocks.
 
-        `seq.num_cached_tokens` says how many leading tokens need no compute.
+        Lower-tier hits are read in the background; with `wait=False` call `finish_onload` before
+        the forward pass. `seq.num_cached_tokens` then says how many leading tokens need no compute.
         """
         hashes = self.manager.hash_tokens(token_ids, namespace, extra_keys)
         max_hits = self.manager.max_hit_blocks(len(token_ids))
@@ -67,15 +73,16 @@ class TieredKVCache:
         found = self._find_lower(namespace, token_ids, hashes, num_device_hits, max_hits)
         try:
             seq = self.manager.allocate(seq_id, token_ids, namespace, block_hashes=hashes, extra_keys=extra_keys)
-            num_onloaded = self._onload(seq, found)
-        finally:
+        except BaseException:
             for tier, key in found:
                 tier.unpin(key.block_hash)
+            raise
         self.stats.lookup_blocks += max_hits
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
-        if num_onloaded:
-            self.manager.mark_computed(seq_id, (num_device_hits + num_onloaded) * self.layout.block_size)
-            seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size
+        if found:
+            self._onloads[seq_id] = self.engine.onload(found)
+            if wait:
+                self.finish_onload(seq_id)
         return seq
 
     def _find_lower(self, namespace: Namespace, token_ids: Sequence[int], hashes: list[BlockHash],
@@ -86,49 +93,91 @@ class TieredKVCache:
             tier = next((t for t in self.tiers if t.contains(hashes[i])), None)
             if tier is None:
                 break
-            tier.pin(hashes[i])
+            try:
+                tier.pin(hashes[i])
+            except KeyError:  # evicted between contains and pin: the run ends here
+                break
             found.append((tier, BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs]))))
         return found
 
-    def _onload(self, seq: SeqState, found: list[tuple[TierStore, BlockKey]]) -> int:
-        """Copy the found blocks into the sequence's first fresh blocks; stops at the first failed read."""
-        staging: list[torch.Tensor] = []
-        for tier, key in found:
-            data = tier.get(key)  # None when the object failed verification: a miss, recomputed
-            if data is None:
-                break
+    def is_onloading(self, seq_id: SeqId) -> bool:
+        return seq_id in self._onloads
+
+    def finish_onload(self, seq_id: SeqId, timeout_s: float | None = None) -> int:
+        """Wait for a sequence's lower-tier reads, place them on the device; returns blocks onloaded.
+
+        A block that fails verification ends the run: it and what follows are recomputed.
+        """
+        handle = self._onloads.pop(seq_id, None)
+        if handle is None:
+            return 0
+        loaded = handle.wait(timeout_s)
+        if not loaded:
+            return 0
+        seq = self.manager.seq(seq_id)
+        start = seq.num_registered_blocks
+        self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], torch.stack(loaded))
+        for tier, _ in handle.found[:len(loaded)]:
             self.stats.hit_blocks[tier.kind] += 1
-            staging.append(data)
-        if staging:
-            start = seq.num_registered_blocks
-            self.pool.write_blocks(seq.block_ids[start:start + len(staging)], torch.stack(staging))
-            self.stats.onloaded_bytes += len(staging) * self.layout.page_size_bytes
-        return len(staging)
+        self.stats.onloaded_bytes += len(loaded) * self.layout.page_size_bytes
+        self.manager.mark_computed(seq_id, (start + len(loaded)) * self.layout.block_size)
+        seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size
+        return len(loaded)
 
     def _offload(self, blocks: list[Block]) -> None:
-        """Eviction hook of the device pool: write the blocks down before they are reused."""
+        """Eviction hook of the device pool: copy the blocks out before they are reused."""
         if not self.tiers:
             self.stats.dropped_blocks += len(blocks)
             return
-        data = self.pool.read_blocks([b.block_id for b in blocks]).cpu()
+        data = self.pool.read_blocks([b.block_id for b in blocks]).cpu()  # [n, *block_shape], ours now
+        first = self.tiers[0]
         for block, block_data in zip(blocks, data):
-            try:
-                self.tiers[0].put(self.key_of(block), block_data)
-            except KVTierError:  # full of pinned blocks or an I/O fault: the block is just not kept
-                self.stats.dropped_blocks += 1
-                continue
+            if first.kind is TierKind.HOST:
+                try:
+                    first.put(self.key_of(block), block_data)
+                except KVTierError:  # every host slot pinned by transfers: this block is not kept
+                    self.stats.dropped_blocks += 1
+                    continue
+            else:
+                self._spill(first, self.key_of(block), block_data)
             self.stats.offloaded_blocks += 1
             self.stats.offloaded_bytes += self.layout.page_size_bytes
 
+    def _spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> None:
+        self.engine.spill(tier, key, data)
+
+    def _spill_copy(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> None:
+        """Eviction hook of a lower tier: its slot is reused at once, so the engine gets a copy."""
+        self.engine.spill(tier, key, data.clone())
+
     def mark_computed(self, seq_id: SeqId, num_tokens: int) -> list[Block]:
-        return self.manager.mark_computed(seq_id, num_tokens)
+        """Register the sequence's full computed blocks (write-through tiers get a copy)."""
+        if seq_id in self._onloads:
+            raise RuntimeError(f"sequence {seq_id!r} has an onload in flight; call finish_onload first")
+        registered = self.manager.mark_computed(seq_id, num_tokens)
+        if registered and self.write_through:
+            data = self.pool.read_blocks([b.block_id for b in registered]).cpu()
+            for block, block_data in zip(registered, data):
+                for tier in self.write_through:
+                    self._spill(tier, self.key_of(block), block_data)
+        return registered
 
     def append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[Block]:
         return self.manager.append(seq_id, token_ids)
 
     def free(self, seq_id: SeqId) -> None:
+        """Release a sequence, cancelling any reads still queued for it."""
+        handle = self._onloads.pop(seq_id, None)
+        if handle is not None:
+            handle.cancel()
         self.manager.free(seq_id)
 
+    def flush(self) -> None:
+        """Wait for every write-back and write-through submitted so far."""
+        self.engine.flush()
+
     def close(self) -> None:
+        if self._owns_engine:
+            self.engine.close()
         for tier in self.tiers:
             tier.close()

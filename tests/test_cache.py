@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from kvtier.block.hashing import namespace_digest
@@ -47,6 +48,43 @@ def test_host_eviction_cascades_to_the_next_tier():
     cache = TieredKVCache(LAYOUT, 6, [host, second])
     for i in range(4):
         run_prompt(cache, f"p{i}", list(range(i * 100, i * 100 + 16)))
+    cache.flush()  # host -> second spills are asynchronous
     assert host.num_blocks == 2 and second.num_blocks >= 2
     seq = run_prompt(cache, "again", list(range(16)) + [1])
     assert seq.num_cached_tokens == 16
+
+
+def test_onload_runs_in_background_until_finish_onload():
+    host = HostStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host])
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))  # a's blocks now live in the host tier only
+    seq = cache.allocate("c", list(range(13)), NS, wait=False)
+    assert cache.is_onloading("c") and seq.num_cached_tokens < 12
+    with pytest.raises(RuntimeError, match="has an onload in flight; call finish_onload first"):
+        cache.mark_computed("c", 13)
+    cache.finish_onload("c")
+    assert seq.num_cached_tokens == 12 and not cache.is_onloading("c")
+    for i in range(3):
+        assert torch.equal(cache.pool.read_blocks([seq.block_ids[i]])[0], block_content(LAYOUT, seq.block_hashes[i]))
+
+
+def test_free_during_onload_cancels_and_unpins():
+    host = HostStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host])
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))
+    seq = cache.allocate("c", list(range(13)), NS, wait=False)
+    cache.free("c")
+    cache.flush()
+    for block_hash in seq.block_hashes[:3]:
+        if host.contains(block_hash):
+            assert host.evict(block_hash)  # raises if a pin leaked
+
+
+def test_write_through_tier_gets_every_computed_block():
+    shared = HostStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [], write_through=[shared])
+    seq = run_prompt(cache, "a", list(range(13)))
+    cache.flush()
+    assert all(shared.contains(h) for h in seq.block_hashes[:3]) and shared.num_blocks == 3

@@ -1,0 +1,123 @@
+"""TransferEngine: moves blocks between the host/disk/shared tiers off the scheduler's thread.
+
+Onloads (reads a request waits on) run ahead of spills (write-backs nobody waits on). Every block
+in flight is pinned in its tier; spills hold at most `max_inflight_write_bytes` (back-pressure).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, wait
+from typing import Any, TypeVar
+
+import torch
+
+from kvtier.errors import KVTierError
+from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.transfer.executor import READ, WRITE, PriorityExecutor
+from kvtier.transfer.latency import LatencyStats
+from kvtier.transfer.onload import OnloadHandle
+from kvtier.types import BlockHash
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _unpin_if_cancelled(tier: TierStore, block_hash: BlockHash, future: Future[Any]) -> None:
+    if future.cancelled():  # a read that never ran still held its pin
+        tier.unpin(block_hash)
+
+
+class TransferEngine:
+    """Asynchronous reads and writes of whole blocks against TierStores, with per-tier latency stats."""
+
+    def __init__(self, num_workers: int = 4, max_inflight_write_bytes: int = 256 << 20) -> None:
+        self._executor = PriorityExecutor(num_workers, name="kvtier-transfer")
+        self.max_inflight_write_bytes = max_inflight_write_bytes
+        self._inflight_write_bytes = 0
+        self._write_room = threading.Condition()
+        self.latency: dict[str, LatencyStats] = {}
+        self._latency_lock = threading.Lock()
+        self.failed_writes = 0
+        self._pending: set[Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+
+    def _latency(self, tier: TierStore, op: str) -> LatencyStats:
+        name = f"{tier.kind.value}.{op}"
+        with self._latency_lock:
+            return self.latency.setdefault(name, LatencyStats())
+
+    def _track(self, future: Future[T]) -> Future[T]:
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._untrack)
+        return future
+
+    def _untrack(self, future: Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+        start = time.perf_counter()
+        try:
+            return tier.get(key)
+        finally:
+            tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
+            self._latency(tier, "read").record(time.perf_counter() - start)
+
+    def onload(self, found: Sequence[tuple[TierStore, BlockKey]]) -> OnloadHandle:
+        """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
+        or when it is cancelled before it starts."""
+        futures: list[Future[torch.Tensor | None]] = []
+        for tier, key in found:
+            future = self._track(self._executor.submit(READ, self._read_and_unpin, tier, key))
+            future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
+            futures.append(future)
+        return OnloadHandle(list(found), futures)
+
+    def spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[bool]:
+        """Write a block the engine now owns (pass a copy); blocks the caller when too much is in flight.
+
+        The future's result says whether the tier stored it; failures are counted and logged.
+        """
+        nbytes = data.numel() * data.element_size()
+        with self._write_room:  # NOTE: one block larger than the budget still goes, alone
+            self._write_room.wait_for(lambda: self._inflight_write_bytes == 0 or
+                                      self._inflight_write_bytes + nbytes <= self.max_inflight_write_bytes)
+            self._inflight_write_bytes += nbytes
+        future = self._track(self._executor.submit(WRITE, self._timed_put, tier, key, data))
+        future.add_done_callback(lambda _f: self._release_write(nbytes))
+        return future
+
+    def _release_write(self, nbytes: int) -> None:
+        with self._write_room:
+            self._inflight_write_bytes -= nbytes
+            self._write_room.notify_all()
+
+    def _timed_put(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> bool:
+        start = time.perf_counter()
+        try:
+            tier.put(key, data)
+            return True
+        except KVTierError as exc:
+            self.failed_writes += 1
+            log.warning("spill of block %s to %s failed: %s", key.block_hash.hex()[:16], tier.kind.value, exc)
+            return False
+        finally:
+            self._latency(tier, "write").record(time.perf_counter() - start)
+
+    def flush(self) -> None:
+        """Wait until every read and write submitted so far has finished or been cancelled."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        wait(pending)
+
+    def stats(self) -> dict[str, dict[str, float | int | None]]:
+        with self._latency_lock:
+            return {name: stats.as_dict() for name, stats in self.latency.items()}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

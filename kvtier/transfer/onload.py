@@ -1,0 +1,48 @@
+"""OnloadHandle: what a scheduler holds while a request's prefix is read back from lower tiers."""
+from __future__ import annotations
+
+from concurrent.futures import CancelledError, Future
+
+import torch
+
+from kvtier.errors import KVTierError
+from kvtier.tiers.base import BlockKey, TierStore
+
+
+class OnloadHandle:
+    """Per-block read futures for one request, in prefix order."""
+
+    def __init__(self, found: list[tuple[TierStore, BlockKey]], futures: list[Future[torch.Tensor | None]]) -> None:
+        self.found = found
+        self.futures = futures
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.futures)
+
+    def done(self) -> bool:
+        """True when every read has finished (or was cancelled): `wait` will not block."""
+        return all(f.done() for f in self.futures)
+
+    def wait(self, timeout_s: float | None = None) -> list[torch.Tensor]:
+        """The leading run of blocks read successfully; a miss or failure ends the run.
+
+        Blocks after the first miss are not needed (the prefix is recomputed from there), so their
+        reads are cancelled when not yet started.
+        """
+        loaded: list[torch.Tensor] = []
+        for future in self.futures:
+            try:
+                data = future.result(timeout=timeout_s)
+            except (CancelledError, KVTierError, OSError):  # a tier fault is a miss (invariant 4)
+                data = None
+            if data is None:
+                self.cancel()
+                break
+            loaded.append(data)
+        return loaded
+
+    def cancel(self) -> None:
+        """Cancel reads not yet started; their pins are released at once."""
+        for future in self.futures:
+            future.cancel()

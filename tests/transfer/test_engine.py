@@ -1,0 +1,98 @@
+import threading
+
+import torch
+
+from kvtier.block.hashing import hash_blocks, namespace_digest
+from kvtier.config import KVLayout
+from kvtier.errors import TierIOError
+from kvtier.synthetic import block_content
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.host import HostStore
+from kvtier.transfer.engine import TransferEngine
+
+LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
+NS = namespace_digest("m", None)
+KEYS = [BlockKey(NS, h, (2 * i, 2 * i + 1)) for i, h in enumerate(hash_blocks(NS, list(range(16)), 2))]
+
+
+class GatedStore(HostStore):
+    """A host store whose reads and writes wait for a gate, and can be told to fail."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_puts = False
+
+    def get(self, key, out=None):
+        self.gate.wait()
+        return super().get(key, out)
+
+    def put(self, key, data):
+        self.gate.wait()
+        if self.fail_puts:
+            raise TierIOError("injected EIO")
+        super().put(key, data)
+
+
+def filled_store(n=4):
+    store = GatedStore(LAYOUT, 8)
+    for key in KEYS[:n]:
+        store.put(key, block_content(LAYOUT, key.block_hash))
+    return store
+
+
+def test_onload_returns_leading_run_and_unpins_every_block():
+    store, engine = filled_store(), TransferEngine(num_workers=2)
+    wrong = KEYS[2]._replace(token_ids=(7, 7))  # fails verification: a miss; block 3 is then not needed
+    found = []
+    for key in (KEYS[0], KEYS[1], wrong, KEYS[3]):
+        store.pin(key.block_hash)
+        found.append((store, key))
+    loaded = engine.onload(found).wait(timeout_s=10)
+    assert len(loaded) == 2
+    assert all(torch.equal(d, block_content(LAYOUT, k.block_hash)) for d, k in zip(loaded, KEYS))
+    engine.close()
+    for key in KEYS[:4]:
+        assert store.evict(key.block_hash)  # would raise if still pinned
+    assert set(engine.stats()) == {"host.read"} and engine.stats()["host.read"]["count"] >= 3  # 4th may be cancelled
+
+
+def test_cancel_before_reads_start_releases_pins():
+    store, engine = filled_store(), TransferEngine(num_workers=1)
+    store.gate.clear()
+    found = [(store, k) for k in KEYS[:3]]
+    for _, key in found:
+        store.pin(key.block_hash)
+    handle = engine.onload(found)
+    handle.cancel()  # the first read may already be waiting on the gate; the others never start
+    store.gate.set()
+    engine.close()
+    assert handle.done()
+    for key in KEYS[:3]:
+        assert store.evict(key.block_hash)
+
+
+def test_spill_back_pressure_blocks_until_writes_finish():
+    store, engine = GatedStore(LAYOUT, 8), TransferEngine(num_workers=1, max_inflight_write_bytes=2 * LAYOUT.page_size_bytes)
+    store.gate.clear()
+    first = [engine.spill(store, k, block_content(LAYOUT, k.block_hash)) for k in KEYS[:2]]
+    third_submitted = threading.Event()
+    thread = threading.Thread(target=lambda: (engine.spill(store, KEYS[2], block_content(LAYOUT, KEYS[2].block_hash)),
+                                              third_submitted.set()))
+    thread.start()
+    assert not third_submitted.wait(timeout=0.2)  # budget of two blocks is full
+    store.gate.set()
+    thread.join(timeout=10)
+    engine.flush()
+    assert third_submitted.is_set() and all(f.result() for f in first) and store.num_blocks == 3
+    engine.close()
+
+
+def test_failed_spill_is_counted_not_raised():
+    store, engine = GatedStore(LAYOUT, 8), TransferEngine(num_workers=1)
+    store.fail_puts = True
+    future = engine.spill(store, KEYS[0], block_content(LAYOUT, KEYS[0].block_hash))
+    assert future.result(timeout=10) is False and engine.failed_writes == 1
+    assert engine.stats()["host.write"]["count"] == 1
+    engine.close()
