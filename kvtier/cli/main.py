@@ -5,9 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kvtier.cli import bench, demo, info
+from kvtier.cli import bench, cache, demo, info
 
-COMMAND_MODULES = [demo, info, bench]
+COMMAND_MODULES = [demo, info, bench, cache]
 
 
 def build_parser() -> argparse.ArgumentParser:
