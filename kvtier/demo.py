@@ -12,9 +12,10 @@ import torch
 
 from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
-from kvtier.config import KVLayout
+from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.synthetic import block_content, chat_trace, compute_blocks
 from kvtier.tiers.base import TierStore
+from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.host import HostStore
 from kvtier.types import SeqId, TierKind
 
@@ -23,7 +24,9 @@ from kvtier.types import SeqId, TierKind
 class DemoConfig:
     layout: KVLayout
     num_device_blocks: int = 64
-    num_host_blocks: int = 128
+    num_host_blocks: int = 48
+    disk_path: str | None = None  # a disk tier below the host when given
+    disk_capacity_bytes: int = 256 << 20
     num_conversations: int = 12
     num_turns: int = 4
 
@@ -51,10 +54,15 @@ def replay(cache: TieredKVCache, config: DemoConfig) -> dict[str, Any]:
 
 def run_demo(config: DemoConfig, lower_tiers: list[TierStore] | None = None) -> dict[str, Any]:
     """Replay the trace with a host tier (and any given lower tiers); returns the report."""
-    tiers: list[TierStore] = [HostStore(config.layout, config.num_host_blocks)] + list(lower_tiers or [])
+    tiers: list[TierStore] = [HostStore(config.layout, config.num_host_blocks)]
+    if config.disk_path is not None:
+        tiers.append(DiskStore(config.layout, DiskTierConfig(path=config.disk_path, fsync=False,
+                                                             capacity_bytes=config.disk_capacity_bytes)))
+    tiers += list(lower_tiers or [])
     cache = TieredKVCache(config.layout, config.num_device_blocks, tiers)
     try:
         totals = replay(cache, config)
+        cache.flush()
     finally:
         cache.close()
     stats = cache.stats
@@ -68,6 +76,7 @@ def run_demo(config: DemoConfig, lower_tiers: list[TierStore] | None = None) -> 
         "dropped_blocks": stats.dropped_blocks,
         "onloaded_bytes": stats.onloaded_bytes,
         "offloaded_bytes": stats.offloaded_bytes,
+        "transfer_latency": cache.engine.stats(),
         "tiers": {t.kind.value: {**t.stats.as_dict(), "used_bytes": t.used_bytes,
                                  "capacity_bytes": t.capacity_bytes} for t in tiers},
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from typing import Any
 
 from kvtier.config import ModelConfig
@@ -13,7 +14,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--device-blocks", type=int, default=64)
-    parser.add_argument("--host-blocks", type=int, default=128)
+    parser.add_argument("--host-blocks", type=int, default=48)
+    parser.add_argument("--disk", metavar="DIR", help="disk tier folder (default: a temporary folder)")
+    parser.add_argument("--no-disk", action="store_true", help="device and host tiers only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -22,9 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from kvtier.demo import DemoConfig, run_demo
 
     layout = ModelConfig.preset("tiny").kv_layout(block_size=16)
-    config = DemoConfig(layout=layout, num_device_blocks=args.device_blocks, num_host_blocks=args.host_blocks,
-                        num_conversations=args.conversations, num_turns=args.turns)
-    report = run_demo(config)
+    with tempfile.TemporaryDirectory(prefix="kvtier-demo-") as scratch:
+        disk = None if args.no_disk else (args.disk or scratch)
+        config = DemoConfig(layout=layout, num_device_blocks=args.device_blocks, num_host_blocks=args.host_blocks,
+                            num_conversations=args.conversations, num_turns=args.turns, disk_path=disk)
+        report = run_demo(config)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -1,0 +1,26 @@
+import json
+import subprocess
+import sys
+
+from kvtier.cli.main import main
+
+
+def test_demo_json_reports_hits_in_every_tier_and_verifies_blocks(capsys, tmp_path):
+    assert main(["demo", "--json", "--conversations", "6", "--turns", "3", "--device-blocks", "24",
+                 "--host-blocks", "16", "--disk", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["hit_rate"]) == {"device", "host", "disk"}
+    assert report["hit_rate"]["disk"] > 0 and report["verified_blocks"] > 0
+    assert report["cached_tokens"] <= report["prompt_tokens"] and report["dropped_blocks"] == 0
+    assert any(tmp_path.rglob("*.kvb"))
+
+
+def test_module_entry_point_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "kvtier", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "info", "bench", "cache"):
+        assert command in out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: kvtier" in capsys.readouterr().out
