@@ -30,12 +30,3 @@ def dot(a, b, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=DOT_PRECISION)
 
-
-def dot_precision(dtype_is_fp32: bool) -> str:
-    """'ieee' keeps float32 caches exact (tf32 would drop 13 mantissa bits); ignored for 16-bit."""
-    return "ieee" if dtype_is_fp32 else "tf32"
-
-
-def next_pow2_at_least(value: int, floor: int) -> int:
-    """Tile extent: a power of two >= value and >= floor (tl.dot needs every dim >= 16)."""
-    return max(floor, triton.next_power_of_2(value))

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._decode_args import check_decode_args, choose_num_splits, kv_tile_tokens
-from ._tiles import dot, dot_precision, load_paged_tile, next_pow2_at_least
+from ._attention_args import check_decode_args, choose_num_splits, tile_config
+from ._tiles import dot, load_paged_tile
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
 
@@ -121,11 +121,11 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     if batch == 0:
         return out
     group = num_heads // num_kv_heads
-    block_d = next_pow2_at_least(head_dim, 16)
-    block_n = kv_tile_tokens(block_d, query.device)
-    max_tiles = triton.cdiv(block_tables.shape[1] * block_size, block_n)
+    cfg = tile_config(head_dim, query.dtype, query.device)
+    max_tiles = triton.cdiv(block_tables.shape[1] * block_size, cfg.block_n)
     num_splits = choose_num_splits(batch * num_kv_heads, max_tiles, query.device)
-    split_len = triton.cdiv(max_tiles, num_splits) * block_n  # a whole number of tiles
+    split_len = triton.cdiv(max_tiles, num_splits) * cfg.block_n  # a whole number of tiles
+    # [batch, num_heads, num_splits, head_dim] and [batch, num_heads, num_splits], float32
     part_out = torch.empty(batch, num_heads, num_splits, head_dim, device=query.device,
                            dtype=torch.float32)
     part_lse = torch.empty(batch, num_heads, num_splits, device=query.device, dtype=torch.float32)
@@ -135,9 +135,10 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
         *part_out.stride()[:3], *part_lse.stride()[:2],
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_H=next_pow2_at_least(group, 16), BLOCK_N=block_n, BLOCK_D=block_d,
-        UPCAST=query.device.type != "cuda", DOT_PRECISION=dot_precision(query.dtype == torch.float32))
+        BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision)
     _paged_decode_reduce_kernel[(batch, num_heads)](
         part_out, part_lse, seq_lens, out, split_len, *part_out.stride()[:3],
-        *part_lse.stride()[:2], out.stride(0), out.stride(1), HEAD_DIM=head_dim, BLOCK_D=block_d)
+        *part_lse.stride()[:2], out.stride(0), out.stride(1), HEAD_DIM=head_dim,
+        BLOCK_D=cfg.block_d)
     return out

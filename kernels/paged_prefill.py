@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._decode_args import check_attention_args, kv_tile_tokens
+from ._attention_args import check_attention_args, tile_config
 from ._checks import check_int_vector
-from ._tiles import dot, dot_precision, load_paged_tile, next_pow2_at_least
+from ._tiles import dot, load_paged_tile
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
 
@@ -124,14 +124,12 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     out = torch.empty_like(query)
     if total == 0 or batch == 0:
         return out
-    block_d = next_pow2_at_least(head_dim, 16)
-    block_n = kv_tile_tokens(block_d, query.device)
-    block_m = 64 if query.device.type == "cuda" else 16
-    _paged_prefill_kernel[(total // block_m + batch, num_heads)](
+    cfg = tile_config(head_dim, query.dtype, query.device)
+    _paged_prefill_kernel[(total // cfg.block_m + batch, num_heads)](
         query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, scale * LOG2E,
         batch, query.stride(0), query.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        UPCAST=query.device.type != "cuda", DOT_PRECISION=dot_precision(query.dtype == torch.float32))
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision)
     return out

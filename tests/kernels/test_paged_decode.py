@@ -6,7 +6,7 @@ from itertools import product
 import pytest
 import torch
 
-from kvtier.kernels._decode_args import choose_num_splits
+from kvtier.kernels._attention_args import choose_num_splits
 from kvtier.kernels.paged_attention import paged_decode_attention
 from kvtier.kernels.reference import paged_decode_attention_ref
 from tests.kernels.paged_inputs import (DEVICES, DTYPES, HEAD_DIMS, case_param, irregular_lens,

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 from ._checks import (check_dtype, check_int_vector, check_ndim, check_paged_cache,
-                             check_same_device)
+                      check_same_device)
 
 MAX_HEAD_DIM = 256  # one head's row is one register tile; 64, 80, 96, 128 and 256 are tested
 # NOTE: off CUDA the kernels run under the interpreter, where small tiles and a few splits keep
 # the tests fast while still crossing tile and split boundaries at short lengths.
-INTERPRETER_BLOCK_N = 16
+INTERPRETER_BLOCK = 16
 INTERPRETER_TARGET_PROGRAMS = 16
 PROGRAMS_PER_SM = 2  # two resident split programs per SM hide the reduction's tail
 
@@ -50,16 +51,38 @@ def check_decode_args(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                          f"{query.shape[0]}")
 
 
+def is_compiled(device: torch.device) -> bool:
+    """Whether Triton compiles for a GPU here; off CUDA the launchers run under the interpreter."""
+    return device.type == "cuda"
+
+
 @functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
+def _num_sms_of(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def kv_tile_tokens(block_d: int, device: torch.device) -> int:
-    """Tokens per inner tile: 64 (32 for head_dim 256, to bound registers) on CUDA."""
-    if device.type != "cuda":
-        return INTERPRETER_BLOCK_N
-    return 64 if block_d <= 128 else 32
+def num_sms(device: torch.device) -> int:
+    return _num_sms_of(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@dataclass(frozen=True, slots=True)
+class TileConfig:
+    """Tile extents and dot flavour of the attention kernels at one head_dim/dtype/device."""
+
+    block_m: int  # query rows per prefill program
+    block_n: int  # keys per inner iteration
+    block_d: int  # head_dim padded to a power of two (masked)
+    upcast: bool  # feed tl.dot float32 operands (interpreter bf16 workaround, see _tiles.py)
+    dot_precision: str
+
+
+def tile_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
+    """Fixed, deterministic tiles: 64x64 on the GPU (64x32 at head_dim 256, to bound registers)."""
+    block_d = max(16, 1 << (head_dim - 1).bit_length())  # tl.dot needs every dim >= 16
+    precision = "ieee" if dtype == torch.float32 else "tf32"  # ieee: no tf32 rounding of fp32
+    if not is_compiled(device):
+        return TileConfig(INTERPRETER_BLOCK, INTERPRETER_BLOCK, block_d, True, precision)
+    return TileConfig(64, 64 if block_d <= 128 else 32, block_d, False, precision)
 
 
 def choose_num_splits(num_programs: int, max_tiles: int, device: torch.device) -> int:
@@ -67,8 +90,8 @@ def choose_num_splits(num_programs: int, max_tiles: int, device: torch.device) -
 
     Decided from host-known shapes only (no read of seq_lens, so no device sync).
     """
-    if device.type == "cuda":
-        target = PROGRAMS_PER_SM * _num_sms(device.index or torch.cuda.current_device())
+    if is_compiled(device):
+        target = PROGRAMS_PER_SM * num_sms(device)
     else:
         target = INTERPRETER_TARGET_PROGRAMS
     wanted = -(-target // max(num_programs, 1))
