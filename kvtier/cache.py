@@ -177,7 +177,9 @@ class TieredKVCache:
         self.engine.flush()
 
     def close(self) -> None:
+        """Finish every write in flight, then release the engine (if ours) and every tier."""
+        self.flush()
         if self._owns_engine:
             self.engine.close()
-        for tier in self.tiers:
+        for tier in dict.fromkeys(self.tiers + self.write_through):
             tier.close()

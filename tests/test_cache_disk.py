@@ -49,11 +49,17 @@ def test_working_set_four_times_device_cycles_through_host_and_disk(tmp_path):
     cache.close()
 
 
-def test_warm_restart_serves_blocks_written_by_an_earlier_process(tmp_path):
-    config = DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=True)
+def written_folder(path, fsync):
+    """A folder holding every block of one replay, written through by a cache that is then closed."""
+    config = DiskTierConfig(path=str(path), capacity_bytes=1 << 20, fsync=fsync)
     first = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [], write_through=[DiskStore(LAYOUT, config)])
     replay(first, rounds=1)
     first.close()
+    return config
+
+
+def test_warm_restart_serves_blocks_written_by_an_earlier_process(tmp_path):
+    config = written_folder(tmp_path, fsync=True)
     again = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [DiskStore(LAYOUT, config)])
     assert replay(again, rounds=1) == 8 * 4
     assert again.stats.hit_blocks[TierKind.DISK] == 8 * 4
@@ -61,10 +67,7 @@ def test_warm_restart_serves_blocks_written_by_an_earlier_process(tmp_path):
 
 
 def test_corrupted_object_is_a_miss_and_recomputed_never_served(tmp_path):
-    config = DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=False)
-    first = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [], write_through=[DiskStore(LAYOUT, config)])
-    replay(first, rounds=1)
-    first.close()
+    config = written_folder(tmp_path, fsync=False)
     for path in sorted(tmp_path.rglob("*.kvb"))[::3]:  # flip one payload byte in every third object
         raw = bytearray(path.read_bytes())
         raw[-5] ^= 0x40
