@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from kvtier.types import BlockHash
 OBJECT_SUFFIX = ".kvb"
 TEMP_SUFFIX = ".tmp"
 QUARANTINE_DIR = "quarantine"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _counter = itertools.count()  # NOTE: next() on itertools.count is atomic under the GIL
 
@@ -32,10 +32,15 @@ def object_relpath(block_hash: bytes) -> str:
 
 def parse_object_name(name: str) -> BlockHash | None:
     """The block hash an object file name stands for, or None if it is not an object name."""
-    if not name.endswith(OBJECT_SUFFIX):
+    if len(name) != 64 + len(OBJECT_SUFFIX) or not name.endswith(OBJECT_SUFFIX):
         return None
-    digest = name[:-len(OBJECT_SUFFIX)]
-    return BlockHash(bytes.fromhex(digest)) if _HEX64.fullmatch(digest) else None
+    digest = name[:64]
+    if not digest.islower() and not digest.isdigit():
+        return None  # upper-case hex is another name than the one object_relpath builds
+    try:
+        return BlockHash(bytes.fromhex(digest))
+    except ValueError:
+        return None
 
 
 def unique_suffix() -> str:
@@ -64,12 +69,6 @@ class FoundFile:
     is_temp: bool
 
 
-def fanout_dirs(root: str) -> Iterator[str]:
-    """Every existing `ROOT/ab/cd` folder."""
-    for top in _hex_subdirs(root):
-        yield from _hex_subdirs(top)
-
-
 def scan_leaf(leaf: str) -> list[FoundFile]:
     """The files of one fan-out folder; an object is only recognised in the folder its name maps to."""
     found: list[FoundFile] = []
@@ -80,15 +79,16 @@ def scan_leaf(leaf: str) -> list[FoundFile]:
         return found  # removed or unreadable while scanning: nothing here to index
     for entry in entries:
         try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        block_hash = parse_object_name(entry.name)
-        if block_hash is not None and not block_hash.hex().startswith(prefix):
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        name = entry.name
+        block_hash = parse_object_name(name)
+        if block_hash is not None and not name.startswith(prefix):
             block_hash = None
-        is_temp = entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)
+        is_temp = name.startswith(".") and name.endswith(TEMP_SUFFIX)
         found.append(FoundFile(entry.path, st.st_size, st.st_mtime_ns, block_hash, is_temp))
     return found
 
@@ -97,7 +97,8 @@ def is_stale(found: FoundFile, max_age_s: float) -> bool:
     return time.time_ns() - found.mtime_ns > max_age_s * 1e9
 
 
-def _hex_subdirs(folder: str) -> Iterator[str]:
+def hex_subdirs(folder: str) -> Iterator[str]:
+    """The `ab`-named subfolders of `folder` (one level of the fan-out)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -12,17 +12,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kvtier.config import DiskTierConfig
 from kvtier.tiers.disk_index import DiskIndex
-from kvtier.tiers.disk_paths import FoundFile, fanout_dirs, is_stale, object_relpath, scan_leaf
+from kvtier.tiers.disk_paths import FoundFile, hex_subdirs, is_stale, object_relpath, scan_leaf
 
 logger = logging.getLogger(__name__)
 SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide NFS round trips
 
 
 def scan_folder(root: str) -> list[FoundFile]:
-    """Every file in the fan-out folders of `root`."""
-    leaves = list(fanout_dirs(root))
+    """Every file in the fan-out folders of `root` (one task per top-level folder)."""
     with ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="kvtier-scan") as pool:
-        return [found for batch in pool.map(scan_leaf, leaves) for found in batch]
+        return [found for batch in pool.map(_scan_top, hex_subdirs(root)) for found in batch]
+
+
+def _scan_top(top: str) -> list[FoundFile]:
+    return [found for leaf in hex_subdirs(top) for found in scan_leaf(leaf)]
 
 
 def rebuild_index(index: DiskIndex, root: str, config: DiskTierConfig, stale_temp_age_s: float) -> list[str]:
