@@ -9,7 +9,11 @@ import json
 from pathlib import Path
 
 from kvtier.bench.report import format_table
-from kvtier.bench.storage import StorageBenchConfig, layout_for_block_bytes, run_storage_bench
+from kvtier.bench.storage import (
+    StorageBenchConfig,
+    layout_for_block_bytes,
+    run_storage_bench,
+)
 from kvtier.bench.workload import WorkloadConfig
 
 SIZES = (256 << 10, 1 << 20, 2 << 20)

@@ -18,7 +18,7 @@ from kvtier.errors import TierIOError
 
 def tensor_bytes(data: torch.Tensor) -> memoryview:
     """The bytes of a contiguous CPU tensor, without a copy."""
-    return memoryview(data.contiguous().view(torch.uint8).numpy()).cast("B")
+    return data.contiguous().view(-1).view(torch.uint8).numpy().data.cast("B")
 
 
 class RawFiles:

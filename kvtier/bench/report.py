@@ -106,11 +106,11 @@ def format_table(report: dict[str, Any]) -> str:
         for q in ("p50", "p90", "p99"):
             rows.append((f"{kind} {q} ms", num(report[f"{kind}_{q}_ms"], ".3f"),
                          num(report[f"raw_{kind}_{q}_ms"], ".3f"), ""))
-    lines = [f"kvtier bench storage: {cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
+    lines = [(f"kvtier bench storage: {cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
              f"codec {cfg['codec']}, fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, "
-             f"read ratio {cfg['read_ratio']}, {report['device']['fs_type']} at {cfg['path']}"]
+             f"read ratio {cfg['read_ratio']}, {report['device']['fs_type']} at {cfg['path']}")]
     lines += [f"{a:<14}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
-    lines.append(f"misses {report['misses']}, rejected {report['rejected']}; "
-                 f"{report['bytes_per_token']:.0f} bytes/token; prefix load at measured read GB/s: "
-                 + ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items()))
+    loads = ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items())
+    lines.append(f"misses {report['misses']}, rejected {report['rejected']}; {report['bytes_per_token']:.0f} "
+                 f"bytes/token; prefix load at measured read GB/s: {loads}")
     return "\n".join(lines)

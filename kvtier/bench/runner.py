@@ -1,9 +1,10 @@
 """Run one phase of block ops on N worker threads and time every op with `time.perf_counter`."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -12,6 +13,7 @@ from kvtier.bench.workload import BlockOp, TraceCursor
 from kvtier.errors import KVTierError, TierFullError
 
 OpFn = Callable[[BlockOp], bool]  # True when the block moved, False on a miss
+AsyncOpFn = Callable[[BlockOp, int], Awaitable[bool]]  # (op, worker index); same meaning
 
 
 @dataclass(slots=True)
@@ -24,6 +26,14 @@ class PhaseResult:
     latencies_s: dict[str, list[float]] = field(default_factory=lambda: {"write": [], "read": []})
     misses: int = 0
     rejected: int = 0
+
+    def merge(self, other: PhaseResult) -> None:
+        """Add another slice of the same phase (rounds interleave tier and raw slices)."""
+        self.wall_s += other.wall_s
+        for kind, values in other.latencies_s.items():
+            self.latencies_s[kind].extend(values)
+        self.misses += other.misses
+        self.rejected += other.rejected
 
     def num_ops(self, kind: str) -> int:
         return len(self.latencies_s[kind])
@@ -87,6 +97,49 @@ def run_phase(name: str, op_fn: OpFn, cursor: TraceCursor, *, concurrency: int, 
     result.wall_s = time.perf_counter() - start
     if failures:
         raise BenchAbortedError(f"phase {name!r} stopped: {failures[0]!r}") from failures[0]
+    return result
+
+
+def run_phase_async(name: str, op_fn: AsyncOpFn, cursor: TraceCursor, *, concurrency: int,
+                    block_bytes: int, progress: tqdm | None = None) -> PhaseResult:
+    """`run_phase` for an asyncio API: `concurrency` tasks on one event loop, same accounting."""
+    result = PhaseResult(name=name, block_bytes=block_bytes)
+
+    async def worker(index: int) -> None:
+        while (op := cursor.next()) is not None:
+            start = time.perf_counter()
+            try:
+                moved = await op_fn(op, index)
+            except TierFullError:
+                result.rejected += 1
+                continue
+            if moved:
+                result.latencies_s[op.kind].append(time.perf_counter() - start)
+            else:
+                result.misses += 1
+
+    async def watch() -> None:
+        shown = 0
+        while progress is not None:
+            await asyncio.sleep(0.2)
+            progress.update((len(cursor.issued) - shown) * block_bytes)
+            shown = len(cursor.issued)
+
+    async def main() -> None:
+        start = time.perf_counter()
+        watcher = asyncio.create_task(watch())
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            result.wall_s = time.perf_counter() - start
+            for task in (watcher, *tasks):
+                task.cancel()
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        raise BenchAbortedError(f"phase {name!r} stopped: {exc!r}") from exc
     return result
 
 

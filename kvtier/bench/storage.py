@@ -1,8 +1,9 @@
 """`kvtier bench storage`: the KV-offload pattern through a tier's public API against the raw ceiling.
 
-Phases, each tier-then-raw on the same ops, same bytes, same thread count, same folder, with the
-page cache flushed and dropped for both folders in between (raw_io.settle):
-1. write: spill prefixes block by block (time-boxed for the tier, replayed exactly for raw);
+Two phases, each cut into rounds; in a round one side (tier or raw, alternating) runs time-boxed
+and the other replays exactly its ops: same bytes, same thread count, same folder, and the page
+cache flushed and dropped after every slice (raw_io.settle).
+1. write: spill prefixes block by block;
 2. mixed: prefix-read bursts with Zipf reuse, interleaved with new spills at `read_ratio`.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,27 @@ import torch
 
 from kvtier.bench.raw_io import RawFiles, settle
 from kvtier.bench.report import break_even, device_facts, direction, ratio
-from kvtier.bench.runner import PhaseResult, run_phase
-from kvtier.bench.tier_ops import TierOps, check_round_trip, data_pool
-from kvtier.bench.workload import (BlockOp, PrefixChains, TraceCursor, WorkloadConfig, mixed_trace,
-                                   write_trace, written_blocks)
+from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
+from kvtier.bench.tier_ops import (
+    AsyncTier,
+    AsyncTierOps,
+    TierOps,
+    check_round_trip,
+    data_pool,
+)
+from kvtier.bench.workload import (
+    BlockOp,
+    PrefixChains,
+    TraceCursor,
+    WorkloadConfig,
+    mixed_trace,
+    write_trace,
+    written_blocks,
+)
 from kvtier.config import DiskTierConfig, KVLayout, check_positive_int, dtype_name
 
 TierFactory = Callable[[KVLayout, DiskTierConfig], Any]  # returns a TierStore
+AsyncFactory = Callable[[Any, int], AsyncTier]  # (TierStore, concurrency) -> its asyncio API
 MAX_DEFAULT_BYTES = 16 << 30
 
 
@@ -39,17 +54,22 @@ class StorageBenchConfig:
     concurrency: int = 4
     codec: str = "raw"
     fsync: bool = True
-    duration_s: float = 10.0
+    duration_s: float = 10.0  # of the leading sides' I/O, half writes, half mixed; replays add as much
+    rounds: int = 4  # slices per phase, alternating which side leads
     keep: bool = False
     max_bytes: int | None = None  # None: min(16 GiB, a quarter of the free space)
     progress: bool = False
+    api: str = "sync"  # "sync": TierStore put/get on threads; "async": the asyncio API on one loop
 
     def __post_init__(self) -> None:
         check_positive_int("StorageBenchConfig", "concurrency", self.concurrency)
+        check_positive_int("StorageBenchConfig", "rounds", self.rounds)
         if not self.duration_s > 0:
             raise ValueError(f"StorageBenchConfig.duration_s must be > 0 seconds, got {self.duration_s}")
         if self.codec not in ("raw", "zstd"):
             raise ValueError(f"StorageBenchConfig.codec must be 'raw' or 'zstd', got {self.codec!r}")
+        if self.api not in ("sync", "async"):
+            raise ValueError(f"StorageBenchConfig.api must be 'sync' or 'async', got {self.api!r}")
         if self.max_bytes is not None:
             check_positive_int("StorageBenchConfig", "max_bytes", self.max_bytes)
         if self.workload.block_size != self.layout.block_size:
@@ -76,9 +96,17 @@ def layout_for_block_bytes(block_bytes: int, block_size: int = 16) -> KVLayout:
 
 
 def default_tier_factory(layout: KVLayout, config: DiskTierConfig) -> Any:
-    from kvtier.tiers.disk import DiskStore  # imported late: the bench must load without it
+    from kvtier.tiers.disk import (
+        DiskStore,  # imported late: the bench must load without it
+    )
 
     return DiskStore(layout, config)
+
+
+def default_async_factory(store: Any, concurrency: int) -> AsyncTier:
+    from kvtier.tiers.disk_async import AsyncDiskStore
+
+    return AsyncDiskStore(store, max_concurrency=concurrency)
 
 
 def _budget(config: StorageBenchConfig) -> int:
@@ -91,41 +119,69 @@ def _budget(config: StorageBenchConfig) -> int:
     return budget
 
 
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One contender: its label, how it runs a slice of ops, and the folder it leaves files in."""
+
+    label: str
+    folder: Path
+    op_fn: Callable[[BlockOp], bool] | None = None
+    async_op_fn: AsyncOpFn | None = None
+
+    def run(self, name: str, cursor: TraceCursor, config: StorageBenchConfig, bar: Any) -> PhaseResult:
+        kwargs: dict[str, Any] = {"concurrency": config.concurrency, "block_bytes": config.layout.page_size_bytes,
+                                  "progress": bar}
+        if self.async_op_fn is not None:
+            return run_phase_async(f"{self.label} {name}", self.async_op_fn, cursor, **kwargs)
+        assert self.op_fn is not None, "a side needs a sync or an async op"
+        return run_phase(f"{self.label} {name}", self.op_fn, cursor, **kwargs)
+
+
 @dataclass(slots=True)
 class _Run:
     config: StorageBenchConfig
-    tier: TierOps
-    raw: RawFiles
-    budget: int
+    sides: tuple[_Side, _Side]  # tier, raw
     phases: dict[str, PhaseResult] = field(default_factory=dict)
 
-    def pair(self, name: str, cursor: TraceCursor) -> list[BlockOp]:
-        """The tier on `cursor`, then the raw ceiling on exactly the ops the tier was given."""
-        self.phases[f"tier_{name}"] = self._timed(f"tier {name}", self.tier.run, cursor, self.tier.folder)
-        replay = TraceCursor.replay(cursor.issued, self.config.layout.page_size_bytes)
-        self.phases[f"raw_{name}"] = self._timed(f"raw {name}", self.raw.run, replay, self.raw.folder)
-        return cursor.issued
+    def pair(self, name: str, trace: Iterator[BlockOp], max_write_bytes: int) -> list[BlockOp]:
+        """`rounds` slices of `trace`: one side time-boxed, the other replaying exactly its ops.
 
-    def _timed(self, label: str, op_fn: Callable[[BlockOp], bool], cursor: TraceCursor,
-               folder: Path) -> PhaseResult:
+        NOTE: the side that leads alternates (tier, raw, raw, tier, ...) so that neither always
+        runs on a disk the other just left busy; slices of both sides add up to the phase.
+        """
+        cfg, block_bytes = self.config, self.config.layout.page_size_bytes
+        issued: list[BlockOp] = []
+        for round_index in range(cfg.rounds):
+            lead, follow = self.sides if round_index % 2 == 0 else self.sides[::-1]
+            spent = sum(op.kind == "write" for op in issued) * block_bytes
+            cursor = TraceCursor(trace, block_bytes=block_bytes,
+                                 deadline=time.perf_counter() + cfg.duration_s / 2 / cfg.rounds,
+                                 min_ops=max(2 * cfg.concurrency, 4), max_write_bytes=max_write_bytes - spent)
+            self._timed(name, lead, cursor)
+            self._timed(name, follow, TraceCursor.replay(cursor.issued, block_bytes))
+            issued += cursor.issued
+        return issued
+
+    def _timed(self, name: str, side: _Side, cursor: TraceCursor) -> None:
         from tqdm import tqdm
 
-        cfg = self.config
-        with tqdm(desc=label, unit="B", unit_scale=True, disable=not cfg.progress, leave=False) as bar:
-            result = run_phase(label, op_fn, cursor, concurrency=cfg.concurrency,
-                               block_bytes=cfg.layout.page_size_bytes, progress=bar)
-        settle(folder)
-        return result
-
-    def cursor(self, trace: Any, max_write_bytes: int) -> TraceCursor:
-        cfg = self.config
-        return TraceCursor(trace, block_bytes=cfg.layout.page_size_bytes,
-                           deadline=time.perf_counter() + cfg.duration_s / 2,
-                           min_ops=max(2 * cfg.concurrency, 4), max_write_bytes=max_write_bytes)
+        with tqdm(desc=f"{side.label} {name}", unit="B", unit_scale=True, disable=not self.config.progress,
+                  leave=False) as bar:
+            result = side.run(name, cursor, self.config, bar)
+        settle(side.folder)
+        self.phases.setdefault(f"{side.label}_{name}", PhaseResult(name=name, block_bytes=result.block_bytes)) \
+            .merge(result)
 
 
-def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | None = None) -> dict[str, Any]:
-    """Run both phases and return the report (see report.py for the keys)."""
+def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | None = None,
+                      async_factory: AsyncFactory | None = None) -> dict[str, Any]:
+    """Run both phases and return the report (see report.py for the keys).
+
+    Args:
+        config: what to run.
+        tier_factory: builds the TierStore under test (default: DiskStore).
+        async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncDiskStore).
+    """
     if not config.path.is_dir():
         raise ValueError(f"--path {config.path} is not an existing folder")
     budget = _budget(config)
@@ -135,19 +191,26 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
     disk_config = DiskTierConfig(path=str(tier_dir), capacity_bytes=2 * budget, fsync=config.fsync,
                                  codec=config.codec)
     tier_dir.mkdir()
-    store = None
+    closers: list[Callable[[], Any]] = []
     try:
         store = (tier_factory or default_tier_factory)(config.layout, disk_config)
+        closers.append(store.close)
         check_round_trip(store, config.layout, pool)
-        run = _Run(config, TierOps(store, tier_dir, pool), RawFiles(raw_dir, pool, fsync=config.fsync), budget)
+        if config.api == "async":
+            astore = (async_factory or default_async_factory)(store, config.concurrency)
+            closers.insert(0, astore.close)
+            tier = _Side("tier", tier_dir, async_op_fn=AsyncTierOps(astore, pool, config.concurrency).run)
+        else:
+            tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run)
+        run = _Run(config, (tier, _Side("raw", raw_dir, op_fn=RawFiles(raw_dir, pool, fsync=config.fsync).run)))
         chains = PrefixChains(config.workload)
-        written = run.pair("write", run.cursor(write_trace(chains, len(pool)), budget // 2))
+        written = run.pair("write", write_trace(chains, len(pool)), budget // 2)
         spare = budget - len(written) * config.layout.page_size_bytes
-        run.pair("mixed", run.cursor(mixed_trace(chains, written_blocks(written), len(pool)), spare))
+        run.pair("mixed", mixed_trace(chains, written_blocks(written), len(pool)), spare)
         stats = dict(store.stats.as_dict()) if hasattr(store, "stats") else {}
     finally:
-        if store is not None:
-            store.close()
+        for close in closers:
+            close()
         shutil.rmtree(raw_dir, ignore_errors=True)
         if not config.keep:
             shutil.rmtree(tier_dir, ignore_errors=True)
@@ -179,8 +242,9 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
     report["config"] = {
         "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
         "layout": {**layout.to_dict(), "dtype": dtype_name(layout.dtype)}, "concurrency": config.concurrency,
+        "rounds": config.rounds,
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
-        "api": "sync TierStore (put/get) on threads"}
+        "api": config.api}
     report["device"] = device_facts(config.path)
     return report

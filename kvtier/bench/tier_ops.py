@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -50,9 +50,8 @@ def check_round_trip(store: TierStore, layout: KVLayout, pool: list[torch.Tensor
 class TierOps:
     """Runs block ops on a TierStore: writes `put` a pool tensor, reads `get` into a per-thread buffer."""
 
-    def __init__(self, store: TierStore, folder: Path, pool: list[torch.Tensor]) -> None:
+    def __init__(self, store: TierStore, pool: list[torch.Tensor]) -> None:
         self.store = store
-        self.folder = folder
         self._pool = pool
         self._local = threading.local()
 
@@ -68,3 +67,28 @@ class TierOps:
             self.store.put(op.key, self._pool[op.data_index])
             return True
         return self.store.get(op.key, out=self._out()) is not None
+
+
+class AsyncTier(Protocol):
+    """The asyncio API the bench drives (AsyncDiskStore has it)."""
+
+    async def put(self, key: BlockKey, data: torch.Tensor) -> None: ...
+
+    async def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None: ...
+
+    def close(self) -> Any: ...
+
+
+class AsyncTierOps:
+    """Block ops through a tier's asyncio API; each worker task reads into its own buffer."""
+
+    def __init__(self, store: AsyncTier, pool: list[torch.Tensor], concurrency: int) -> None:
+        self.store = store
+        self._pool = pool
+        self._outs = [torch.empty_like(pool[0]) for _ in range(concurrency)]
+
+    async def run(self, op: BlockOp, worker: int) -> bool:
+        if op.kind == "write":
+            await self.store.put(op.key, self._pool[op.data_index])
+            return True
+        return await self.store.get(op.key, out=self._outs[worker]) is not None

@@ -101,8 +101,9 @@ def write_trace(chains: PrefixChains, num_data: int, first_prefix: int = 0) -> I
 
 def zipf_weights(num_items: int, s: float) -> np.ndarray:
     """Probabilities proportional to 1 / rank**s for ranks 1..num_items."""
-    weights = 1.0 / np.arange(1, num_items + 1, dtype=np.float64) ** s
-    return weights / weights.sum()
+    weights: np.ndarray = 1.0 / np.arange(1, num_items + 1, dtype=np.float64) ** s
+    normalized: np.ndarray = weights / weights.sum()
+    return normalized
 
 
 def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int) -> Iterator[BlockOp]:
@@ -139,8 +140,8 @@ def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int) ->
 class TraceCursor:
     """Hands ops to worker threads in trace order and records what was handed out.
 
-    Stops at `deadline` (perf_counter seconds) once at least `min_ops` were handed out, or at
-    `max_bytes` of writes. A cursor over a fixed list (a replay) ignores both.
+    Stops at `deadline` (perf_counter seconds) once at least `min_ops` were handed out, and at
+    the first write beyond `max_write_bytes` (that op is dropped). A replay has neither limit.
     """
 
     def __init__(self, trace: Iterator[BlockOp], *, block_bytes: int, deadline: float | None = None,
@@ -161,13 +162,10 @@ class TraceCursor:
     def _is_over(self) -> bool:
         if len(self.issued) < self._min_ops:
             return False
-        if self._deadline is not None and time.perf_counter() >= self._deadline:
-            return True
-        return self._max_write_bytes is not None and \
-            self._write_bytes + self._block_bytes > self._max_write_bytes
+        return self._deadline is not None and time.perf_counter() >= self._deadline
 
     def next(self) -> BlockOp | None:
-        """The next op, or None when the phase is over."""
+        """The next op, or None when the phase is over (a write over `max_write_bytes` ends it too)."""
         with self._lock:
             if self._is_over():
                 return None
@@ -175,6 +173,10 @@ class TraceCursor:
             if op is None:
                 return None
             if op.kind == "write":
+                if self._max_write_bytes is not None and \
+                        self._write_bytes + self._block_bytes > self._max_write_bytes:
+                    self._deadline = self._min_ops = 0  # over budget: stop for good
+                    return None
                 self._write_bytes += self._block_bytes
             self.issued.append(op)
             return op

@@ -36,7 +36,11 @@ def _register_storage(benches: Any) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="threads issuing block ops (default 4)")
     p.add_argument("--codec", choices=("raw", "zstd"), default="raw", help="tier payload codec (default raw)")
     p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of tier I/O, half writes, half mixed; the raw replay adds as much (default 10)")
+                   help="seconds of time-boxed I/O, half writes, half mixed; the replays add about as much (default 10)")
+    p.add_argument("--api", choices=("sync", "async"), default="sync",
+                   help="drive the tier's sync API on threads or its asyncio API on one loop (default sync)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="slices per phase, alternating whether tier or raw leads (default 4)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
     p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes (default min(16 GiB, free/4))")
     p.add_argument("--seed", type=int, default=0, help="trace and data seed (default 0)")
@@ -75,7 +79,8 @@ def run_storage(args: argparse.Namespace) -> int:
         layout = storage_layout(args)
         config = StorageBenchConfig(
             path=args.path, layout=layout, concurrency=args.concurrency, codec=args.codec,
-            fsync=not args.no_fsync, duration_s=args.duration, keep=args.keep, max_bytes=args.max_bytes,
+            fsync=not args.no_fsync, duration_s=args.duration, rounds=args.rounds, keep=args.keep,
+            max_bytes=args.max_bytes, api=args.api,
             workload=WorkloadConfig(block_size=layout.block_size, read_ratio=args.read_ratio, seed=args.seed),
             progress=not args.json and sys.stderr.isatty())
         report = run_storage_bench(config)

@@ -1,6 +1,8 @@
 """The storage bench: trace shape, report keys and sanity, raw ceiling, --keep (no timed assertions)."""
 from __future__ import annotations
 
+import asyncio
+import itertools
 import threading
 from pathlib import Path
 
@@ -9,10 +11,19 @@ import torch
 
 from kvtier.bench.raw_io import RawFiles
 from kvtier.bench.report import percentile_ms
-from kvtier.bench.storage import StorageBenchConfig, layout_for_block_bytes, run_storage_bench
+from kvtier.bench.storage import (
+    StorageBenchConfig,
+    layout_for_block_bytes,
+    run_storage_bench,
+)
 from kvtier.bench.tier_ops import BenchCheckError, data_pool
-from kvtier.bench.workload import (PrefixChains, WorkloadConfig, mixed_trace, write_trace,
-                                   written_blocks)
+from kvtier.bench.workload import (
+    PrefixChains,
+    WorkloadConfig,
+    mixed_trace,
+    write_trace,
+    written_blocks,
+)
 from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
@@ -65,9 +76,26 @@ class ZeroStore(MemoryStore):
         return torch.zeros(self.layout.block_shape, dtype=self.layout.dtype)
 
 
+class AsyncMemory:
+    """The asyncio face of a MemoryStore (what AsyncDiskStore is to DiskStore)."""
+
+    def __init__(self, store: MemoryStore, concurrency: int) -> None:
+        self.store = store
+        self.closed = False
+
+    async def put(self, key: BlockKey, data: torch.Tensor) -> None:
+        await asyncio.to_thread(self.store.put, key, data)
+
+    async def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        return await asyncio.to_thread(self.store.get, key, out)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def short_config(path: Path, **overrides: object) -> StorageBenchConfig:
-    base: dict[str, object] = dict(path=path, layout=layout_for_block_bytes(BLOCK_BYTES), duration_s=0.4,
-                                   concurrency=2, max_bytes=64 << 20)
+    base: dict[str, object] = {"path": path, "layout": layout_for_block_bytes(BLOCK_BYTES), "duration_s": 0.4,
+                               "fsync": False, "concurrency": 2, "max_bytes": 16 << 20}
     return StorageBenchConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
@@ -92,6 +120,19 @@ def test_short_run_reports_every_key_with_sane_values(tmp_path: Path) -> None:
     assert report["config"]["block_bytes"] == BLOCK_BYTES
     assert report["device"]["free_bytes"] > 0 and report["tier_path"] is None
     assert list(tmp_path.iterdir()) == []  # tier and raw folders removed without --keep
+
+
+def test_async_api_moves_the_same_ops_as_the_raw_side(tmp_path: Path) -> None:
+    wrappers: list[AsyncMemory] = []
+
+    def wrap(store: MemoryStore, concurrency: int) -> AsyncMemory:
+        wrappers.append(AsyncMemory(store, concurrency))
+        return wrappers[-1]
+
+    report = run_storage_bench(short_config(tmp_path, api="async"), MemoryStore, wrap)
+    assert report["config"]["api"] == "async" and wrappers[0].closed
+    assert report["write_ops"] == report["raw_write_ops"] > 0 and report["read_ops"] == report["raw_read_ops"] > 0
+    assert report["misses"] == 0 and report["read_gbps"] > 0
 
 
 def test_write_bytes_respect_max_bytes(tmp_path: Path) -> None:
@@ -133,7 +174,7 @@ def test_prefix_reads_are_bursts_of_consecutive_chained_blocks() -> None:
     chains = PrefixChains(WorkloadConfig(read_ratio=1.0, seed=1))
     writes = [op for op, _ in zip(write_trace(chains, 8), range(300))]
     reads = [op for op, _ in zip(mixed_trace(chains, written_blocks(writes), 8), range(300))]
-    for prev, op in zip(reads, reads[1:]):
+    for prev, op in itertools.pairwise(reads):
         if op.block_index:
             assert (op.prefix_id, op.block_index) == (prev.prefix_id, prev.block_index + 1)
     assert chains.key(0, 1).block_hash != chains.key(1, 1).block_hash
@@ -167,9 +208,10 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile_ms([], 50) is None
 
 
-def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path, api: str) -> None:
     disk = pytest.importorskip("kvtier.tiers.disk")
-    config = short_config(tmp_path, keep=True)
+    config = short_config(tmp_path, keep=True, api=api)
     report = run_storage_bench(config)
     tier_path = Path(report["tier_path"])
     assert tier_path.is_dir() and [p.name for p in tmp_path.iterdir()] == [tier_path.name]
