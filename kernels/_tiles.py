@@ -1,9 +1,11 @@
 """Triton helpers shared by the paged attention kernels: paged K/V tile loads and a safe dot.
 
-NOTE: triton 3.9's interpreter (TRITON_INTERPRET=1) computes `tl.dot` on bfloat16 operands as
-if they were uint16 (numpy has no bfloat16), which returns garbage; loads, stores and casts are
-fine. Launchers therefore set UPCAST=True off CUDA so operands reach `tl.dot` as float32. On the
-GPU the dot runs on the native fp16/bf16 tensor cores with float32 accumulation.
+NOTE: triton 3.9's interpreter (TRITON_INTERPRET=1) keeps bfloat16 values as numpy uint16 (numpy
+has no bfloat16), so any arithmetic on bf16 values there (+, tl.sum, tl.dot) works on the bit
+patterns and returns garbage; loads, stores, `other=`, tl.full and casts are exact. The kernels
+therefore never compute on 16-bit values except inside tl.dot, and launchers set UPCAST=True
+off CUDA so tl.dot gets float32 operands. On the GPU the dot runs on the native fp16/bf16
+tensor cores with float32 accumulation.
 """
 from __future__ import annotations
 

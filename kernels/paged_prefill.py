@@ -43,6 +43,7 @@ def _paged_prefill_kernel(
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    tl.static_assert(BLOCK_D >= HEAD_DIM and BLOCK_M >= 16 and BLOCK_N >= 16)
     tile = tl.program_id(0)
     head = tl.program_id(1)
     seq = _find_seq(query_start_loc_ptr, tile, batch, BLOCK_M)
