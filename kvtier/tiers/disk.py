@@ -152,10 +152,10 @@ class DiskStore(TierStore):
     def prepare_put(self, key: BlockKey, data: torch.Tensor) -> PendingPut | None:
         """Encode the block and reserve room, evicting LRU objects; None if it is already stored."""
         self.check_block(data)
-        with self._lock:
-            if key.block_hash in self._index:  # content-named and immutable: nothing to write
+        if self.contains(key.block_hash):  # content-named and immutable: nothing to write
+            with self._lock:
                 self._index.touch(key.block_hash)
-                return None
+            return None
         parts = encode_block(key, data, self.layout, self.config.codec)
         size = sum(memoryview(p).nbytes for p in parts)
         self._reserve(size)
