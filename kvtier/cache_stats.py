@@ -17,5 +17,10 @@ class CacheStats:
     onloaded_bytes: int = 0
     offloaded_bytes: int = 0
 
+    @property
+    def miss_blocks(self) -> int:
+        """Blocks that could have hit but were found in no tier (they are recomputed)."""
+        return self.lookup_blocks - sum(self.hit_blocks.values())
+
     def hit_rate(self, kind: TierKind) -> float:
         return self.hit_blocks[kind] / self.lookup_blocks if self.lookup_blocks else 0.0

@@ -70,6 +70,7 @@ def run_demo(config: DemoConfig, lower_tiers: list[TierStore] | None = None) -> 
         **totals,
         "token_hit_rate": totals["cached_tokens"] / max(totals["prompt_tokens"], 1),
         "lookup_blocks": stats.lookup_blocks,
+        "miss_blocks": stats.miss_blocks,
         "hit_rate": {kind.value: stats.hit_rate(kind) for kind in TierKind if kind in
                      {TierKind.DEVICE, *(t.kind for t in tiers)}},
         "offloaded_blocks": stats.offloaded_blocks,

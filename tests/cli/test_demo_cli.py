@@ -12,6 +12,8 @@ def test_demo_json_reports_hits_in_every_tier_and_verifies_blocks(capsys, tmp_pa
     assert set(report["hit_rate"]) == {"device", "host", "disk"}
     assert report["hit_rate"]["disk"] > 0 and report["verified_blocks"] > 0
     assert report["cached_tokens"] <= report["prompt_tokens"] and report["dropped_blocks"] == 0
+    hits = round(sum(report["hit_rate"].values()) * report["lookup_blocks"])
+    assert hits + report["miss_blocks"] == report["lookup_blocks"] and hits == report["verified_blocks"]
     assert any(tmp_path.rglob("*.kvb"))
 
 
