@@ -124,7 +124,8 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     cfg = tile_config(head_dim, query.dtype, query.device)
     max_tiles = triton.cdiv(block_tables.shape[1] * block_size, cfg.block_n)
     num_splits = choose_num_splits(batch * num_kv_heads, max_tiles, query.device)
-    split_len = triton.cdiv(max_tiles, num_splits) * cfg.block_n  # a whole number of tiles
+    # A whole number of tiles, never 0 (the reduction divides by it, even for an empty table).
+    split_len = max(1, triton.cdiv(max_tiles, num_splits)) * cfg.block_n
     # [batch, num_heads, num_splits, head_dim] and [batch, num_heads, num_splits], float32
     part_out = torch.empty(batch, num_heads, num_splits, head_dim, device=query.device,
                            dtype=torch.float32)

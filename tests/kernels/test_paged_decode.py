@@ -73,6 +73,10 @@ def test_decode_empty_sequence_gives_zeros(device):
                                  paged.seq_lens, 0.125)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert torch.isfinite(out[1]).all()
+    no_blocks = torch.zeros(2, 0, dtype=torch.int32, device=device)
+    out = paged_decode_attention(query, paged.k_cache, paged.v_cache, no_blocks,
+                                 torch.zeros(2, dtype=torch.int32, device=device), 0.125)
+    assert torch.equal(out, torch.zeros_like(out))
 
 
 def test_decode_rejects_mismatched_heads():
