@@ -6,10 +6,14 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvtier.bench.runner import PhaseResult
+
+if TYPE_CHECKING:
+    from kvtier.bench.storage import StorageBenchConfig
 
 PREFIX_TOKENS = (1024, 8192, 32768)
 
@@ -114,3 +118,37 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"misses {report['misses']}, rejected {report['rejected']}; {report['bytes_per_token']:.0f} "
                  f"bytes/token; prefix load at measured read GB/s: {loads}")
     return "\n".join(lines)
+
+
+def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tier_dir: Path,
+                 tier_stats: dict[str, Any]) -> dict[str, Any]:
+    """The report of one run: tier and raw sides per direction, ratios, break-even, config, device."""
+    layout = config.layout
+    report: dict[str, Any] = {}
+    report |= direction("write_", phases["tier_write"], "write")
+    report |= direction("raw_write_", phases["raw_write"], "write")
+    report |= direction("read_", phases["tier_mixed"], "read")
+    report |= direction("raw_read_", phases["raw_mixed"], "read")
+    report |= {k: v for k, v in direction("mixed_write_", phases["tier_mixed"], "write").items()
+               if k.endswith(("gbps", "ops"))}
+    report |= {k: v for k, v in direction("raw_mixed_write_", phases["raw_mixed"], "write").items()
+               if k.endswith(("gbps", "ops"))}
+    report["write_ratio"] = ratio(report["write_gbps"], report["raw_write_gbps"])
+    report["read_ratio"] = ratio(report["read_gbps"], report["raw_read_gbps"])
+    report["misses"] = sum(p.misses for name, p in phases.items() if name.startswith("tier"))
+    report["rejected"] = sum(p.rejected for name, p in phases.items() if name.startswith("tier"))
+    report["phase_wall_s"] = {name: p.wall_s for name, p in phases.items()}
+    report |= break_even(layout.bytes_per_token, report["read_gbps"])
+    report["raw_prefix_load_ms"] = break_even(layout.bytes_per_token, report["raw_read_gbps"])["prefix_load_ms"]
+    report["tier_stats"] = tier_stats
+    report["tier_path"] = str(tier_dir) if config.keep else None
+    report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every phase"
+    report["config"] = {
+        "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
+        "layout": layout.to_dict(), "concurrency": config.concurrency,
+        "rounds": config.rounds,
+        "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
+        "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
+        "api": config.api}
+    report["device"] = device_facts(config.path)
+    return report

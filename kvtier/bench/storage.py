@@ -12,14 +12,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kvtier.bench.raw_io import RawFiles, settle
-from kvtier.bench.report import break_even, device_facts, direction, ratio
+from kvtier.bench.report import build_report
 from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
 from kvtier.bench.tier_ops import (
     AsyncTier,
@@ -37,7 +37,7 @@ from kvtier.bench.workload import (
     write_trace,
     written_blocks,
 )
-from kvtier.config import DiskTierConfig, KVLayout, check_positive_int, dtype_name
+from kvtier.config import DiskTierConfig, KVLayout, check_positive_int
 
 TierFactory = Callable[[KVLayout, DiskTierConfig], Any]  # returns a TierStore
 AsyncFactory = Callable[[Any, int], AsyncTier]  # (TierStore, concurrency) -> its asyncio API
@@ -96,9 +96,8 @@ def layout_for_block_bytes(block_bytes: int, block_size: int = 16) -> KVLayout:
 
 
 def default_tier_factory(layout: KVLayout, config: DiskTierConfig) -> Any:
-    from kvtier.tiers.disk import (
-        DiskStore,  # imported late: the bench must load without it
-    )
+    # NOTE: imported here so that the bench (and its tests with a fake tier) load without it.
+    from kvtier.tiers.disk import DiskStore
 
     return DiskStore(layout, config)
 
@@ -115,7 +114,7 @@ def _budget(config: StorageBenchConfig) -> int:
     block_bytes = config.layout.page_size_bytes
     if 2 * budget > free or budget < 2 * block_bytes:
         raise ValueError(f"bench needs 2 x {budget} bytes (tier + raw ceiling) with at least two blocks of "
-                         f"{block_bytes} bytes each; {config.path} has {free} free; free space or lower --max-bytes")
+                         f"{block_bytes} bytes each; {config.path} has {free} free; free some space or pass a lower --max-bytes")
     return budget
 
 
@@ -215,36 +214,3 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
         if not config.keep:
             shutil.rmtree(tier_dir, ignore_errors=True)
     return build_report(config, run.phases, tier_dir, stats)
-
-
-def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tier_dir: Path,
-                 tier_stats: dict[str, Any]) -> dict[str, Any]:
-    layout = config.layout
-    report: dict[str, Any] = {}
-    report |= direction("write_", phases["tier_write"], "write")
-    report |= direction("raw_write_", phases["raw_write"], "write")
-    report |= direction("read_", phases["tier_mixed"], "read")
-    report |= direction("raw_read_", phases["raw_mixed"], "read")
-    report |= {k: v for k, v in direction("mixed_write_", phases["tier_mixed"], "write").items()
-               if k.endswith(("gbps", "ops"))}
-    report |= {k: v for k, v in direction("raw_mixed_write_", phases["raw_mixed"], "write").items()
-               if k.endswith(("gbps", "ops"))}
-    report["write_ratio"] = ratio(report["write_gbps"], report["raw_write_gbps"])
-    report["read_ratio"] = ratio(report["read_gbps"], report["raw_read_gbps"])
-    report["misses"] = sum(p.misses for name, p in phases.items() if name.startswith("tier"))
-    report["rejected"] = sum(p.rejected for name, p in phases.items() if name.startswith("tier"))
-    report["phase_wall_s"] = {name: p.wall_s for name, p in phases.items()}
-    report |= break_even(layout.bytes_per_token, report["read_gbps"])
-    report["raw_prefix_load_ms"] = break_even(layout.bytes_per_token, report["raw_read_gbps"])["prefix_load_ms"]
-    report["tier_stats"] = tier_stats
-    report["tier_path"] = str(tier_dir) if config.keep else None
-    report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every phase"
-    report["config"] = {
-        "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
-        "layout": {**layout.to_dict(), "dtype": dtype_name(layout.dtype)}, "concurrency": config.concurrency,
-        "rounds": config.rounds,
-        "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
-        "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
-        "api": config.api}
-    report["device"] = device_facts(config.path)
-    return report
