@@ -117,6 +117,8 @@ def format_table(report: dict[str, Any]) -> str:
     loads = ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items())
     lines.append(f"misses {report['misses']}, rejected {report['rejected']}; {report['bytes_per_token']:.0f} "
                  f"bytes/token; prefix load at measured read GB/s: {loads}")
+    if report["tier_path"]:
+        lines.append(f"objects kept in {report['tier_path']} (try `kvtier cache stat {report['tier_path']}`)")
     return "\n".join(lines)
 
 

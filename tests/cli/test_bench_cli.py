@@ -57,3 +57,16 @@ def test_codec_reports_ratio_and_speed(capsys: pytest.CaptureFixture[str]) -> No
     assert {(r["codec"], r["dtype"]) for r in rows} == {(c, d) for c in ("raw", "zstd")
                                                         for d in ("float16", "bfloat16")}
     assert all(r["ratio"] > 0 and r["encode_gbps"] > 0 and r["decode_gbps"] > 0 for r in rows)
+
+
+def test_keep_leaves_objects_that_cache_verify_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("kvtier.tiers.disk")
+    argv = ["bench", "storage", "--path", str(tmp_path), "--block-bytes", str(64 << 10), "--duration", "0.4",
+            "--concurrency", "2", "--max-bytes", str(16 << 20), "--no-fsync", "--keep", "--read-ratio", "0.5"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "write GB/s" in table and "objects kept in" in table
+    (kept,) = tmp_path.iterdir()
+    assert main(["cache", "verify", str(kept), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["objects"] > 0 and verdict["corrupt"] == 0 and verdict["ok"] == verdict["objects"]
