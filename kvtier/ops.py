@@ -9,10 +9,11 @@ import functools
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import cast
 
 import torch
 
-from kvtier.kernels import reference
+from kvtier.kernels import reference  # NOTE: mypy cannot follow the kernels/ mapping: casts below
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,8 +35,9 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
              v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write new tokens' K/V into their cache slots; see kernels/store_kv.py."""
     if uses_triton(k_cache):
-        return _kernel_module("store_kv").store_kv(key, value, k_cache, v_cache, slot_mapping)
-    return reference.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
+        _kernel_module("store_kv").store_kv(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        reference.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
 
 
 def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -44,9 +46,9 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     """One-token-per-sequence attention over the paged cache; see kernels/paged_attention.py."""
     if uses_triton(query):
         launcher = _kernel_module("paged_attention").paged_decode_attention
-        return launcher(query, k_cache, v_cache, block_tables, seq_lens, scale)
-    return reference.paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens,
-                                                scale)
+        return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, seq_lens, scale))
+    return cast(torch.Tensor, reference.paged_decode_attention_ref(query, k_cache, v_cache, block_tables,
+                                                                   seq_lens, scale))
 
 
 def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -55,22 +57,23 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     """Causal varlen attention of new tokens over the paged cache; see kernels/paged_prefill.py."""
     if uses_triton(query):
         launcher = _kernel_module("paged_prefill").paged_prefill_attention
-        return launcher(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
-    return reference.paged_prefill_attention_ref(query, k_cache, v_cache, block_tables,
-                                                 query_start_loc, seq_lens, scale)
+        return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, query_start_loc,
+                                           seq_lens, scale))
+    return cast(torch.Tensor, reference.paged_prefill_attention_ref(query, k_cache, v_cache, block_tables,
+                                                                    query_start_loc, seq_lens, scale))
 
 
 def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor,
                   out: torch.Tensor) -> torch.Tensor:
     """Pack pool blocks into a block-major staging buffer; see kernels/copy_blocks.py."""
     if uses_triton(kv_cache):
-        return _kernel_module("copy_blocks").gather_blocks(kv_cache, block_ids, out)
-    return reference.gather_blocks_ref(kv_cache, block_ids, out)
+        return cast(torch.Tensor, _kernel_module("copy_blocks").gather_blocks(kv_cache, block_ids, out))
+    return cast(torch.Tensor, reference.gather_blocks_ref(kv_cache, block_ids, out))
 
 
 def scatter_blocks(staging: torch.Tensor, block_ids: torch.Tensor,
                    kv_cache: torch.Tensor) -> torch.Tensor:
     """Unpack a block-major staging buffer into pool blocks; see kernels/copy_blocks.py."""
     if uses_triton(kv_cache):
-        return _kernel_module("copy_blocks").scatter_blocks(staging, block_ids, kv_cache)
-    return reference.scatter_blocks_ref(staging, block_ids, kv_cache)
+        return cast(torch.Tensor, _kernel_module("copy_blocks").scatter_blocks(staging, block_ids, kv_cache))
+    return cast(torch.Tensor, reference.scatter_blocks_ref(staging, block_ids, kv_cache))
