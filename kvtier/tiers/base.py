@@ -95,10 +95,15 @@ class TierStore(ABC):
 
     @abstractmethod
     def pin(self, block_hash: BlockHash) -> None:
-        """Protect a resident block from eviction until `unpin`; pins nest."""
+        """Protect a resident block from eviction until `unpin`; pins nest.
+
+        Raises:
+            KeyError: the block is not in this tier (it may have just been evicted).
+        """
 
     @abstractmethod
-    def unpin(self, block_hash: BlockHash) -> None: ...
+    def unpin(self, block_hash: BlockHash) -> None:
+        """Release one pin; RuntimeError when the block is not pinned (a caller bug)."""
 
     @abstractmethod
     def evict(self, block_hash: BlockHash) -> bool:

@@ -62,7 +62,7 @@ class DiskIndex:
     def pin(self, block_hash: BlockHash) -> None:
         entry = self._entries.get(block_hash)
         if entry is None:
-            raise RuntimeError(f"pin of block {block_hash.hex()[:16]}… which is not in this disk tier")
+            raise KeyError(f"pin of block {block_hash.hex()[:16]}… which is not in this disk tier")
         entry.pins += 1
 
     def unpin(self, block_hash: BlockHash) -> None:

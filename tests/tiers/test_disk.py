@@ -111,7 +111,7 @@ def test_put_rejects_wrong_shape_and_get_rejects_wrong_out(tmp_path: Path) -> No
 
 def test_pin_and_unpin_misuse_raise(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    with pytest.raises(RuntimeError, match="not in this disk tier"):
+    with pytest.raises(KeyError, match="not in this disk tier"):  # TierStore.pin's contract
         store.pin(make_key(0).block_hash)
     store.put(make_key(0), make_block(0))
     with pytest.raises(RuntimeError, match="not pinned"):
@@ -151,3 +151,4 @@ def test_random_ops_keep_capacity_and_pins(tmp_path: Path) -> None:
         assert store.used_bytes <= store.capacity_bytes
         assert sum(p.stat().st_size for p in object_files(tmp_path)) == store.used_bytes
         assert all(store.contains(make_key(j).block_hash) for j in pinned)
+

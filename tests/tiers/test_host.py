@@ -70,8 +70,10 @@ def test_put_of_wrong_shape_or_dtype_raises(bad):
         HostStore(LAYOUT, 2).put(KEYS[0], bad)
 
 
-def test_unpin_without_pin_raises():
+def test_pin_misuse_raises():
     store = HostStore(LAYOUT, 2)
+    with pytest.raises(KeyError, match="not in the host tier"):  # TierStore.pin's contract
+        store.pin(KEYS[0].block_hash)
     store.put(KEYS[0], block(0))
     with pytest.raises(RuntimeError, match="not pinned"):
         store.unpin(KEYS[0].block_hash)
