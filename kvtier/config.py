@@ -212,3 +212,18 @@ class KVTierConfig:
         """Build from plain data (parsed YAML/JSON); the only place configs are parsed."""
         return cls(layout=KVLayout.from_dict(data["layout"]), cache=CacheConfig(**data["cache"]),
                    disk=tuple(DiskTierConfig(**d) for d in data.get("disk", ())))
+
+
+def model_fingerprint(model: ModelConfig, weights_id: str) -> str:
+    """What a KV cache depends on: architecture, dims, dtype and the weights' identity.
+
+    Args:
+        weights_id: identifies the exact weights (e.g. a checkpoint's sha256 or a revision);
+            two fine-tunes of one architecture must differ here, or they would share KV.
+    """
+    if not weights_id:
+        raise ValueError("weights_id must be a non-empty string naming the exact weights (e.g. their sha256)")
+    dims = ",".join(f"{name}={getattr(model, name)}" for name in (
+        "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size",
+        "vocab_size", "rope_theta", "norm_eps"))
+    return f"llama;{dims};dtype={dtype_name(model.dtype)};weights={weights_id}"

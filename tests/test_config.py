@@ -66,3 +66,16 @@ def test_full_config_from_dict_validates_every_part():
         DiskTierConfig(path="/tmp/x", capacity_bytes=1, codec="lz4")
     with pytest.raises(ValueError, match="CacheConfig.num_host_blocks must be an integer >= 0, got -1"):
         CacheConfig(num_device_blocks=1, num_host_blocks=-1)
+
+
+def test_model_fingerprint_covers_dims_dtype_and_weights():
+    from dataclasses import replace
+
+    from kvtier.config import model_fingerprint
+    base = ModelConfig.preset("llama-3-8b")
+    prints = {model_fingerprint(base, "sha:1"), model_fingerprint(base, "sha:2"),
+              model_fingerprint(replace(base, dtype=torch.float16), "sha:1"),
+              model_fingerprint(replace(base, rope_theta=10000.0), "sha:1")}
+    assert len(prints) == 4 and model_fingerprint(base, "sha:1") == model_fingerprint(base, "sha:1")
+    with pytest.raises(ValueError, match="weights_id must be a non-empty string"):
+        model_fingerprint(base, "")
