@@ -144,7 +144,10 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
     report["raw_prefix_load_ms"] = break_even(layout.bytes_per_token, report["raw_read_gbps"])["prefix_load_ms"]
     report["tier_stats"] = tier_stats
     report["tier_path"] = str(tier_dir) if config.keep else None
-    report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every phase"
+    report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every slice, both sides"
+    report["method"] = ("write_*: the write phase (spills only); read_*: read bytes / wall time of the mixed phase, "
+                        "which also spills at 1 - read_ratio (use --read-ratio 1 for reads alone); GB/s are 1e9 "
+                        "bytes of uncompressed block payload; raw_* replay exactly the same ops")
     report["config"] = {
         "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
         "layout": layout.to_dict(), "concurrency": config.concurrency,
