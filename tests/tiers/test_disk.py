@@ -38,12 +38,12 @@ def test_put_get_round_trip_every_codec_and_dtype(tmp_path: Path, codec: str, dt
     assert store.stats.hits == 2 and store.stats.puts == 1 and store.stats.corrupt == 0
 
 
-def test_object_is_named_by_hex_digest_in_two_level_fanout(tmp_path: Path) -> None:
+def test_object_is_named_by_hex_digest_in_one_level_fanout(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     key = make_key(3)
     store.put(key, make_block(3))
     digest = key.block_hash.hex()
-    assert object_files(tmp_path) == [tmp_path / digest[:2] / digest[2:4] / f"{digest}.kvb"]
+    assert object_files(tmp_path) == [tmp_path / digest[:2] / f"{digest}.kvb"]
     assert store.used_bytes == object_bytes() and store.kind is TierKind.DISK
     assert not list(tmp_path.rglob("*.tmp")), "no temporary file left behind"
 

@@ -56,7 +56,7 @@ def test_corrupt_object_in_shared_folder_is_quarantined(tmp_path: Path) -> None:
 def test_foreign_file_under_an_object_name_is_never_served(tmp_path: Path, content: bytes) -> None:
     key = make_key(5)
     digest = key.block_hash.hex()
-    folder = tmp_path / digest[:2] / digest[2:4]
+    folder = tmp_path / digest[:2]
     folder.mkdir(parents=True)
     (folder / f"{digest}.kvb").write_bytes(content)
     store = open_store(tmp_path)  # warm restart indexes it by name; the read verifies it

@@ -39,7 +39,7 @@ def test_restart_trims_to_capacity_oldest_mtime_first(tmp_path: Path) -> None:
     now = time.time()
     for i in range(6):  # make block 5 the oldest, block 0 the newest
         digest = make_key(i).block_hash.hex()
-        path = tmp_path / digest[:2] / digest[2:4] / f"{digest}.kvb"
+        path = tmp_path / digest[:2] / f"{digest}.kvb"
         os.utime(path, (now - 100 * (i + 1), now - 100 * (i + 1)))
     small = open_store(tmp_path, num_blocks=4)
     assert small.used_bytes <= small.capacity_bytes and len(object_files(tmp_path)) == 4
@@ -50,7 +50,7 @@ def test_restart_trims_to_capacity_oldest_mtime_first(tmp_path: Path) -> None:
 
 def _plant_temp(root: Path, age_s: float) -> Path:
     digest = make_key(0).block_hash.hex()
-    folder = root / digest[:2] / digest[2:4]
+    folder = root / digest[:2]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / temp_name(make_key(0).block_hash)
     path.write_bytes(b"partial")
