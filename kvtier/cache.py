@@ -52,11 +52,9 @@ class TieredKVCache:
         self._onloads: dict[SeqId, OnloadHandle] = {}
         self.stats = CacheStats()
 
-    @staticmethod
-    def key_of(block: Block) -> BlockKey:
-        assert block.block_hash is not None and block.namespace is not None and block.token_ids is not None, \
-            f"{block} is not registered"
-        return BlockKey(block.namespace, block.block_hash, tuple(block.token_ids))
+    def key_of(self, block: Block) -> BlockKey:
+        assert block.block_hash is not None and block.namespace is not None, f"{block} is not registered"
+        return BlockKey(block.namespace, block.block_hash, block.token_ids(self.layout.block_size))
 
     def allocate(self, seq_id: SeqId, token_ids: Sequence[int], namespace: Namespace,
                  extra_keys: bytes = b"", *, wait: bool = True) -> SeqState:

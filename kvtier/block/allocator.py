@@ -59,17 +59,19 @@ class BlockAllocator:
                 f"need {n} device blocks, {self.free_queue.num_free_blocks} free or evictable of "
                 f"{self.num_blocks}; free finished sequences, raise num_device_blocks, or add a host tier")
         blocks = self.free_queue.popleft_n(n)
-        evicted = [b for b in blocks if b.block_hash is not None]
+        evicted: list[Block] = []
+        for block in blocks:
+            block.ref_cnt = 1
+            if block.block_hash is not None:
+                evicted.append(block)
         if evicted:
             if self.eviction_hook is not None:
                 self.eviction_hook(evicted)
             cached = self.cached
             for block in evicted:
                 del cached[block.block_hash]  # type: ignore[arg-type]
-                block.reset_hash()
+                block.block_hash = block.namespace = block.token_source = None  # forget its identity
             self.num_evicted += len(evicted)
-        for block in blocks:
-            block.ref_cnt = 1
         return blocks
 
     def touch(self, blocks: Sequence[Block]) -> None:
@@ -112,7 +114,7 @@ class BlockAllocator:
             if block is None:
                 block = blocks[i]
                 block.block_hash, block.namespace = block_hash, namespace
-                block.token_ids = token_ids[i * block_size:(i + 1) * block_size]
+                block.token_source, block.token_start = token_ids, i * block_size
                 cached[block_hash] = block
             registered.append(block)
         return registered

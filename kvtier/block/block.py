@@ -12,14 +12,19 @@ class Block:
     `prev_free`/`next_free` link it into the free queue while `ref_cnt == 0` (see free_queue.py).
     """
 
-    __slots__ = ("block_id", "ref_cnt", "block_hash", "namespace", "token_ids", "prev_free", "next_free")
+    __slots__ = ("block_id", "ref_cnt", "block_hash", "namespace", "token_source", "token_start",
+                 "prev_free", "next_free")
 
     def __init__(self, block_id: BlockId) -> None:
         self.block_id = block_id
         self.ref_cnt = 0
         self.block_hash: BlockHash | None = None  # set once the block is full and registered
         self.namespace: Namespace | None = None
-        self.token_ids: Sequence[int] | None = None  # this block's own tokens, for the tier headers
+        # NOTE: the block's own tokens are `token_source[token_start:token_start + block_size]`, kept
+        # as a reference to its sequence's append-only token list, not sliced out at registration:
+        # only blocks that are offloaded ever need them (for the tier headers).
+        self.token_source: Sequence[int] | None = None
+        self.token_start = 0
         self.prev_free: Block | None = None
         self.next_free: Block | None = None
 
@@ -27,10 +32,10 @@ class Block:
     def is_cached(self) -> bool:
         return self.block_hash is not None
 
-    def reset_hash(self) -> None:
-        self.block_hash = None
-        self.namespace = None
-        self.token_ids = None
+    def token_ids(self, block_size: int) -> tuple[int, ...]:
+        """This block's own token ids (a registered block only)."""
+        assert self.token_source is not None, f"{self} is not registered"
+        return tuple(self.token_source[self.token_start:self.token_start + block_size])
 
     def __repr__(self) -> str:
         digest = self.block_hash.hex()[:12] if self.block_hash else None

@@ -61,7 +61,7 @@ def test_cache_block_keeps_the_first_holder_of_a_hash():
     a, b = alloc.allocate(2)
     assert alloc.cache_blocks([a], H, NS, [0] * 16, 16, 0, 1) == [a]
     assert alloc.cache_blocks([b], H, NS, [0] * 16, 16, 0, 1) == [a]
-    assert b.block_hash is None and a.token_ids == [0] * 16
+    assert b.block_hash is None and a.token_ids(16) == (0,) * 16
 
 
 def test_double_free_raises_and_changes_nothing():
