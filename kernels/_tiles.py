@@ -1,4 +1,5 @@
-"""Triton helpers shared by the paged attention kernels: paged K/V tile loads and a safe dot.
+"""Triton helpers shared by the paged attention kernels: paged K/V tile loads, a safe dot, and
+the running-softmax step of flash attention.
 
 NOTE: triton 3.9's interpreter (TRITON_INTERPRET=1) keeps bfloat16 values as numpy uint16 (numpy
 has no bfloat16), so any arithmetic on bf16 values there (+, tl.sum, tl.dot) works on the bit
@@ -32,3 +33,18 @@ def dot(a, b, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=DOT_PRECISION)
 
+
+
+@triton.jit
+def online_softmax_step(qk, v, m_i, l_i, acc, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Fold one tile into flash attention's running softmax; returns the new (acc, m_i, l_i).
+
+    qk: [ROWS, BLOCK_N] masked base-2 scores; v: [BLOCK_N, HEAD_DIM]; m_i, l_i: [ROWS] running
+    max and sum of exp2; acc: [ROWS, HEAD_DIM] float32.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, DOT_PRECISION)
+    return acc, m_new, l_i

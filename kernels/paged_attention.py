@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._attention_args import check_decode_args, choose_num_splits, tile_config
-from ._tiles import dot, load_paged_tile
+from ._tiles import dot, load_paged_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
 
@@ -53,14 +53,9 @@ def _paged_decode_split_kernel(
                                 stride_kc_block, stride_kc_tok, stride_kc_head, BLOCK_SIZE)
             qk = dot(q, tl.trans(k), UPCAST, DOT_PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
             qk = tl.where(mask_n[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = load_paged_tile(v_cache_ptr, table_row, pos, mask_n, kv_head, offs_d, mask_d,
                                 stride_vc_block, stride_vc_tok, stride_vc_head, BLOCK_SIZE)
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, DOT_PRECISION)
-            m_i = m_new
+            acc, m_i, l_i = online_softmax_step(qk, v, m_i, l_i, acc, UPCAST, DOT_PRECISION)
         out = acc / l_i[:, None]
         lse = m_i + tl.log2(l_i)  # base-2 log-sum-exp of this split's scaled scores
         po = part_out_ptr + seq * stride_po_b + heads[:, None] * stride_po_h + split * stride_po_s

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ._attention_args import check_attention_args, tile_config
 from ._checks import check_int_vector
-from ._tiles import dot, load_paged_tile
+from ._tiles import dot, load_paged_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
 
@@ -75,14 +75,9 @@ def _paged_prefill_kernel(
             # Key 0 is always visible, so no row is all -inf (padding rows included).
             visible = mask_n[None, :] & (pos[None, :] <= q_pos[:, None])
             qk = tl.where(visible, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = load_paged_tile(v_cache_ptr, table_row, pos, mask_n, kv_head, offs_d, mask_d,
                                 stride_vc_block, stride_vc_tok, stride_vc_head, BLOCK_SIZE)
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, DOT_PRECISION)
-            m_i = m_new
+            acc, m_i, l_i = online_softmax_step(qk, v, m_i, l_i, acc, UPCAST, DOT_PRECISION)
         out = acc / l_i[:, None]
         tl.store(out_ptr + rows[:, None] * stride_o_tok + head * stride_o_h + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
