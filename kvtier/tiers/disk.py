@@ -18,7 +18,7 @@ from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
-from kvtier.tiers.disk_io import discard, probe_o_direct, write_object
+from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
 from kvtier.tiers.disk_paths import object_relpath, temp_name
 from kvtier.tiers.disk_read import read_block
 from kvtier.tiers.disk_restart import rebuild_index
@@ -57,7 +57,7 @@ class DiskStore(TierStore):
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
         self._index = DiskIndex()
         for victim in rebuild_index(self._index, self.root, config, stale_temp_age_s):
-            self._remove_file(victim)
+            unlink_quietly(victim, "evicted object")
             self.stats.evictions += 1
 
     @property
@@ -144,7 +144,7 @@ class DiskStore(TierStore):
             if self._index.remove(block_hash) is None:
                 return False
             self.stats.evictions += 1
-        self._remove_file(self.path_of(block_hash))
+        unlink_quietly(self.path_of(block_hash), "evicted object")
         return True
 
     # Phases of a put, shared with AsyncDiskStore, which runs the write on its executor.
@@ -210,7 +210,7 @@ class DiskStore(TierStore):
             self.stats.evictions += len(victims)
         for block_hash, _ in victims:
             self._hand_to_hook(block_hash)
-            self._remove_file(self.path_of(block_hash))
+            unlink_quietly(self.path_of(block_hash), "evicted object")
 
     def _full_error(self, size: int, need: int) -> TierFullError:
         idx = self._index
@@ -274,11 +274,3 @@ class DiskStore(TierStore):
         with self._lock:
             self.stats.misses += 1
         return None
-
-    def _remove_file(self, path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("could not remove evicted object %s: %s", path, exc)

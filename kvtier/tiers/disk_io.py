@@ -41,7 +41,7 @@ def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], f
             os.close(fd)
         os.rename(temp_path, final_path)
     except BaseException:
-        _unlink_quietly(temp_path)
+        unlink_quietly(temp_path)
         raise
 
 
@@ -120,13 +120,14 @@ def _digest_of(path: str) -> str:
     return os.path.basename(path).split(".", 1)[0]
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str, what: str = "temporary file") -> None:
+    """Remove a file that may already be gone; other failures are logged, never raised."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        logger.warning("could not remove temporary file %s: %s", path, exc)
+        logger.warning("could not remove %s %s: %s", what, path, exc)
 
 
 def probe_o_direct(folder: str) -> bool:
@@ -143,7 +144,7 @@ def probe_o_direct(folder: str) -> bool:
     except OSError as exc:
         supported = False
         logger.info("O_DIRECT probe failed on %s (%s); falling back to buffered I/O", folder, exc)
-    _unlink_quietly(path)
+    unlink_quietly(path)
     if supported:
         # NOTE: objects are read whole right after being located and written once; buffered
         # I/O keeps the page cache as a free extra tier and needs no aligned buffers.
