@@ -16,7 +16,7 @@ from kvtier.tiers.disk_paths import QUARANTINE_DIR, quarantine_name, unique_suff
 from kvtier.tiers.format import BufferLike
 
 logger = logging.getLogger(__name__)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 # NOTE on durability: with `fsync` the data reaches the disk before the object gets its name, so
@@ -31,7 +31,7 @@ def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], f
 
     On any failure the temporary file is removed and the OSError propagates.
     """
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
     try:
         try:
             _write_all(fd, parts)
@@ -88,7 +88,7 @@ def read_whole(fd: int, size: int) -> memoryview:
 
 def open_for_read(path: str) -> tuple[int, int, int]:
     """Open an object for reading: `(fd, size, inode)`. FileNotFoundError when absent."""
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -138,7 +138,7 @@ def probe_o_direct(folder: str) -> bool:
         logger.info("O_DIRECT is not available on this platform; %s uses buffered I/O", folder)
         return False
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flag | _O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flag | O_CLOEXEC, 0o644)
         os.close(fd)
         supported = True
     except OSError as exc:

@@ -1,8 +1,9 @@
 """Read one block object and verify it completely before anything is handed out.
 
 Fast path (raw codec, the size the key and layout predict): one `readv` straight into the
-header buffer and the caller's output tensor, then checksums over those bytes; no copy.
-Anything else (zstd, another size) reads the whole file and goes through `decode_block`.
+header buffer, the caller's output tensor and a one-byte probe that catches a longer file, then
+checksums over those bytes; no copy and no `fstat`. Anything else (zstd, another size) reads the
+whole file and goes through `decode_block`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.base import BlockKey
-from kvtier.tiers.disk_io import open_for_read, read_exact_into, read_whole
+from kvtier.tiers.disk_io import O_CLOEXEC, read_exact_into, read_whole
 from kvtier.tiers.format import (
     BlockHeader,
     check_identity,
@@ -33,7 +34,6 @@ class ReadResult:
     key: BlockKey  # as stored in the header
     data: torch.Tensor  # [num_layers, 2, num_kv_heads, block_size, head_dim]
     size: int  # bytes of the object file
-    inode: int
 
 
 def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Tensor | None = None) -> ReadResult:
@@ -47,29 +47,32 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
         OSError: the read failed.
         FormatError: the object is corrupt, truncated, foreign or of another key or layout.
     """
-    fd, size, inode = open_for_read(path)
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
-        if key is not None and size == header_bytes_for(len(key.token_ids)) + layout.page_size_bytes:
-            header, data = _read_raw_into(fd, key, layout, out)
+        fast = _read_raw_into(fd, key, layout, out) if key is not None else None
+        if fast is not None:
+            header, data = fast
         else:
-            header, data = _read_any(fd, size, key, layout)
+            os.lseek(fd, 0, os.SEEK_SET)
+            header, data = _read_any(fd, os.fstat(fd).st_size, key, layout)
     finally:
         os.close(fd)
     if out is not None and data.data_ptr() != out.data_ptr():
         out.copy_(data)
         data = out
-    return ReadResult(header.key, data, size, inode)
+    return ReadResult(header.key, data, header.object_bytes)
 
 
 def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout,
-                   out: torch.Tensor | None) -> tuple[BlockHeader, torch.Tensor]:
+                   out: torch.Tensor | None) -> tuple[BlockHeader, torch.Tensor] | None:
+    """The block if the file has exactly the raw size for `key`; None (nothing decided) otherwise."""
     header_buf = bytearray(header_bytes_for(len(key.token_ids)))
     target = out if _is_direct_target(out, layout) else torch.empty(layout.block_shape, dtype=layout.dtype)
     assert target is not None, "_is_direct_target accepted None"
     payload = _bytes_of(target)
-    got = read_exact_into(fd, [memoryview(header_buf), payload])
-    if got != len(header_buf) + payload.nbytes:
-        raise FormatError(f"object shrank while being read: {got} bytes")
+    got = read_exact_into(fd, [memoryview(header_buf), payload, memoryview(bytearray(1))])
+    if got != len(header_buf) + payload.nbytes:  # shorter or longer: another codec, or damage
+        return None
     header = decode_header(header_buf)
     _check_full_block(header, key, layout)
     if header.codec != "raw":

@@ -181,7 +181,7 @@ def decode_header(buf: BufferLike) -> BlockHeader:
         raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids")
     token_ids = _tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
     padding = view[_FIXED.size + 4 * num_tokens:header_len - 8]
-    if padding.nbytes and bytes(padding).count(0) != padding.nbytes:
+    if padding.nbytes and padding != bytes(padding.nbytes):
         raise FormatError("header padding is not zero")
     return _header_from_fields(fields, tuple(token_ids), header_len)
 
@@ -249,13 +249,15 @@ def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], hea
         raise FormatError(f"empty KV-head range [{head_start}, {head_end})")
     if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags != 0:
         raise FormatError(f"unknown dtype {dtype_id}, codec {codec_id} or flags {flags}")
-    header = BlockHeader(Namespace(namespace), BlockHash(block_hash), token_ids, num_layers, head_start,
+    # NOTE: fields go in as plain bytes (no NewType calls): this runs on every read.
+    header = BlockHeader(namespace, block_hash, token_ids, num_layers, head_start,
                          head_end, block_size, head_dim, DTYPES[dtype_id], CODEC_NAMES[codec_id],
                          header_len, payload_len, checksum)
-    if header.codec == "raw" and payload_len != header.raw_payload_bytes:
-        raise FormatError(f"raw payload of {payload_len} bytes, the layout needs {header.raw_payload_bytes}")
-    if payload_len > header.raw_payload_bytes + (1 << 20):
-        raise FormatError(f"payload of {payload_len} bytes is far above the {header.raw_payload_bytes} it encodes")
+    raw_bytes = header.raw_payload_bytes
+    if header.codec == "raw" and payload_len != raw_bytes:
+        raise FormatError(f"raw payload of {payload_len} bytes, the layout needs {raw_bytes}")
+    if payload_len > raw_bytes + (1 << 20):
+        raise FormatError(f"payload of {payload_len} bytes is far above the {raw_bytes} it encodes")
     return header
 
 
