@@ -20,7 +20,7 @@ from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.gpu import DevicePool
 from kvtier.transfer.engine import TransferEngine
-from kvtier.transfer.onload import OnloadHandle
+from kvtier.transfer.onload import LowerHit, OnloadHandle
 from kvtier.types import BlockHash, Namespace, SeqId, TierKind
 
 
@@ -72,8 +72,9 @@ class TieredKVCache:
         try:
             seq = self.manager.allocate(seq_id, token_ids, namespace, block_hashes=hashes, extra_keys=extra_keys)
         except BaseException:
-            for tier, key in found:
-                tier.unpin(key.block_hash)
+            for hit in found:
+                if hit.data is None:
+                    hit.tier.unpin(hit.key.block_hash)
             raise
         self.stats.lookup_blocks += max_hits
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
@@ -84,19 +85,27 @@ class TieredKVCache:
         return seq
 
     def _find_lower(self, namespace: Namespace, token_ids: Sequence[int], hashes: list[BlockHash],
-                    start: int, stop: int) -> list[tuple[TierStore, BlockKey]]:
-        """The run of blocks [start, ...) found in lower tiers, each pinned in the tier holding it."""
+                    start: int, stop: int) -> list[LowerHit]:
+        """The run of blocks [start, ...) found below the device: pinned in the tier holding it,
+        or still being spilled (served from the engine's copy)."""
         bs, found = self.layout.block_size, []
         for i in range(start, stop):
-            tier = next((t for t in self.tiers if t.contains(hashes[i])), None)
-            if tier is None:
+            key = BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs]))
+            hit = self._pin_in_tier(key) or self.engine.inflight(key)
+            if hit is None:
                 break
-            try:
-                tier.pin(hashes[i])
-            except KeyError:  # evicted between contains and pin: the run ends here
-                break
-            found.append((tier, BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs]))))
+            found.append(hit)
         return found
+
+    def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:
+        for tier in self.tiers:
+            if tier.contains(key.block_hash):
+                try:
+                    tier.pin(key.block_hash)
+                except KeyError:  # evicted between contains and pin
+                    continue
+                return LowerHit(tier, key)
+        return None
 
     def is_onloading(self, seq_id: SeqId) -> bool:
         return seq_id in self._onloads
@@ -115,8 +124,8 @@ class TieredKVCache:
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
         self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], torch.stack(loaded))
-        for tier, _ in handle.found[:len(loaded)]:
-            self.stats.hit_blocks[tier.kind] += 1
+        for hit in handle.found[:len(loaded)]:
+            self.stats.hit_blocks[hit.tier.kind] += 1
         self.stats.onloaded_bytes += len(loaded) * self.layout.page_size_bytes
         self.manager.mark_computed(seq_id, (start + len(loaded)) * self.layout.block_size)
         seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size

@@ -88,3 +88,18 @@ def test_write_through_tier_gets_every_computed_block():
     seq = run_prompt(cache, "a", list(range(13)))
     cache.flush()
     assert all(shared.contains(h) for h in seq.block_hashes[:3]) and shared.num_blocks == 3
+
+
+def test_block_whose_spill_has_not_landed_still_hits():
+    from tests.transfer.test_engine import GatedStore
+
+    host, slow = HostStore(LAYOUT, 2), GatedStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host, slow])
+    slow.gate.clear()  # host evictions queue up as spills to `slow`
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))
+    seq = run_prompt(cache, "c", list(range(13)))  # asserts what comes back equals what went down
+    assert seq.num_cached_tokens == 12 and slow.num_blocks == 0
+    assert cache.stats.hit_blocks[TierKind.HOST] >= 1  # GatedStore is a HostStore: its kind is HOST
+    slow.gate.set()
+    cache.close()

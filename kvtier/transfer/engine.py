@@ -19,7 +19,7 @@ from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.transfer.executor import READ, WRITE, PriorityExecutor
 from kvtier.transfer.latency import LatencyStats
-from kvtier.transfer.onload import OnloadHandle
+from kvtier.transfer.onload import LowerHit, OnloadHandle
 from kvtier.types import BlockHash
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class TransferEngine:
         self._latency_lock = threading.Lock()
         self.failed_writes = 0
         self._pending: set[Future[Any]] = set()
+        # NOTE: spilled blocks stay servable from the engine's copy until their write lands.
+        self._inflight: dict[BlockHash, tuple[TierStore, BlockKey, torch.Tensor]] = {}
         self._pending_lock = threading.Lock()
 
     def _latency(self, tier: TierStore, op: str) -> LatencyStats:
@@ -68,15 +70,27 @@ class TransferEngine:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
             self._latency(tier, "read").record(time.perf_counter() - start)
 
-    def onload(self, found: Sequence[tuple[TierStore, BlockKey]]) -> OnloadHandle:
+    def onload(self, found: Sequence[LowerHit]) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
-        or when it is cancelled before it starts."""
+        or when it is cancelled before it starts. In-flight spills are served from their copy."""
         futures: list[Future[torch.Tensor | None]] = []
-        for tier, key in found:
-            future = self._track(self._executor.submit(READ, self._read_and_unpin, tier, key))
-            future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
+        for tier, key, data in found:
+            if data is not None:
+                future: Future[torch.Tensor | None] = Future()
+                future.set_result(data)
+            else:
+                future = self._track(self._executor.submit(READ, self._read_and_unpin, tier, key))
+                future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
             futures.append(future)
         return OnloadHandle(list(found), futures)
+
+    def inflight(self, key: BlockKey) -> LowerHit | None:
+        """The block if a spill of it is queued or running (its tier cannot serve it yet)."""
+        with self._pending_lock:
+            entry = self._inflight.get(key.block_hash)
+        if entry is None or entry[1] != key:  # another namespace or token ids: not this block
+            return None
+        return LowerHit(entry[0], key, entry[2])
 
     def spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[bool]:
         """Write a block the engine now owns (pass a copy); blocks the caller when too much is in flight.
@@ -88,9 +102,18 @@ class TransferEngine:
             self._write_room.wait_for(lambda: self._inflight_write_bytes == 0 or
                                       self._inflight_write_bytes + nbytes <= self.max_inflight_write_bytes)
             self._inflight_write_bytes += nbytes
+        entry = (tier, key, data)
+        with self._pending_lock:
+            self._inflight[key.block_hash] = entry
         future = self._track(self._executor.submit(WRITE, self._timed_put, tier, key, data))
-        future.add_done_callback(lambda _f: self._release_write(nbytes))
+        future.add_done_callback(lambda _f: self._finish_write(entry, nbytes))
         return future
+
+    def _finish_write(self, entry: tuple[TierStore, BlockKey, torch.Tensor], nbytes: int) -> None:
+        with self._pending_lock:
+            if self._inflight.get(entry[1].block_hash) is entry:
+                del self._inflight[entry[1].block_hash]
+        self._release_write(nbytes)
 
     def _release_write(self, nbytes: int) -> None:
         with self._write_room:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import CancelledError, Future
+from typing import NamedTuple
 
 import torch
 
@@ -9,10 +10,22 @@ from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 
 
+class LowerHit(NamedTuple):
+    """A prefix block found below the device: pinned in `tier`, or still on its way there.
+
+    `data` is set for a block whose spill to `tier` is in flight: the engine's own copy, served
+    as is (nothing to pin or read).
+    """
+
+    tier: TierStore
+    key: BlockKey
+    data: torch.Tensor | None = None
+
+
 class OnloadHandle:
     """Per-block read futures for one request, in prefix order."""
 
-    def __init__(self, found: list[tuple[TierStore, BlockKey]], futures: list[Future[torch.Tensor | None]]) -> None:
+    def __init__(self, found: list[LowerHit], futures: list[Future[torch.Tensor | None]]) -> None:
         self.found = found
         self.futures = futures
 

@@ -9,6 +9,7 @@ from kvtier.synthetic import block_content
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.host import HostStore
 from kvtier.transfer.engine import TransferEngine
+from kvtier.transfer.onload import LowerHit
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
 NS = namespace_digest("m", None)
@@ -48,7 +49,7 @@ def test_onload_returns_leading_run_and_unpins_every_block():
     found = []
     for key in (KEYS[0], KEYS[1], wrong, KEYS[3]):
         store.pin(key.block_hash)
-        found.append((store, key))
+        found.append(LowerHit(store, key))
     loaded = engine.onload(found).wait(timeout_s=10)
     assert len(loaded) == 2
     assert all(torch.equal(d, block_content(LAYOUT, k.block_hash)) for d, k in zip(loaded, KEYS))
@@ -61,8 +62,8 @@ def test_onload_returns_leading_run_and_unpins_every_block():
 def test_cancel_before_reads_start_releases_pins():
     store, engine = filled_store(), TransferEngine(num_workers=1)
     store.gate.clear()
-    found = [(store, k) for k in KEYS[:3]]
-    for _, key in found:
+    found = [LowerHit(store, k) for k in KEYS[:3]]
+    for _, key, _ in found:
         store.pin(key.block_hash)
     handle = engine.onload(found)
     handle.cancel()  # the first read may already be waiting on the gate; the others never start
@@ -95,4 +96,19 @@ def test_failed_spill_is_counted_not_raised():
     future = engine.spill(store, KEYS[0], block_content(LAYOUT, KEYS[0].block_hash))
     assert future.result(timeout=10) is False and engine.failed_writes == 1
     assert engine.stats()["host.write"]["count"] == 1
+    engine.close()
+
+
+def test_spill_in_flight_is_served_from_the_engine_copy_until_it_lands():
+    store, engine = GatedStore(LAYOUT, 8), TransferEngine(num_workers=1)
+    store.gate.clear()
+    data = block_content(LAYOUT, KEYS[0].block_hash)
+    engine.spill(store, KEYS[0], data)
+    hit = engine.inflight(KEYS[0])
+    assert hit is not None and hit.tier is store and torch.equal(hit.data, data)
+    assert engine.inflight(KEYS[0]._replace(token_ids=(9, 9))) is None  # same hash, other tokens
+    assert len(engine.onload([hit]).wait(timeout_s=10)) == 1
+    store.gate.set()
+    engine.flush()
+    assert engine.inflight(KEYS[0]) is None and store.contains(KEYS[0].block_hash)
     engine.close()
