@@ -65,13 +65,12 @@ def bench_decode(case: DecodeCase, device: torch.device, timer: Timer,
 
 
 def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple:
-    gen = torch.Generator(device=device).manual_seed(0)
-    pool_shape = (case.num_layers, 2, case.pool_blocks, case.block_size, case.num_kv_heads,
-                  case.head_dim)  # the device pool: [layers, K|V, blocks, block_size, heads, dim]
-    pool = torch.randn(pool_shape, generator=gen, device=device).to(case.dtype)
+    gen, layout = torch.Generator(device=device).manual_seed(0), case.layout
+    pool_shape = (layout.num_layers, 2, case.pool_blocks, *layout.device_cache_shape)  # as DevicePool
+    pool = torch.randn(pool_shape, generator=gen, device=device).to(layout.dtype)
     ids = torch.randperm(case.pool_blocks, generator=gen, device=device)[:case.num_blocks]
-    staging = torch.empty((case.num_blocks, *case.block_shape), dtype=case.dtype, device=device)
-    host = torch.empty(staging.shape, dtype=case.dtype, pin_memory=device.type == "cuda")
+    staging = torch.empty((case.num_blocks, *layout.block_shape), dtype=layout.dtype, device=device)
+    host = torch.empty(staging.shape, dtype=layout.dtype, pin_memory=device.type == "cuda")
     return pool, ids, staging, host
 
 
@@ -90,9 +89,9 @@ def bench_transfer(case: TransferCase, device: torch.device, timer: Timer,
         raise AssertionError(f"{case.name}: scatter_blocks did not restore the gathered blocks")
     out_ms = timer(lambda: host.copy_(gather_blocks(pool, ids, staging), non_blocking=True))
     in_ms = timer(lambda: scatter_blocks(staging.copy_(host, non_blocking=True), ids, pool))
-    nbytes = case.num_blocks * case.page_size_bytes
+    nbytes = case.num_blocks * case.layout.page_size_bytes
     out_gbps, in_gbps = _gbps(nbytes, out_ms), _gbps(nbytes, in_ms)
-    return {"name": case.name, "page_size_bytes": case.page_size_bytes, "bytes": nbytes,
+    return {"name": case.name, "page_size_bytes": case.layout.page_size_bytes, "bytes": nbytes,
             "offload_ms": out_ms, "offload_gbps": out_gbps,
             "offload_fraction_of_d2h": out_gbps / bandwidth["d2h_gbps"],
             "onload_ms": in_ms, "onload_gbps": in_gbps,

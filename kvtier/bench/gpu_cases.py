@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kvtier.config import KVLayout
+
 Timer = Callable[[Callable[[], object]], float]  # runs fn, returns milliseconds (median)
 
 
@@ -40,23 +42,9 @@ class TransferCase:
     """Moving `num_blocks` pool blocks through a device staging buffer and pinned host memory."""
 
     name: str
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    block_size: int  # tokens
-    dtype: torch.dtype
+    layout: KVLayout  # sizes and block shape come from here (page_size_bytes, block_shape)
     num_blocks: int  # blocks per transfer
     pool_blocks: int  # blocks in the device pool
-
-    @property
-    def page_size_bytes(self) -> int:
-        """One block: all layers, K and V."""
-        return (2 * self.num_layers * self.num_kv_heads * self.block_size * self.head_dim
-                * self.dtype.itemsize)
-
-    @property
-    def block_shape(self) -> tuple[int, int, int, int, int]:
-        return (self.num_layers, 2, self.num_kv_heads, self.block_size, self.head_dim)
 
 
 def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
@@ -64,8 +52,8 @@ def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
     common = dict(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
     decode = [DecodeCase(name="decode b64 ctx4096", batch=64, context=4096, **common),
               DecodeCase(name="decode b4 ctx32768", batch=4, context=32768, **common)]
-    transfer = [TransferCase(name="2MiB blocks x128", num_layers=32, num_kv_heads=8, head_dim=128,
-                             block_size=16, dtype=torch.bfloat16, num_blocks=128, pool_blocks=512)]
+    layout = KVLayout(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+    transfer = [TransferCase(name="2MiB blocks x128", layout=layout, num_blocks=128, pool_blocks=512)]
     return decode, transfer
 
 
@@ -74,8 +62,8 @@ def dry_run_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
     common = dict(num_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16)
     decode = [DecodeCase(name="decode b3 ctx37", batch=3, context=37, **common),
               DecodeCase(name="decode b1 ctx131", batch=1, context=131, **common)]
-    transfer = [TransferCase(name="4KiB blocks x3", num_layers=2, num_kv_heads=2, head_dim=32,
-                             block_size=8, dtype=torch.bfloat16, num_blocks=3, pool_blocks=9)]
+    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=32, block_size=8, dtype=torch.bfloat16)
+    transfer = [TransferCase(name="4KiB blocks x3", layout=layout, num_blocks=3, pool_blocks=9)]
     return decode, transfer
 
 

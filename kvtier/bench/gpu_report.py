@@ -50,7 +50,7 @@ def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
     _progress("running the gpu-marked kernel tests" if run_tests else "skipping the gpu tests")
     report["gpu_tests"] = (run_gpu_tests(repo / "tests" / "kernels", include_slow_tests,
                                          tests_timeout_s) if run_tests else {"ran": False})
-    copy_bytes = transfer_cases[0].num_blocks * transfer_cases[0].page_size_bytes
+    copy_bytes = transfer_cases[0].num_blocks * transfer_cases[0].layout.page_size_bytes
     _progress("measuring copy bandwidths")
     report["bandwidth"] = copy_bandwidths(copy_bytes, device, timer)
     d2d = report["bandwidth"]["d2d_gbps"]
