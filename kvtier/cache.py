@@ -65,12 +65,14 @@ class TieredKVCache:
         """
         hashes = self.manager.hash_tokens(token_ids, namespace, extra_keys)
         max_hits = self.manager.max_hit_blocks(len(token_ids))
-        num_device_hits = len(self.manager.allocator.get_cached(hashes[:max_hits]))
+        device_hits = self.manager.find_cached_prefix(hashes, len(token_ids))
+        num_device_hits = len(device_hits)
         # NOTE: find and pin lower-tier hits before allocating, since allocating evicts device
         # blocks and the cascade of write-backs could otherwise push these very blocks out.
         found = self._find_lower(namespace, token_ids, hashes, num_device_hits, max_hits)
         try:
-            seq = self.manager.allocate(seq_id, token_ids, namespace, block_hashes=hashes, extra_keys=extra_keys)
+            seq = self.manager.allocate(seq_id, token_ids, namespace, block_hashes=hashes, extra_keys=extra_keys,
+                                        cached_prefix=device_hits)
         except BaseException:
             for hit in found:
                 if hit.data is None:

@@ -54,9 +54,16 @@ class BlockManager:
         """Blocks a prompt may take from the cache: the last token is always computed (for logits)."""
         return max(num_tokens - 1, 0) // self.block_size
 
+    def find_cached_prefix(self, block_hashes: list[BlockHash], num_tokens: int) -> list[Block]:
+        """The device-resident blocks a prompt of `num_tokens` tokens may reuse (not yet touched)."""
+        return self.allocator.get_cached(block_hashes[:self.max_hit_blocks(num_tokens)])
+
     def allocate(self, seq_id: SeqId, token_ids: Sequence[int], namespace: Namespace, *,
-                 block_hashes: list[BlockHash] | None = None, extra_keys: bytes = b"") -> SeqState:
+                 block_hashes: list[BlockHash] | None = None, extra_keys: bytes = b"",
+                 cached_prefix: list[Block] | None = None) -> SeqState:
         """Give a new sequence its blocks: the longest cached prefix, then fresh blocks.
+
+        `block_hashes` and `cached_prefix` (from `find_cached_prefix`) skip work a caller already did.
 
         Raises:
             ValueError: the id is live already, or the prompt is empty or not integers.
@@ -67,7 +74,7 @@ class BlockManager:
         if not token_ids:
             raise ValueError(f"sequence {seq_id!r} has no tokens")
         hashes = block_hashes if block_hashes is not None else self.hash_tokens(token_ids, namespace, extra_keys)
-        hits = self.allocator.get_cached(hashes[:self.max_hit_blocks(len(token_ids))])
+        hits = cached_prefix if cached_prefix is not None else self.find_cached_prefix(hashes, len(token_ids))
         num_new = -(-len(token_ids) // self.block_size) - len(hits)
         self._check_room(num_new, hits)
         self.allocator.touch(hits)
