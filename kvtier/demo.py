@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
 from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import DiskTierConfig, KVLayout
-from kvtier.synthetic import block_content, chat_trace, compute_blocks
+from kvtier.synthetic import chat_trace, run_prefill
 from kvtier.tiers.base import TierStore
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.host import HostStore
@@ -38,14 +37,7 @@ def replay(cache: TieredKVCache, config: DemoConfig) -> dict[str, Any]:
     for turn in chat_trace(config.num_conversations, config.num_turns):
         seq_id = SeqId(f"c{turn.conversation}t{turn.turn}")
         seq = cache.allocate(seq_id, turn.prompt, namespace)
-        num_cached = seq.num_cached_tokens // config.layout.block_size
-        for i in range(num_cached):
-            served = cache.pool.read_blocks([seq.block_ids[i]])[0]
-            if not torch.equal(served, block_content(config.layout, seq.block_hashes[i])):
-                raise AssertionError(f"block {i} of {seq_id} came back different from what was written")
-        verified += num_cached
-        compute_blocks(cache, seq, num_cached, len(turn.prompt) // config.layout.block_size)
-        cache.mark_computed(seq_id, len(turn.prompt))
+        verified += run_prefill(cache, seq)
         prompt_tokens += len(turn.prompt)
         cached_tokens += seq.num_cached_tokens
         cache.free(seq_id)

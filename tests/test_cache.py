@@ -6,7 +6,7 @@ from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
-from kvtier.synthetic import block_content, compute_blocks
+from kvtier.synthetic import check_served_blocks, run_prefill
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)
@@ -14,11 +14,7 @@ NS = namespace_digest("m", None)
 
 def run_prompt(cache, seq_id, tokens, ns=NS):
     seq = cache.allocate(seq_id, tokens, ns)
-    cached_blocks = seq.num_cached_tokens // LAYOUT.block_size
-    for i, block_id in enumerate(seq.block_ids[:cached_blocks]):  # what came back equals what went down
-        assert torch.equal(cache.pool.read_blocks([block_id])[0], block_content(LAYOUT, seq.block_hashes[i]))
-    compute_blocks(cache, seq, cached_blocks, len(tokens) // LAYOUT.block_size)
-    cache.mark_computed(seq_id, len(tokens))
+    run_prefill(cache, seq)  # checks that what came back equals what went down
     cache.free(seq_id)
     return seq
 
@@ -65,8 +61,7 @@ def test_onload_runs_in_background_until_finish_onload():
         cache.mark_computed("c", 13)
     cache.finish_onload("c")
     assert seq.num_cached_tokens == 12 and not cache.is_onloading("c")
-    for i in range(3):
-        assert torch.equal(cache.pool.read_blocks([seq.block_ids[i]])[0], block_content(LAYOUT, seq.block_hashes[i]))
+    assert check_served_blocks(cache, seq) == 3
 
 
 def test_free_during_onload_cancels_and_unpins():

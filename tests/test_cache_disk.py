@@ -5,7 +5,7 @@ import torch
 from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import DiskTierConfig, KVLayout
-from kvtier.synthetic import block_content, compute_blocks
+from kvtier.synthetic import run_prefill
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
@@ -26,14 +26,7 @@ def replay(cache, rounds):
         order = list(enumerate(prompts()))
         for p, tokens in (order if r % 2 == 0 else order[::-1]):  # reversed: recent evictions hit in host
             seq_id = f"r{r}p{p}"
-            seq = cache.allocate(seq_id, tokens, NS)
-            num_cached = seq.num_cached_tokens // LAYOUT.block_size
-            for i in range(num_cached):
-                got = cache.pool.read_blocks([seq.block_ids[i]])[0]
-                assert torch.equal(got, block_content(LAYOUT, seq.block_hashes[i])), f"{seq_id} block {i}"
-            verified += num_cached
-            compute_blocks(cache, seq, num_cached, len(tokens) // LAYOUT.block_size)
-            cache.mark_computed(seq_id, len(tokens))
+            verified += run_prefill(cache, cache.allocate(seq_id, tokens, NS))
             cache.free(seq_id)
         cache.flush()
     return verified

@@ -9,7 +9,7 @@ from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.errors import OutOfBlocksError
 from kvtier.tiers.host import HostStore
-from kvtier.synthetic import block_content, compute_blocks
+from kvtier.synthetic import block_content, compute_blocks, run_prefill
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
 NAMESPACES = [namespace_digest("m", None), namespace_digest("m", "tenant-b")]
@@ -34,12 +34,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
         except OutOfBlocksError:
             assert seq_id not in self.cache.manager.seqs
             return
-        num_cached = seq.num_cached_tokens // LAYOUT.block_size
-        for i in range(num_cached):  # every block that came back up equals what went down
-            got = self.cache.pool.read_blocks([seq.block_ids[i]])[0]
-            assert torch.equal(got, block_content(LAYOUT, seq.block_hashes[i])), f"block {i} of {seq_id} differs"
-        compute_blocks(self.cache, seq, num_cached, len(tokens) // LAYOUT.block_size)
-        self.cache.mark_computed(seq_id, len(tokens))
+        run_prefill(self.cache, seq)  # every block that came back up equals what went down
         self.live.append(seq_id)
 
     @precondition(lambda self: self.live)
