@@ -86,15 +86,15 @@ def read_whole(fd: int, size: int) -> memoryview:
     return view[:got]
 
 
-def open_for_read(path: str) -> tuple[int, int, int]:
-    """Open an object for reading: `(fd, size, inode)`. FileNotFoundError when absent."""
+def open_for_read(path: str) -> tuple[int, int]:
+    """Open an object for reading: `(fd, size)`. FileNotFoundError when absent."""
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
         st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st.st_size, st.st_ino
+    return fd, st.st_size
 
 
 def discard(path: str, root: str, shared: bool, inode: int | None) -> None:

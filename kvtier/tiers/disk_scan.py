@@ -26,7 +26,7 @@ def _objects(found: list[FoundFile]) -> list[FoundFile]:
 
 
 def _read_header(path: str) -> BlockHeader:
-    fd, size, _ = open_for_read(path)
+    fd, size = open_for_read(path)
     try:
         prefix = os.pread(fd, FIXED_HEADER_BYTES, 0)
         return decode_header(os.pread(fd, min(size, header_length(prefix)), 0))
@@ -57,7 +57,7 @@ def stat_folder(root: str) -> dict[str, Any]:
 def check_object(path: str) -> str | None:
     """None if the object at `path` verifies completely (under its own name), else why not."""
     try:
-        fd, size, _ = open_for_read(path)
+        fd, size = open_for_read(path)
         try:
             buf = read_whole(fd, size)
         finally:
