@@ -148,12 +148,9 @@ class TieredKVCache:
                     self.stats.dropped_blocks += 1
                     continue
             else:
-                self._spill(first, self.key_of(block), block_data)
+                self.engine.spill(first, self.key_of(block), block_data)
             self.stats.offloaded_blocks += 1
             self.stats.offloaded_bytes += self.layout.page_size_bytes
-
-    def _spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> None:
-        self.engine.spill(tier, key, data)
 
     def _spill_copy(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> None:
         """Eviction hook of a lower tier: its slot is reused at once, so the engine gets a copy."""
@@ -168,7 +165,7 @@ class TieredKVCache:
             data = self.pool.read_blocks([b.block_id for b in registered]).cpu()
             for block, block_data in zip(registered, data):
                 for tier in self.write_through:
-                    self._spill(tier, self.key_of(block), block_data)
+                    self.engine.spill(tier, self.key_of(block), block_data)
         return registered
 
     def append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[Block]:

@@ -28,10 +28,6 @@ class Block:
         self.prev_free: Block | None = None
         self.next_free: Block | None = None
 
-    @property
-    def is_cached(self) -> bool:
-        return self.block_hash is not None
-
     def token_ids(self, block_size: int) -> tuple[int, ...]:
         """This block's own token ids (a registered block only)."""
         assert self.token_source is not None, f"{self} is not registered"
