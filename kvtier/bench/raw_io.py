@@ -14,11 +14,7 @@ import torch
 
 from kvtier.bench.workload import BlockOp
 from kvtier.errors import TierIOError
-
-
-def tensor_bytes(data: torch.Tensor) -> memoryview:
-    """The bytes of a contiguous CPU tensor, without a copy."""
-    return data.contiguous().view(-1).view(torch.uint8).numpy().data.cast("B")
+from kvtier.tiers.format_codecs import tensor_bytes
 
 
 class RawFiles:

@@ -25,6 +25,7 @@ from kvtier.tiers.format import (
     header_bytes_for,
     payload_checksum,
 )
+from kvtier.tiers.format_codecs import tensor_bytes
 
 _local = threading.local()  # per thread: the last output tensor and its byte view
 
@@ -103,7 +104,7 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     cached = getattr(_local, "view", None)
     if cached is not None and cached[0] is tensor and cached[1] == tensor.data_ptr():
         return cached[2]  # type: ignore[no-any-return]
-    view = tensor.view(-1).view(torch.uint8).numpy().data.cast("B")
+    view = tensor_bytes(tensor)
     _local.view = (tensor, tensor.data_ptr(), view)
     return view
 

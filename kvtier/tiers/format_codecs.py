@@ -21,13 +21,18 @@ ZSTD_LEVEL = 1  # level 1 keeps the codec near 1 GB/s; higher levels gain little
 _local = threading.local()  # NOTE: zstd contexts are not thread-safe; one pair per thread
 
 
+def tensor_bytes(data: torch.Tensor) -> memoryview:
+    """The bytes of a CPU tensor, flat; a view of its own memory (writable) when it is contiguous."""
+    return data.detach().contiguous().view(-1).view(torch.uint8).numpy().data.cast("B")
+
+
 def encode_payload(data: torch.Tensor, codec: str) -> memoryview:
     """The payload bytes of a block tensor (a view of its memory for "raw")."""
-    flat = data.detach().to("cpu").contiguous().view(-1).view(torch.uint8)  # [num_bytes]
+    raw = tensor_bytes(data.to("cpu"))  # [num_bytes]
     if codec == "raw":
-        return flat.numpy().data.cast("B")
+        return raw
     if codec == "zstd":
-        planes = _to_planes(flat.numpy(), data.element_size())  # [itemsize, num_elements]
+        planes = _to_planes(np.frombuffer(raw, dtype=np.uint8), data.element_size())  # [itemsize, num_elements]
         return memoryview(_compressor().compress(planes.data.cast("B")))
     raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
 
