@@ -1,8 +1,9 @@
 """Read one block object and verify it completely before anything is handed out.
 
-Fast path (raw codec, the size the key and layout predict): one `readv` straight into the
+Fast path (a known key, raw codec, the size the layout predicts): one `readv` straight into the
 header buffer, the caller's output tensor and a one-byte probe that catches a longer file, then
-checksums over those bytes; no copy and no `fstat`. Anything else (zstd, another size) reads the
+a comparison with the header this kvtier would write for the key and the payload checksum; no
+copy, no `fstat`, no parsing. Anything else (zstd, another size, a scan without a key) reads the
 whole file and goes through `decode_block`.
 """
 from __future__ import annotations
@@ -21,13 +22,14 @@ from kvtier.tiers.format import (
     BlockHeader,
     check_identity,
     decode_block,
-    decode_header,
     header_bytes_for,
     payload_checksum,
+    verify_raw_header,
 )
 from kvtier.tiers.format_codecs import tensor_bytes
 
 _local = threading.local()  # per thread: the last output tensor and its byte view
+_PROBE = memoryview(bytearray(1))  # catches a file longer than expected; its byte is never read
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,37 +52,36 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
     """
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
-        fast = _read_raw_into(fd, key, layout, out) if key is not None else None
-        if fast is not None:
-            header, data = fast
+        if key is not None and (fast := _read_raw_into(fd, key, layout, out)) is not None:
+            result = ReadResult(key, *fast)
         else:
             os.lseek(fd, 0, os.SEEK_SET)
             header, data = _read_any(fd, os.fstat(fd).st_size, key, layout)
+            result = ReadResult(header.key, data, header.object_bytes)
     finally:
         os.close(fd)
-    if out is not None and data.data_ptr() != out.data_ptr():
-        out.copy_(data)
-        data = out
-    return ReadResult(header.key, data, header.object_bytes)
+    if out is not None and result.data.data_ptr() != out.data_ptr():
+        out.copy_(result.data)
+        return ReadResult(result.key, out, result.size)
+    return result
 
 
 def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout,
-                   out: torch.Tensor | None) -> tuple[BlockHeader, torch.Tensor] | None:
-    """The block if the file has exactly the raw size for `key`; None (nothing decided) otherwise."""
-    header_buf = bytearray(header_bytes_for(len(key.token_ids)))
-    target = out if _is_direct_target(out, layout) else torch.empty(layout.block_shape, dtype=layout.dtype)
-    assert target is not None, "_is_direct_target accepted None"
-    payload = _bytes_of(target)
-    got = read_exact_into(fd, [memoryview(header_buf), payload, memoryview(bytearray(1))])
-    if got != len(header_buf) + payload.nbytes:  # shorter or longer: another codec, or damage
+                   out: torch.Tensor | None) -> tuple[torch.Tensor, int] | None:
+    """`(block, object bytes)` if the file has exactly a raw block's size; None (nothing decided) otherwise."""
+    target, payload = _target(out, layout)
+    header = bytearray(header_bytes_for(len(key.token_ids)))
+    size = len(header) + payload.nbytes
+    parts = [memoryview(header), payload, _PROBE]
+    got = os.readv(fd, parts)
+    if got < size:  # NOTE: a regular file reads short only at its end, or very rarely on a signal
+        os.lseek(fd, 0, os.SEEK_SET)
+        got = read_exact_into(fd, parts)
+    if got != size:  # shorter or longer: another codec, or damage
         return None
-    header = decode_header(header_buf)
-    _check_full_block(header, key, layout)
-    if header.codec != "raw":
-        raise FormatError(f"object of {header.codec!r} codec has the size of a raw one")
-    if payload_checksum(payload) != header.payload_checksum:
+    if payload_checksum(payload) != verify_raw_header(header, key, layout):
         raise FormatError("payload checksum mismatch: the payload is corrupt")
-    return header, target
+    return target, size
 
 
 def _read_any(fd: int, size: int, key: BlockKey | None, layout: KVLayout) -> tuple[BlockHeader, torch.Tensor]:
@@ -99,16 +100,19 @@ def _check_full_block(header: BlockHeader, key: BlockKey | None, layout: KVLayou
                           f"this tier serves whole blocks of {layout.num_kv_heads} heads")
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """A writable byte view of a contiguous CPU tensor, remembered for the buffer a caller reuses."""
-    cached = getattr(_local, "view", None)
-    if cached is not None and cached[0] is tensor and cached[1] == tensor.data_ptr():
-        return cached[2]  # type: ignore[no-any-return]
-    view = tensor_bytes(tensor)
-    _local.view = (tensor, tensor.data_ptr(), view)
-    return view
+def _target(out: torch.Tensor | None, layout: KVLayout) -> tuple[torch.Tensor, memoryview]:
+    """Where the payload lands: `out` itself when it is a contiguous CPU block, else a new tensor.
 
-
-def _is_direct_target(out: torch.Tensor | None, layout: KVLayout) -> bool:
-    return (out is not None and out.device.type == "cpu" and out.is_contiguous()
-            and tuple(out.shape) == layout.block_shape and out.dtype == layout.dtype)
+    The byte view of the last `out` is kept per thread: building one costs more than the rest of
+    the bookkeeping of a read, and callers reuse one output buffer.
+    """
+    if out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
+            and out.dtype == layout.dtype:
+        cached = getattr(_local, "view", None)
+        if cached is not None and cached[0] is out and cached[1] == out.data_ptr():
+            return out, cached[2]
+        view = tensor_bytes(out)
+        _local.view = (out, out.data_ptr(), view)
+        return out, view
+    target = torch.empty(layout.block_shape, dtype=layout.dtype)
+    return target, tensor_bytes(target)

@@ -107,15 +107,48 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
         raise ValueError(f"head_range must satisfy 0 <= start < end <= {layout.num_kv_heads}, got {head_range}")
     if codec not in CODEC_IDS:
         raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
+    buf = _pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum)
+    _CHECKSUM.pack_into(buf, len(buf) - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
+    return bytes(buf)
+
+
+def _pack_header(key: BlockKey, layout: KVLayout, codec_id: int, start: int, end: int,
+                 payload_len: int, checksum: int) -> bytearray:
+    """Every header byte but the trailing header checksum (left zero); inputs already valid."""
     header_len = header_bytes_for(len(key.token_ids))
     buf = bytearray(header_len)
     _FIXED.pack_into(buf, 0, MAGIC, FORMAT_VERSION, header_len, key.namespace, key.block_hash,
                      layout.num_layers, start, end, layout.block_size, layout.head_dim,
-                     DTYPE_IDS[layout.dtype], CODEC_IDS[codec], 0, len(key.token_ids),
-                     payload_len, checksum)
+                     DTYPE_IDS[layout.dtype], codec_id, 0, len(key.token_ids), payload_len, checksum)
     _tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
-    _CHECKSUM.pack_into(buf, header_len - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
-    return bytes(buf)
+    return buf
+
+
+def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout) -> int:
+    """The payload checksum stored in `buf`, which must be the header of a whole raw block of `key`.
+
+    A reader that knows the key knows every header byte but the payload checksum, so the check
+    is a comparison with the header this kvtier writes for the key, plus the header checksum:
+    a few microseconds where parsing every field costs several times that on each read.
+
+    Raises:
+        FormatError: anything else, with the reason `decode_header`/`check_identity` give.
+    """
+    try:
+        expected = _pack_header(key, layout, CODEC_IDS["raw"], 0, layout.num_kv_heads,
+                                layout.page_size_bytes, 0)
+    except struct.error as exc:
+        raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
+    view = memoryview(buf)
+    checksum_at = _FIXED.size - 8  # payload_checksum: the fixed part's last field
+    expected[checksum_at:_FIXED.size] = view[checksum_at:_FIXED.size]  # NOTE: the one free field
+    if (len(buf) == len(expected) and view[:-8] == memoryview(expected)[:-8]
+            and xxhash.xxh3_64_intdigest(view[:-8]) == _CHECKSUM.unpack_from(view, len(buf) - 8)[0]):
+        return int(_CHECKSUM.unpack_from(view, checksum_at)[0])
+    header = decode_header(buf)  # raises the precise FormatError for most damage
+    check_identity(header, key, layout)
+    raise FormatError(f"header of codec {header.codec!r}, KV heads [{header.head_start}, {header.head_end}), "
+                      f"payload {header.payload_len} bytes: not a whole raw block of this layout")
 
 
 def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str = "raw",

@@ -1,0 +1,102 @@
+"""read_block's fast path (a known key, raw codec): every damaged byte or mismatched field is caught."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import xxhash
+
+from kvtier.errors import FormatError
+from kvtier.tiers.disk_read import read_block
+from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for
+from tests.tiers.disk_support import LAYOUT, make_block, make_key, same_bits
+
+KEY = make_key(3)
+HEADER_LEN = header_bytes_for(LAYOUT.block_size)
+
+
+def raw_object(key: object = KEY, seed: int = 3) -> bytearray:
+    return bytearray(b"".join(bytes(p) for p in encode_block(KEY if key is None else key, make_block(seed),  # type: ignore[arg-type]
+                                                           LAYOUT)))
+
+
+def write(tmp_path: Path, blob: bytes) -> str:
+    path = tmp_path / "object.kvb"
+    path.write_bytes(blob)
+    return str(path)
+
+
+def reseal_header(blob: bytearray) -> bytearray:
+    """Recompute the header checksum, as a buggy writer would, so the field comparison is what must catch it."""
+    struct.pack_into("<Q", blob, HEADER_LEN - 8, xxhash.xxh3_64_intdigest(bytes(blob[:HEADER_LEN - 8])))
+    return blob
+
+
+def test_reads_into_the_callers_buffer(tmp_path: Path) -> None:
+    path = write(tmp_path, raw_object())
+    out = torch.full(LAYOUT.block_shape, float("nan"), dtype=LAYOUT.dtype)
+    result = read_block(path, KEY, LAYOUT, out)
+    assert result.data.data_ptr() == out.data_ptr() and same_bits(out, make_block(3))
+    assert result.key == KEY and result.size == HEADER_LEN + LAYOUT.page_size_bytes
+    # The per-thread byte view of `out` is reused; a second read into it must still be whole.
+    out.fill_(float("nan"))
+    assert same_bits(read_block(path, KEY, LAYOUT, out).data, make_block(3))
+
+
+def test_reads_into_a_strided_buffer_and_without_one(tmp_path: Path) -> None:
+    path = write(tmp_path, raw_object())
+    strided = torch.empty(LAYOUT.block_shape[::-1], dtype=LAYOUT.dtype).permute(4, 3, 2, 1, 0)
+    assert not strided.is_contiguous()
+    assert same_bits(read_block(path, KEY, LAYOUT, strided).data.contiguous(), make_block(3))
+    assert same_bits(strided.contiguous(), make_block(3))
+    assert same_bits(read_block(path, KEY, LAYOUT).data, make_block(3))
+
+
+@pytest.mark.parametrize("position", range(HEADER_LEN))
+def test_every_flipped_header_byte_is_caught(tmp_path: Path, position: int) -> None:
+    blob = raw_object()
+    blob[position] ^= 0x10
+    with pytest.raises(FormatError):
+        read_block(write(tmp_path, blob), KEY, LAYOUT)
+
+
+@pytest.mark.parametrize("position", [HEADER_LEN, HEADER_LEN + 1, HEADER_LEN + LAYOUT.page_size_bytes // 2, -1])
+def test_flipped_payload_byte_is_caught(tmp_path: Path, position: int) -> None:
+    blob = raw_object()
+    blob[position] ^= 0x01
+    with pytest.raises(FormatError, match="payload checksum"):
+        read_block(write(tmp_path, blob), KEY, LAYOUT)
+
+
+@pytest.mark.parametrize("position", [h for h in range(14, HEADER_LEN - 8)
+                                      if not FIXED_HEADER_BYTES - 8 <= h < FIXED_HEADER_BYTES])
+def test_every_resealed_header_field_change_is_caught(tmp_path: Path, position: int) -> None:
+    # The header checksum is valid again, so only comparing the fields with the key's can catch it.
+    blob = raw_object()
+    blob[position] ^= 0x01
+    with pytest.raises(FormatError):
+        read_block(write(tmp_path, reseal_header(blob)), KEY, LAYOUT)
+
+
+def test_another_keys_object_names_the_mismatch(tmp_path: Path) -> None:
+    path = write(tmp_path, raw_object(make_key(4)))
+    with pytest.raises(FormatError, match="block hash mismatch"):
+        read_block(path, KEY, LAYOUT)
+
+
+@pytest.mark.parametrize("change", [-1, 1, -LAYOUT.page_size_bytes])
+def test_short_or_long_file_is_caught(tmp_path: Path, change: int) -> None:
+    blob = raw_object()
+    blob = blob[:change] if change < 0 else blob + b"\0" * change
+    with pytest.raises(FormatError):
+        read_block(write(tmp_path, blob), KEY, LAYOUT)
+
+
+def test_wrong_out_is_never_half_written_as_a_result(tmp_path: Path) -> None:
+    # An out of another dtype is not a direct target: the read lands in a fresh tensor, then copies.
+    path = write(tmp_path, raw_object())
+    out = torch.zeros(LAYOUT.block_shape, dtype=torch.float32)
+    result = read_block(path, KEY, LAYOUT, out)
+    assert result.data is out and torch.equal(out, make_block(3).float())
