@@ -10,6 +10,7 @@ entries each are well within what ext4, XFS and NFS directories index efficientl
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -47,10 +48,14 @@ def parse_object_name(name: str) -> BlockHash | None:
         return None
 
 
+@functools.cache
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
 def unique_suffix() -> str:
     """`HOST.PID.N`: unique among every writer of a shared folder (hosts, processes, threads)."""
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-    return f"{host}.{os.getpid()}.{next(_counter)}"
+    return f"{_host()}.{os.getpid()}.{next(_counter)}"
 
 
 def temp_name(block_hash: bytes) -> str:

@@ -5,6 +5,7 @@ together and compress well, while the noisy mantissa bytes barely cost the compr
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -22,13 +23,23 @@ _local = threading.local()  # NOTE: zstd contexts are not thread-safe; one pair 
 
 
 def tensor_bytes(data: torch.Tensor) -> memoryview:
-    """The bytes of a CPU tensor, flat; a view of its own memory (writable) when it is contiguous."""
-    return data.detach().contiguous().view(-1).view(torch.uint8).numpy().data.cast("B")
+    """The bytes of a tensor, flat: a writable view of its own memory when it is a contiguous CPU
+    tensor, else of a contiguous CPU copy. The view keeps the tensor alive.
+
+    NOTE: built with ctypes rather than `view(torch.uint8).numpy()`: every torch call that
+    dispatches an op drops and retakes the GIL, and with a busy scheduler thread each retake can
+    wait a whole switch interval (5 ms). This path calls only attribute getters, which keep it.
+    """
+    if not (data.is_cpu and data.is_contiguous()):
+        data = data.detach().to("cpu").contiguous()
+    array = (ctypes.c_ubyte * data.nbytes).from_address(data.data_ptr())
+    array._kvtier_owner = data  # type: ignore[attr-defined]  # NOTE: the memory's owner lives as long as the view
+    return memoryview(array).cast("B")
 
 
 def encode_payload(data: torch.Tensor, codec: str) -> memoryview:
     """The payload bytes of a block tensor (a view of its memory for "raw")."""
-    raw = tensor_bytes(data.to("cpu"))  # [num_bytes]
+    raw = tensor_bytes(data)  # [num_bytes]
     if codec == "raw":
         return raw
     if codec == "zstd":

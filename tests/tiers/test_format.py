@@ -189,3 +189,32 @@ def test_resealed_zstd_garbage_payload_is_format_error() -> None:
     blob[header_len:header_len + 4] = bytes(4)  # the zstd frame magic
     with pytest.raises(FormatError, match="zstd"):
         decode_block(reseal(blob))
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 5])
+def test_payload_checksum_in_pieces_is_xxh3_of_the_whole(size: int) -> None:
+    import xxhash
+
+    from kvtier.tiers.format import payload_checksum
+
+    blob = bytes(range(256)) * (size // 256 + 1)
+    assert payload_checksum(blob[:size]) == xxhash.xxh3_64_intdigest(blob[:size])
+
+
+def test_tensor_bytes_views_contiguous_memory_and_keeps_it_alive() -> None:
+    import gc
+    import weakref
+
+    from kvtier.tiers.format_codecs import tensor_bytes
+
+    data = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+    view = tensor_bytes(data)
+    assert view.nbytes == 12 and not view.readonly
+    view[0:2] = bytes(2)  # writes land in the tensor
+    assert data[0, 0] == 0 and bytes(view[2:4]) == data[0, 1:2].view(torch.uint8).numpy().tobytes()
+    alive = weakref.ref(data)
+    del data
+    gc.collect()
+    assert alive() is not None  # the view owns the tensor's memory
+    strided = torch.arange(6, dtype=torch.float16).reshape(2, 3).t()
+    assert bytes(tensor_bytes(strided)) == strided.contiguous().view(torch.uint8).numpy().tobytes()
