@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -72,23 +73,27 @@ class RawFiles:
 
 
 def settle(folder: Path) -> int:
-    """Flush and drop from the page cache every file under `folder`; returns the file count.
+    """Flush and drop from the page cache every file under `folder`; returns the file count."""
+    return drop_cached(os.path.join(root, name) for root, _dirs, files in os.walk(folder) for name in files)
 
-    Called between phases for the tier's folder and the raw folder alike, so that each read
-    phase starts cold and no phase pays for another's write-back.
+
+def drop_cached(paths: Iterable[str]) -> int:
+    """Flush each file and drop it from the page cache; returns how many were there.
+
+    Called after every slice for the files it touched, tier and raw alike, so that each slice
+    starts cold and no slice pays for another's write-back.
     """
     count = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue  # renamed or removed under us: nothing to flush
-            try:
-                os.fdatasync(fd)
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                count += 1
-            finally:
-                os.close(fd)
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # renamed or removed under us: nothing to flush
+        try:
+            os.fdatasync(fd)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            count += 1
+        finally:
+            os.close(fd)
     return count

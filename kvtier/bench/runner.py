@@ -26,6 +26,7 @@ class PhaseResult:
     latencies_s: dict[str, list[float]] = field(default_factory=lambda: {"write": [], "read": []})
     misses: int = 0
     rejected: int = 0
+    slice_walls: list[float] = field(default_factory=list)  # wall time of each slice, in run order
 
     def merge(self, other: PhaseResult) -> None:
         """Add another slice of the same phase (rounds interleave tier and raw slices)."""
@@ -34,6 +35,7 @@ class PhaseResult:
             self.latencies_s[kind].extend(values)
         self.misses += other.misses
         self.rejected += other.rejected
+        self.slice_walls += other.slice_walls
 
     def num_ops(self, kind: str) -> int:
         return len(self.latencies_s[kind])
@@ -95,6 +97,7 @@ def run_phase(name: str, op_fn: OpFn, cursor: TraceCursor, *, concurrency: int, 
         thread.start()
     _watch(threads, cursor, progress, block_bytes)
     result.wall_s = time.perf_counter() - start
+    result.slice_walls.append(result.wall_s)
     if failures:
         raise BenchAbortedError(f"phase {name!r} stopped: {failures[0]!r}") from failures[0]
     return result
@@ -133,6 +136,7 @@ def run_phase_async(name: str, op_fn: AsyncOpFn, cursor: TraceCursor, *, concurr
             await asyncio.gather(*tasks)
         finally:
             result.wall_s = time.perf_counter() - start
+            result.slice_walls.append(result.wall_s)
             for task in (watcher, *tasks):
                 task.cancel()
 

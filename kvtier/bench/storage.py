@@ -2,7 +2,9 @@
 
 Two phases, each cut into rounds; in a round one side (tier or raw, alternating) runs time-boxed
 and the other replays exactly its ops: same bytes, same thread count, same folder, and the page
-cache flushed and dropped after every slice (raw_io.settle).
+cache flushed and dropped for the files a slice touched after every slice (raw_io.drop_cached).
+Many short rounds rather than a few long ones: this disk's speed drifts by 2x over seconds, and
+only sides measured close together in time see the same disk.
 1. write: spill prefixes block by block;
 2. mixed: prefix-read bursts with Zipf reuse, interleaved with new spills at `read_ratio`.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kvtier.bench.raw_io import RawFiles, settle
+from kvtier.bench.raw_io import RawFiles, drop_cached, settle
 from kvtier.bench.report import build_report
 from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
 from kvtier.bench.tier_ops import (
@@ -55,7 +57,7 @@ class StorageBenchConfig:
     codec: str = "raw"
     fsync: bool = True
     duration_s: float = 10.0  # of the leading sides' I/O, half writes, half mixed; replays add as much
-    rounds: int = 4  # slices per phase, alternating which side leads
+    rounds: int = 16  # slices per phase, alternating which side leads
     keep: bool = False
     max_bytes: int | None = None  # None: min(16 GiB, a quarter of the free space)
     progress: bool = False
@@ -108,6 +110,14 @@ def default_async_factory(store: Any, concurrency: int) -> AsyncTier:
     return AsyncDiskStore(store, max_concurrency=concurrency)
 
 
+def _object_path_fn(store: Any) -> Callable[[BlockOp], str] | None:
+    """The file of an op's block when the tier names it (DiskStore.path_of); None for other tiers."""
+    path_of = getattr(store, "path_of", None)
+    if path_of is None:
+        return None
+    return lambda op: str(path_of(op.key.block_hash))
+
+
 def _budget(config: StorageBenchConfig) -> int:
     free = shutil.disk_usage(config.path).free
     budget = config.max_bytes or min(MAX_DEFAULT_BYTES, free // 4)
@@ -126,6 +136,13 @@ class _Side:
     folder: Path
     op_fn: Callable[[BlockOp], bool] | None = None
     async_op_fn: AsyncOpFn | None = None
+    path_of: Callable[[BlockOp], str] | None = None  # the file an op touches; None: settle the whole folder
+
+    def settle(self, ops: list[BlockOp]) -> None:
+        if self.path_of is None:
+            settle(self.folder)
+        else:
+            drop_cached(dict.fromkeys(map(self.path_of, ops)))
 
     def run(self, name: str, cursor: TraceCursor, config: StorageBenchConfig, bar: Any) -> PhaseResult:
         kwargs: dict[str, Any] = {"concurrency": config.concurrency, "block_bytes": config.layout.page_size_bytes,
@@ -167,7 +184,7 @@ class _Run:
         with tqdm(desc=f"{side.label} {name}", unit="B", unit_scale=True, disable=not self.config.progress,
                   leave=False) as bar:
             result = side.run(name, cursor, self.config, bar)
-        settle(side.folder)
+        side.settle(cursor.issued)
         self.phases.setdefault(f"{side.label}_{name}", PhaseResult(name=name, block_bytes=result.block_bytes)) \
             .merge(result)
 
@@ -195,13 +212,16 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
         store = (tier_factory or default_tier_factory)(config.layout, disk_config)
         closers.append(store.close)
         check_round_trip(store, config.layout, pool)
+        tier_path = _object_path_fn(store)
         if config.api == "async":
             astore = (async_factory or default_async_factory)(store, config.concurrency)
             closers.insert(0, astore.close)
-            tier = _Side("tier", tier_dir, async_op_fn=AsyncTierOps(astore, pool, config.concurrency).run)
+            tier = _Side("tier", tier_dir, async_op_fn=AsyncTierOps(astore, pool, config.concurrency).run,
+                         path_of=tier_path)
         else:
-            tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run)
-        run = _Run(config, (tier, _Side("raw", raw_dir, op_fn=RawFiles(raw_dir, pool, fsync=config.fsync).run)))
+            tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run, path_of=tier_path)
+        raw = RawFiles(raw_dir, pool, fsync=config.fsync)
+        run = _Run(config, (tier, _Side("raw", raw_dir, op_fn=raw.run, path_of=lambda op: str(raw.path(op)))))
         chains = PrefixChains(config.workload)
         written = run.pair("write", write_trace(chains, len(pool)), budget // 2)
         spare = budget - len(written) * config.layout.page_size_bytes

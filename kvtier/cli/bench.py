@@ -39,8 +39,8 @@ def _register_storage(benches: Any) -> None:
                    help="seconds of time-boxed I/O, half writes, half mixed; the replays add about as much (default 10)")
     p.add_argument("--api", choices=("sync", "async"), default="sync",
                    help="drive the tier's sync API on threads or its asyncio API on one loop (default sync)")
-    p.add_argument("--rounds", type=int, default=4,
-                   help="slices per phase, alternating whether tier or raw leads (default 4)")
+    p.add_argument("--rounds", type=int, default=16,
+                   help="slices per phase, alternating whether tier or raw leads (default 16)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
     p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes (default min(16 GiB, free/4))")
     p.add_argument("--seed", type=int, default=0, help="trace and data seed (default 0)")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvtier.bench.raw_io import RawFiles
-from kvtier.bench.report import percentile_ms
+from kvtier.bench.raw_io import RawFiles, drop_cached
+from kvtier.bench.report import percentile_ms, round_ratios
+from kvtier.bench.runner import PhaseResult
 from kvtier.bench.storage import (
     StorageBenchConfig,
     layout_for_block_bytes,
@@ -199,6 +200,31 @@ def test_raw_ceiling_round_trips_and_reports_missing_files(tmp_path: Path) -> No
     raw.path(op).unlink()
     with pytest.raises(TierIOError, match="missing"):
         raw.read(op)
+
+
+def test_round_ratios_pair_slices_in_order() -> None:
+    tier = PhaseResult("write", 1, slice_walls=[1.0, 2.0, 4.0, 1.0])
+    raw = PhaseResult("write", 1, slice_walls=[2.0, 1.0, 3.0, 1.0])  # ratios 2, 0.5, 0.75, 1
+    spread = round_ratios(tier, raw)
+    assert spread["rounds"] == 4 and spread["min"] == 0.5 and spread["max"] == 2.0
+    assert spread["median"] == pytest.approx(0.875)
+    assert spread["q1"] == pytest.approx(0.6875) and spread["q3"] == pytest.approx(1.25)
+    assert round_ratios(PhaseResult("w", 1), PhaseResult("w", 1))["median"] is None
+    with pytest.raises(ValueError):  # unpaired slices are a bench bug, not a statistic
+        round_ratios(tier, PhaseResult("write", 1, slice_walls=[1.0]))
+
+
+def test_every_round_is_reported_for_both_phases(tmp_path: Path) -> None:
+    report = run_storage_bench(short_config(tmp_path, rounds=6), MemoryStore)
+    for kind in ("write", "read"):
+        spread = report[f"{kind}_ratio_rounds"]
+        assert spread["rounds"] == 6, spread
+        assert 0 < spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+
+
+def test_drop_cached_counts_the_files_it_flushed(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 4096)
+    assert drop_cached([str(tmp_path / "a"), str(tmp_path / "gone")]) == 1
 
 
 def test_percentile_is_nearest_rank() -> None:
