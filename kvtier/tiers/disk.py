@@ -19,7 +19,7 @@ from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
 from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
-from kvtier.tiers.disk_paths import object_relpath, temp_name
+from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import read_block
 from kvtier.tiers.disk_restart import rebuild_index
 from kvtier.tiers.format import BufferLike, encode_block
@@ -53,7 +53,7 @@ class DiskStore(TierStore):
         self.kind = TierKind.SHARED if config.shared else TierKind.DISK
         self.root = os.path.abspath(config.path)
         self._lock = threading.Lock()
-        os.makedirs(self.root, exist_ok=True)
+        make_fanout(self.root)
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
         self._index = DiskIndex()
         for victim in rebuild_index(self._index, self.root, config, stale_temp_age_s):
@@ -194,7 +194,7 @@ class DiskStore(TierStore):
     def _write(self, pending: PendingPut) -> None:
         try:
             write_object(pending.final_path, pending.temp_path, pending.parts, self.config.fsync)
-        except FileNotFoundError:  # NOTE: fan-out folders are made on first use, not looked up each put
+        except FileNotFoundError:  # NOTE: a fan-out folder removed since start (by hand, or a shared-folder gc)
             os.makedirs(os.path.dirname(pending.final_path), exist_ok=True)
             write_object(pending.final_path, pending.temp_path, pending.parts, self.config.fsync)
 

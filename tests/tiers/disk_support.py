@@ -51,9 +51,10 @@ def object_files(root: Path) -> list[Path]:
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs with 16 inodes, mounted for the test (root only), unmounted afterwards."""
+    """A real 2 MiB tmpfs with 272 inodes (the root, 256 fan-out folders, 15 files), mounted for the
+    test (root only), unmounted afterwards."""
     mount_point = tmp_path / "tiny"
-    tmpfs_mount(mount_point, "size=2m,nr_inodes=16")
+    tmpfs_mount(mount_point, "size=2m,nr_inodes=272")
     try:
         yield mount_point
     finally:

@@ -104,14 +104,14 @@ def test_injected_read_eio_is_a_miss_that_keeps_the_object(tmp_path: Path,
 
 
 def test_full_filesystem_raises_tier_io_error_enospc(tiny_tmpfs: Path) -> None:
-    # 16 inodes: the fan-out folders and objects run out of inodes long before the byte budget.
+    # 272 inodes: after the fan-out folders, objects run out of inodes long before the byte budget.
     store = open_store(tiny_tmpfs, num_blocks=1000)
     stored = []
     with pytest.raises(TierIOError, match=r"ENOSPC.*free space on the filesystem"):
-        for i in range(16):
+        for i in range(32):
             store.put(make_key(i), make_block(i))
             stored.append(i)
-    assert stored and store.stats.io_errors == 1
+    assert 10 <= len(stored) < 16 and store.stats.io_errors == 1
     assert not [p for p in tiny_tmpfs.rglob("*") if p.name.endswith(".tmp")]
     assert all(same_bits(store.get(make_key(i)), make_block(i)) for i in stored)
 
@@ -137,5 +137,23 @@ def test_free_space_floor_evicts_before_the_filesystem_fills(tmp_path: Path) -> 
                 store.pin(key_hash)
         with pytest.raises(TierFullError, match="bytes free on the filesystem"):
             store.put(make_key(99)._replace(token_ids=tuple(range(16))), make_block(99, layout))
+    finally:
+        tmpfs_unmount(mount_point)
+
+
+def test_store_opens_where_the_fan_out_does_not_fit_and_makes_folders_on_use(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mount_point = tmp_path / "few-inodes"
+    tmpfs_mount(mount_point, "size=2m,nr_inodes=40")  # the root and 39 more: not 256 folders
+    try:
+        store = open_store(mount_point)
+        assert "could not create the fan-out folders" in caplog.text
+        made = sorted(p.name for p in mount_point.iterdir())
+        key = next(make_key(i) for i in range(1000) if store.path_of(make_key(i).block_hash).split("/")[-2] not in made)
+        # NOTE: a key whose folder was not made: the put makes it; the block comes back whole.
+        for name in made[-3:]:
+            os.rmdir(mount_point / name)  # room for the folder and the object
+        store.put(key, make_block(1))
+        assert same_bits(store.get(key), make_block(1))
     finally:
         tmpfs_unmount(mount_point)
