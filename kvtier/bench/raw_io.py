@@ -47,29 +47,39 @@ class RawFiles:
         return True
 
     def write(self, op: BlockOp) -> None:
-        payload = self._payloads[op.data_index]
-        with open(self.path(op), "wb", buffering=0) as f:
-            written = 0
-            while written < len(payload):
-                written += f.write(payload[written:])
-            if self.fsync:
-                os.fsync(f.fileno())
+        write_file(self.path(op), self._payloads[op.data_index], self.fsync)
 
     def read(self, op: BlockOp) -> None:
         buf = self._buffer()
         try:
-            with open(self.path(op), "rb", buffering=0) as f:
-                got = 0
-                while got < len(buf):
-                    n = f.readinto(buf[got:])
-                    if not n:
-                        break
-                    got += n
+            got = read_file_into(self.path(op), buf)
         except FileNotFoundError as exc:
             raise TierIOError(f"raw ceiling: block file {self.path(op)} is missing; "
                               "the folder was changed during the run") from exc
         if got != len(buf):
             raise TierIOError(f"raw ceiling: {self.path(op)} has {got} bytes, expected {len(buf)}")
+
+
+def write_file(path: Path, payload: memoryview, fsync: bool) -> None:
+    """open, write all, optional fsync, close: the cheapest durable write Python has."""
+    with open(path, "wb", buffering=0) as f:
+        written = 0
+        while written < len(payload):
+            written += f.write(payload[written:])
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def read_file_into(path: Path, buf: memoryview) -> int:
+    """open, readinto until `buf` is full or the file ends, close; the bytes read."""
+    with open(path, "rb", buffering=0) as f:
+        got = 0
+        while got < len(buf):
+            n = f.readinto(buf[got:])
+            if not n:
+                break
+            got += n
+    return got
 
 
 def settle(folder: Path) -> int:

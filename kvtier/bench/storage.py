@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kvtier.bench.raw_io import RawFiles, drop_cached, settle
+from kvtier.bench.raw_tier import RawFileTier
 from kvtier.bench.report import build_report
 from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
 from kvtier.bench.tier_ops import (
@@ -62,6 +63,7 @@ class StorageBenchConfig:
     max_bytes: int | None = None  # None: min(16 GiB, a quarter of the free space)
     progress: bool = False
     api: str = "sync"  # "sync": TierStore put/get on threads; "async": the asyncio API on one loop
+    calibrate: bool = False  # raw files in the tier's place too (an A/A run): the ratios' noise floor
 
     def __post_init__(self) -> None:
         check_positive_int("StorageBenchConfig", "concurrency", self.concurrency)
@@ -74,6 +76,9 @@ class StorageBenchConfig:
             raise ValueError(f"StorageBenchConfig.api must be 'sync' or 'async', got {self.api!r}")
         if self.max_bytes is not None:
             check_positive_int("StorageBenchConfig", "max_bytes", self.max_bytes)
+        if self.calibrate and (self.api, self.codec) != ("sync", "raw"):
+            raise ValueError("StorageBenchConfig.calibrate runs plain files against plain files; "
+                             f"api {self.api!r} and codec {self.codec!r} do not apply (use sync and raw)")
         if self.workload.block_size != self.layout.block_size:
             raise ValueError(f"StorageBenchConfig: workload.block_size ({self.workload.block_size}) must "
                              f"equal layout.block_size ({self.layout.block_size})")
@@ -195,11 +200,14 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
 
     Args:
         config: what to run.
-        tier_factory: builds the TierStore under test (default: DiskStore).
+        tier_factory: builds the TierStore under test (default: DiskStore; RawFileTier when
+            `config.calibrate`).
         async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncDiskStore).
     """
     if not config.path.is_dir():
         raise ValueError(f"--path {config.path} is not an existing folder")
+    if config.calibrate:
+        tier_factory = RawFileTier
     budget = _budget(config)
     run_id = f"kvtier-bench-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     tier_dir, raw_dir = config.path / run_id, config.path / f"{run_id}.raw"

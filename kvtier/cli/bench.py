@@ -42,6 +42,9 @@ def _register_storage(benches: Any) -> None:
     p.add_argument("--rounds", type=int, default=16,
                    help="slices per phase, alternating whether tier or raw leads (default 16)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
+    p.add_argument("--calibrate", action="store_true",
+                   help="put plain files in the tier's place too: the ratios then show this disk's noise floor "
+                        "(1.0 on a steady disk); run it beside a real run before trusting a small difference")
     p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes (default min(16 GiB, free/4))")
     p.add_argument("--seed", type=int, default=0, help="trace and data seed (default 0)")
     p.add_argument("--keep", action="store_true", help="leave the tier's objects (for `kvtier cache`)")
@@ -80,7 +83,7 @@ def run_storage(args: argparse.Namespace) -> int:
         config = StorageBenchConfig(
             path=args.path, layout=layout, concurrency=args.concurrency, codec=args.codec,
             fsync=not args.no_fsync, duration_s=args.duration, rounds=args.rounds, keep=args.keep,
-            max_bytes=args.max_bytes, api=args.api,
+            max_bytes=args.max_bytes, api=args.api, calibrate=args.calibrate,
             workload=WorkloadConfig(block_size=layout.block_size, read_ratio=args.read_ratio, seed=args.seed),
             progress=not args.json and sys.stderr.isatty())
         report = run_storage_bench(config)

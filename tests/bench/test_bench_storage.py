@@ -249,3 +249,19 @@ def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path, api: str) 
         assert got is not None and torch.equal(got, pool[first.data_index])
     finally:
         store.close()
+
+
+def test_raw_file_tier_round_trips_misses_and_evicts(tmp_path: Path) -> None:
+    from kvtier.bench.raw_tier import RawFileTier
+
+    layout = layout_for_block_bytes(BLOCK_BYTES)
+    tier = RawFileTier(layout, DiskTierConfig(path=str(tmp_path / "t"), capacity_bytes=1 << 30))
+    pool = data_pool(layout, seed=1)
+    key = next(write_trace(PrefixChains(WorkloadConfig()), len(pool))).key
+    assert tier.get(key) is None and not tier.contains(key.block_hash)
+    tier.put(key, pool[0])
+    assert tier.contains(key.block_hash) and tier.num_blocks == 1
+    assert torch.equal(tier.get(key), pool[0])
+    strided = torch.empty(layout.block_shape[::-1], dtype=layout.dtype).permute(4, 3, 2, 1, 0)
+    assert tier.get(key, out=strided) is strided and torch.equal(strided, pool[0])
+    assert tier.evict(key.block_hash) and not tier.evict(key.block_hash) and tier.num_blocks == 0

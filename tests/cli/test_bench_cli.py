@@ -29,6 +29,7 @@ def test_bench_needs_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     (["--concurrency", "0"], "concurrency must be >= 1"),
     (["--duration", "0"], "duration_s must be > 0"),
     (["--codec", "lz4"], "invalid choice: 'lz4'"),
+    (["--calibrate", "--api", "async"], "calibrate runs plain files against plain files"),
 ])
 def test_storage_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        extra: list[str], text: str) -> None:
@@ -70,3 +71,14 @@ def test_keep_leaves_objects_that_cache_verify_accepts(tmp_path: Path, capsys: p
     assert main(["cache", "verify", str(kept), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["objects"] > 0 and verdict["corrupt"] == 0 and verdict["ok"] == verdict["objects"]
+
+
+def test_calibrate_runs_plain_files_on_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "storage", "--path", str(tmp_path), "--block-bytes", str(64 << 10), "--duration", "0.4",
+            "--concurrency", "2", "--max-bytes", str(16 << 20), "--no-fsync", "--calibrate", "--keep"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "--calibrate (plain files on both sides)" in table and "ratio per round" in table
+    (kept,) = tmp_path.iterdir()
+    files = list(kept.iterdir())
+    assert files and all(f.stat().st_size == 64 << 10 for f in files)  # headerless: not DiskStore objects
