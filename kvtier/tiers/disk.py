@@ -20,7 +20,7 @@ from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
 from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
-from kvtier.tiers.disk_read import read_block
+from kvtier.tiers.disk_read import DamagedObjectError, read_block
 from kvtier.tiers.disk_restart import rebuild_index
 from kvtier.tiers.format import BufferLike, encode_block
 from kvtier.types import BlockHash, TierKind
@@ -263,7 +263,7 @@ class DiskStore(TierStore):
         with self._lock:
             self.stats.corrupt += 1
         self._forget(block_hash)
-        discard(path, self.root, self.config.shared, None)
+        discard(path, self.root, self.config.shared, exc.inode if isinstance(exc, DamagedObjectError) else None)
 
     def _forget(self, block_hash: BlockHash) -> None:
         with self._lock:  # a pinned record stays until unpinned, even if another host removed the file

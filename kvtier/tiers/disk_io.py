@@ -86,32 +86,46 @@ def read_whole(fd: int, size: int) -> memoryview:
     return view[:got]
 
 
-def open_for_read(path: str) -> tuple[int, int]:
-    """Open an object for reading: `(fd, size)`. FileNotFoundError when absent."""
+def open_for_read(path: str) -> tuple[int, os.stat_result]:
+    """Open an object for reading: `(fd, its stat)`. FileNotFoundError when absent."""
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
         st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st.st_size
+    return fd, st
+
+
+def inode_of(fd: int) -> int | None:
+    """The inode of an open file, None if even that fails (the caller is already handling damage)."""
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
 
 
 def discard(path: str, root: str, shared: bool, inode: int | None) -> None:
     """Remove a corrupt object, or in a shared folder move it to `ROOT/quarantine`.
 
-    With `inode`, only the file that was read is touched: a shared folder may have had a good
-    copy renamed over it since.
+    With `inode` (the file that was read and found damaged), only that file is touched: in a
+    shared folder another writer may have renamed a good copy over it since. The quarantine move
+    is checked after the fact, because a check before it would race; a good copy moved by
+    mistake goes straight back (objects are immutable and content-named, so putting it back
+    over an even newer copy loses nothing).
     """
     try:
-        if inode is not None and os.stat(path).st_ino != inode:
-            return
         if not shared:
-            os.unlink(path)
+            if inode is None or os.stat(path).st_ino == inode:
+                os.unlink(path)
             return
         quarantine = os.path.join(root, QUARANTINE_DIR)
         os.makedirs(quarantine, exist_ok=True)
-        os.rename(path, os.path.join(quarantine, quarantine_name(bytes.fromhex(_digest_of(path)))))
+        moved = os.path.join(quarantine, quarantine_name(bytes.fromhex(_digest_of(path))))
+        os.rename(path, moved)
+        if inode is not None and os.stat(moved).st_ino != inode:
+            logger.info("%s was replaced by another writer after it was read damaged; keeping the new copy", path)
+            os.rename(moved, path)
     except (OSError, ValueError) as exc:
         logger.warning("could not remove corrupt object %s: %s", path, exc)
 

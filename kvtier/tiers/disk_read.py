@@ -17,7 +17,7 @@ import torch
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.base import BlockKey
-from kvtier.tiers.disk_io import O_CLOEXEC, read_exact_into, read_whole
+from kvtier.tiers.disk_io import O_CLOEXEC, inode_of, read_exact_into, read_whole
 from kvtier.tiers.format import (
     BlockHeader,
     check_identity,
@@ -30,6 +30,14 @@ from kvtier.tiers.format_codecs import tensor_bytes
 
 _local = threading.local()  # per thread: the last output tensor and its byte view
 _PROBE = memoryview(bytearray(1))  # catches a file longer than expected; its byte is never read
+
+
+class DamagedObjectError(FormatError):
+    """The object read at a path failed verification; `inode` names that very file (or is None)."""
+
+    def __init__(self, message: str, inode: int | None) -> None:
+        super().__init__(message)
+        self.inode = inode
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +56,7 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
     Raises:
         FileNotFoundError: no object at `path`.
         OSError: the read failed.
-        FormatError: the object is corrupt, truncated, foreign or of another key or layout.
+        DamagedObjectError: the object is corrupt, truncated, foreign or of another key or layout.
     """
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
@@ -58,6 +66,8 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
             os.lseek(fd, 0, os.SEEK_SET)
             header, data = _read_any(fd, os.fstat(fd).st_size, key, layout)
             result = ReadResult(header.key, data, header.object_bytes)
+    except FormatError as exc:
+        raise DamagedObjectError(str(exc), inode_of(fd)) from exc
     finally:
         os.close(fd)
     if out is not None and result.data.data_ptr() != out.data_ptr():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from kvtier.errors import FormatError
@@ -26,10 +27,10 @@ def _objects(found: list[FoundFile]) -> list[FoundFile]:
 
 
 def _read_header(path: str) -> BlockHeader:
-    fd, size = open_for_read(path)
+    fd, st = open_for_read(path)
     try:
         prefix = os.pread(fd, FIXED_HEADER_BYTES, 0)
-        return decode_header(os.pread(fd, min(size, header_length(prefix)), 0))
+        return decode_header(os.pread(fd, min(st.st_size, header_length(prefix)), 0))
     finally:
         os.close(fd)
 
@@ -54,19 +55,27 @@ def stat_folder(root: str) -> dict[str, Any]:
             "namespaces": per_namespace}
 
 
-def check_object(path: str) -> str | None:
-    """None if the object at `path` verifies completely (under its own name), else why not."""
+@dataclass(frozen=True, slots=True)
+class Damage:
+    why: str
+    inode: int | None  # the file that was read, so that a repair touches only it
+
+
+def check_object(path: str) -> Damage | None:
+    """None if the object at `path` verifies completely (under its own name), else what is wrong."""
+    inode = None
     try:
-        fd, size = open_for_read(path)
+        fd, st = open_for_read(path)
+        inode = st.st_ino
         try:
-            buf = read_whole(fd, size)
+            buf = read_whole(fd, st.st_size)
         finally:
             os.close(fd)
         header, _ = decode_block(buf)
     except (OSError, FormatError) as exc:
-        return str(exc)
+        return Damage(str(exc), inode)
     if not path.endswith(os.sep + object_relpath(header.block_hash)):
-        return f"object of block {header.block_hash.hex()} is stored under the wrong name or folder"
+        return Damage(f"object of block {header.block_hash.hex()} is stored under the wrong name or folder", inode)
     return None
 
 
@@ -75,11 +84,11 @@ def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
     objects = _objects(scan_folder(root))
     with ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="kvtier-verify") as pool:
         problems = list(pool.map(check_object, (f.path for f in objects)))
-    corrupt = [(f, why) for f, why in zip(objects, problems) if why is not None]
+    corrupt = [(f, damage) for f, damage in zip(objects, problems) if damage is not None]
     if repair:
-        for f, _ in corrupt:
-            discard(f.path, os.path.abspath(root), True, None)
-    reasons = Counter(why.split(":")[0] for _, why in corrupt)
+        for f, damage in corrupt:
+            discard(f.path, os.path.abspath(root), True, damage.inode)
+    reasons = Counter(damage.why.split(":")[0] for _, damage in corrupt)
     return {"path": os.path.abspath(root), "objects": len(objects), "ok": len(objects) - len(corrupt),
             "corrupt": len(corrupt), "bytes": sum(f.size for f in objects),
             "repaired": len(corrupt) if repair else 0, "reasons": dict(reasons),

@@ -12,6 +12,7 @@ from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import TierFullError, TierIOError
 from kvtier.tiers.disk import DiskStore
 from tests.tiers.disk_support import (
+    LAYOUT,
     make_block,
     make_key,
     object_files,
@@ -157,3 +158,62 @@ def test_store_opens_where_the_fan_out_does_not_fit_and_makes_folders_on_use(
         assert same_bits(store.get(key), make_block(1))
     finally:
         tmpfs_unmount(mount_point)
+
+
+def _rename_good_copy_over(path: Path, key: object, block: torch.Tensor) -> None:
+    """What another host's writer does: a whole object under a temporary name, renamed into place."""
+    from kvtier.tiers.disk_io import write_object
+    from kvtier.tiers.format import encode_block
+
+    parts = encode_block(key, block, LAYOUT)  # type: ignore[arg-type]
+    write_object(str(path), str(path) + ".other-host.tmp", parts, fsync=False)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_good_copy_renamed_over_a_damaged_object_after_the_read_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
+    import kvtier.tiers.disk as disk_module
+
+    store = open_store(tmp_path, shared=shared)
+    key, block = make_key(1), make_block(1)
+    store.put(key, block)
+    path = object_files(tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-7])  # damaged
+    real_read = disk_module.read_block
+
+    def read_then_race(*args: object, **kwargs: object) -> object:
+        try:
+            return real_read(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            _rename_good_copy_over(path, key, block)  # lands between the read and the discard
+
+    monkeypatch.setattr(disk_module, "read_block", read_then_race)
+    assert store.get(key) is None and store.stats.corrupt == 1  # what was read was damaged
+    monkeypatch.setattr(disk_module, "read_block", real_read)
+    assert path.exists() and list(tmp_path.glob("quarantine/*")) == []
+    fresh = open_store(tmp_path, shared=shared)  # the good copy is what the folder holds now
+    assert same_bits(fresh.get(key), block)
+
+
+def test_repair_keeps_a_good_copy_renamed_over_a_damaged_object(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvtier.tiers import disk_scan
+
+    store = open_store(tmp_path, shared=True)
+    key, block = make_key(2), make_block(2)
+    store.put(key, block)
+    path = object_files(tmp_path)[0]
+    path.write_bytes(b"garbage")
+    real_check = disk_scan.check_object
+
+    def check_then_race(p: str) -> object:
+        damage = real_check(p)
+        _rename_good_copy_over(path, key, block)
+        return damage
+
+    monkeypatch.setattr(disk_scan, "check_object", check_then_race)
+    report = disk_scan.verify_folder(str(tmp_path), repair=True)
+    assert report["corrupt"] == 1
+    monkeypatch.setattr(disk_scan, "check_object", real_check)
+    assert disk_scan.verify_folder(str(tmp_path))["ok"] == 1
+    assert list((tmp_path / "quarantine").iterdir()) == []
