@@ -3,6 +3,11 @@
 Raw writes are open/write/optional fsync/close of the payload bytes, one file per block, named
 by the block hash; raw reads are open/readinto a preallocated buffer/close. No header, no
 checksum, no rename: the cheapest way Python can move those bytes through the filesystem.
+
+The files sit in the tier's own fan-out folders (`ab/<hex>.raw`), beside its objects: the same
+folders, so the same directory sizes and the same disk region. NOTE: in a sibling folder an
+A/A run (`--calibrate`) once measured one side 1.48x the other, a placement effect of this
+virtual disk, not of the code.
 """
 from __future__ import annotations
 
@@ -15,19 +20,29 @@ import torch
 
 from kvtier.bench.workload import BlockOp
 from kvtier.errors import TierIOError
+from kvtier.tiers.disk_paths import make_fanout
 from kvtier.tiers.format_codecs import tensor_bytes
+
+RAW_SUFFIX = ".raw"
+
+
+def fanout_path(folder: str, block_hash: bytes, suffix: str) -> str:
+    """`FOLDER/ab/abcd...SUFFIX`: a block's file in a tier's fan-out (string ops only: this is per op)."""
+    digest = block_hash.hex()
+    return f"{folder}/{digest[:2]}/{digest}{suffix}"
 
 
 class RawFiles:
-    """Block ops on flat files in `folder`; a read of a file that is not there raises TierIOError."""
+    """Block ops on headerless files in `folder`'s fan-out; a read of a missing file raises TierIOError."""
 
-    def __init__(self, folder: Path, pool: list[torch.Tensor], *, fsync: bool) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, pool: list[torch.Tensor], *, fsync: bool, suffix: str = RAW_SUFFIX) -> None:
+        self.folder = str(folder)
         self.fsync = fsync
+        self.suffix = suffix
         self._payloads = [tensor_bytes(t) for t in pool]
         self._block_bytes = len(self._payloads[0])
         self._local = threading.local()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_fanout(self.folder)
 
     def _buffer(self) -> memoryview:
         buf = getattr(self._local, "buf", None)
@@ -35,8 +50,18 @@ class RawFiles:
             buf = self._local.buf = memoryview(bytearray(self._block_bytes))
         return buf
 
-    def path(self, op: BlockOp) -> Path:
-        return self.folder / op.key.block_hash.hex()
+    def path(self, op: BlockOp) -> str:
+        return fanout_path(self.folder, op.key.block_hash, self.suffix)
+
+    def remove_all(self) -> int:
+        """Delete every file this side wrote (for --keep, which leaves only the tier's objects)."""
+        removed = 0
+        for root, _dirs, files in os.walk(self.folder):
+            for name in files:
+                if name.endswith(self.suffix):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+        return removed
 
     def run(self, op: BlockOp) -> bool:
         """Do one op; True when it moved the block (a raw read never misses on purpose)."""
@@ -60,7 +85,7 @@ class RawFiles:
             raise TierIOError(f"raw ceiling: {self.path(op)} has {got} bytes, expected {len(buf)}")
 
 
-def write_file(path: Path, payload: memoryview, fsync: bool) -> None:
+def write_file(path: str, payload: memoryview, fsync: bool) -> None:
     """open, write all, optional fsync, close: the cheapest durable write Python has."""
     with open(path, "wb", buffering=0) as f:
         written = 0
@@ -70,7 +95,7 @@ def write_file(path: Path, payload: memoryview, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
-def read_file_into(path: Path, buf: memoryview) -> int:
+def read_file_into(path: str, buf: memoryview) -> int:
     """open, readinto until `buf` is full or the file ends, close; the bytes read."""
     with open(path, "rb", buffering=0) as f:
         got = 0

@@ -1,34 +1,36 @@
 """The raw ceiling behind the TierStore API, for `kvtier bench storage --calibrate`.
 
 Run in the tier's place, both sides of the bench do the same plain file I/O (raw_io's
-write_file/read_file_into) in sibling folders, so every ratio it reports would be 1.0 on a
-perfectly steady disk: how far they land from 1.0 is the method's noise floor on this machine.
+write_file/read_file_into) in the same fan-out folders, so every ratio it reports would be 1.0
+on a perfectly steady disk: how far they land from 1.0 is the method's noise floor here.
 """
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import torch
 
-from kvtier.bench.raw_io import read_file_into, write_file
+from kvtier.bench.raw_io import fanout_path, read_file_into, write_file
 from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.tiers.disk_paths import make_fanout
 from kvtier.tiers.format_codecs import tensor_bytes
 from kvtier.types import BlockHash, TierKind
 
+TIER_SUFFIX = ".tier"  # as long as raw_io.RAW_SUFFIX, so both sides' names are alike
+
 
 class RawFileTier(TierStore):
-    """One headerless file per block, named by its hex digest in one folder; no checks, no eviction."""
+    """One headerless file per block, `ab/<hex>.tier` like the raw side's; no checks, no eviction."""
 
     kind = TierKind.DISK
 
     def __init__(self, layout: KVLayout, config: DiskTierConfig) -> None:
         super().__init__(layout)
         self.config = config
-        self.folder = Path(config.path)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = config.path
+        make_fanout(self.folder)
         self._lock = threading.Lock()
         self._count = 0
 
@@ -44,11 +46,11 @@ class RawFileTier(TierStore):
     def num_blocks(self) -> int:
         return self._count
 
-    def path_of(self, block_hash: BlockHash) -> Path:
-        return self.folder / block_hash.hex()
+    def path_of(self, block_hash: BlockHash) -> str:
+        return fanout_path(self.folder, block_hash, TIER_SUFFIX)
 
     def contains(self, block_hash: BlockHash) -> bool:
-        return self.path_of(block_hash).exists()
+        return os.path.exists(self.path_of(block_hash))
 
     def put(self, key: BlockKey, data: torch.Tensor) -> None:
         self.check_block(data)

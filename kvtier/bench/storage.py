@@ -1,7 +1,8 @@
 """`kvtier bench storage`: the KV-offload pattern through a tier's public API against the raw ceiling.
 
 Two phases, each cut into rounds; in a round one side (tier or raw, alternating) runs time-boxed
-and the other replays exactly its ops: same bytes, same thread count, same folder, and the page
+and the other replays exactly its ops: same bytes, same thread count, the same fan-out folders
+(raw files sit beside the tier's objects), and the page
 cache flushed and dropped for the files a slice touched after every slice (raw_io.drop_cached).
 Many short rounds rather than a few long ones: this disk's speed drifts by 2x over seconds, and
 only sides measured close together in time see the same disk.
@@ -210,7 +211,7 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
         tier_factory = RawFileTier
     budget = _budget(config)
     run_id = f"kvtier-bench-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    tier_dir, raw_dir = config.path / run_id, config.path / f"{run_id}.raw"
+    tier_dir = config.path / run_id  # NOTE: the raw side writes `ab/<hex>.raw` in the tier's own fan-out
     pool = data_pool(config.layout, config.workload.seed)
     disk_config = DiskTierConfig(path=str(tier_dir), capacity_bytes=2 * budget, fsync=config.fsync,
                                  codec=config.codec)
@@ -228,8 +229,9 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
                          path_of=tier_path)
         else:
             tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run, path_of=tier_path)
-        raw = RawFiles(raw_dir, pool, fsync=config.fsync)
-        run = _Run(config, (tier, _Side("raw", raw_dir, op_fn=raw.run, path_of=lambda op: str(raw.path(op)))))
+        raw = RawFiles(tier_dir, pool, fsync=config.fsync)
+        closers.append(raw.remove_all)
+        run = _Run(config, (tier, _Side("raw", tier_dir, op_fn=raw.run, path_of=raw.path)))
         chains = PrefixChains(config.workload)
         written = run.pair("write", write_trace(chains, len(pool)), budget // 2)
         spare = budget - len(written) * config.layout.page_size_bytes
@@ -238,7 +240,6 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
     finally:
         for close in closers:
             close()
-        shutil.rmtree(raw_dir, ignore_errors=True)
         if not config.keep:
             shutil.rmtree(tier_dir, ignore_errors=True)
     return build_report(config, run.phases, tier_dir, stats)

@@ -15,7 +15,13 @@ from kvtier.errors import FormatError
 from kvtier.tiers.disk_io import discard, open_for_read, read_whole
 from kvtier.tiers.disk_paths import FoundFile, object_relpath, parse_object_name
 from kvtier.tiers.disk_restart import scan_folder
-from kvtier.tiers.format import FIXED_HEADER_BYTES, BlockHeader, decode_block, decode_header, header_length
+from kvtier.tiers.format import (
+    FIXED_HEADER_BYTES,
+    BlockHeader,
+    decode_block,
+    decode_header,
+    header_length,
+)
 
 VERIFY_THREADS = 4
 MAX_LISTED = 20  # corrupt paths named in a report

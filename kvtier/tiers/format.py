@@ -28,7 +28,12 @@ import xxhash
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.base import BlockKey
-from kvtier.tiers.format_codecs import CODEC_IDS, CODEC_NAMES, decode_payload, encode_payload
+from kvtier.tiers.format_codecs import (
+    CODEC_IDS,
+    CODEC_NAMES,
+    decode_payload,
+    encode_payload,
+)
 from kvtier.types import BlockHash, Namespace
 
 MAGIC = b"KVTIERB\x00"

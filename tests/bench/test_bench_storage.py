@@ -195,9 +195,10 @@ def test_raw_ceiling_round_trips_and_reports_missing_files(tmp_path: Path) -> No
     raw = RawFiles(tmp_path, pool, fsync=False)
     op = next(write_trace(PrefixChains(WorkloadConfig()), len(pool)))
     raw.write(op)
-    assert raw.path(op).read_bytes() == pool[0].view(torch.uint8).numpy().tobytes()
+    assert Path(raw.path(op)).read_bytes() == pool[0].view(torch.uint8).numpy().tobytes()
+    assert raw.path(op) == f"{tmp_path}/{op.key.block_hash.hex()[:2]}/{op.key.block_hash.hex()}.raw"
     raw.read(op)
-    raw.path(op).unlink()
+    Path(raw.path(op)).unlink()
     with pytest.raises(TierIOError, match="missing"):
         raw.read(op)
 
@@ -241,6 +242,7 @@ def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path, api: str) 
     report = run_storage_bench(config)
     tier_path = Path(report["tier_path"])
     assert tier_path.is_dir() and [p.name for p in tmp_path.iterdir()] == [tier_path.name]
+    assert list(tier_path.rglob("*.raw")) == []  # the raw side's files do not outlive the run
     pool = data_pool(config.layout, config.workload.seed)
     first = next(write_trace(PrefixChains(config.workload), len(pool)))
     store = disk.DiskStore(config.layout, DiskTierConfig(path=str(tier_path), capacity_bytes=1 << 30))

@@ -80,5 +80,6 @@ def test_calibrate_runs_plain_files_on_both_sides(tmp_path: Path, capsys: pytest
     table = capsys.readouterr().out
     assert "--calibrate (plain files on both sides)" in table and "ratio per round" in table
     (kept,) = tmp_path.iterdir()
-    files = list(kept.iterdir())
+    files = list(kept.glob("??/*.tier"))
     assert files and all(f.stat().st_size == 64 << 10 for f in files)  # headerless: not DiskStore objects
+    assert list(kept.glob("??/*.raw")) == []
