@@ -187,6 +187,7 @@ class DiskTierConfig:
     fsync: bool = True
     codec: str = "raw"
     shared: bool = False
+    tmpfile: bool = True  # local tiers: publish O_TMPFILE inodes with linkat where the filesystem can
 
     def __post_init__(self) -> None:
         if not self.path:

@@ -21,7 +21,9 @@ from kvtier.tiers.disk_index import DiskIndex
 from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
+from kvtier.tiers.free_space import FreeSpace
 from kvtier.tiers.disk_restart import rebuild_index
+from kvtier.tiers.disk_tmpfile import find_linker, publish_unnamed
 from kvtier.tiers.format import BufferLike, encode_block
 from kvtier.types import BlockHash, TierKind
 
@@ -55,7 +57,10 @@ class DiskStore(TierStore):
         self._lock = threading.Lock()
         make_fanout(self.root)
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
+        # NOTE: shared folders keep temporary names: NFS has no O_TMPFILE, and other hosts' tools expect them
+        self._linker = find_linker(self.root) if config.tmpfile and not config.shared else None
         self._index = DiskIndex()
+        self._free_space = FreeSpace(self.root)
         for victim in rebuild_index(self._index, self.root, config, stale_temp_age_s):
             unlink_quietly(victim, "evicted object")
             self.stats.evictions += 1
@@ -141,10 +146,12 @@ class DiskStore(TierStore):
         with self._lock:
             if self._index.is_pinned(block_hash):
                 raise RuntimeError(f"evict of pinned block {block_hash.hex()[:16]}…; unpin it first")
-            if self._index.remove(block_hash) is None:
+            entry = self._index.remove(block_hash)
+            if entry is None:
                 return False
             self.stats.evictions += 1
         unlink_quietly(self.path_of(block_hash), "evicted object")
+        self._free_space.removed(entry.size)
         return True
 
     # Phases of a put, shared with AsyncDiskStore, which runs the write on its executor.
@@ -168,6 +175,7 @@ class DiskStore(TierStore):
         self._write(pending)
 
     def commit_put(self, pending: PendingPut) -> None:
+        self._free_space.wrote(pending.size)
         with self._lock:
             self._index.reserved_bytes -= pending.size
             self._index.add(pending.key.block_hash, pending.size)
@@ -193,24 +201,32 @@ class DiskStore(TierStore):
 
     def _write(self, pending: PendingPut) -> None:
         try:
-            write_object(pending.final_path, pending.temp_path, pending.parts, self.config.fsync)
+            self._publish(pending)
         except FileNotFoundError:  # NOTE: a fan-out folder removed since start (by hand, or a shared-folder gc)
             os.makedirs(os.path.dirname(pending.final_path), exist_ok=True)
+            self._publish(pending)
+
+    def _publish(self, pending: PendingPut) -> None:
+        if self._linker is not None:
+            publish_unnamed(pending.final_path, pending.temp_path, pending.parts, self.config.fsync, self._linker)
+        else:
             write_object(pending.final_path, pending.temp_path, pending.parts, self.config.fsync)
 
     def _reserve(self, size: int) -> None:
+        self._free_space.refresh_if_stale()  # NOTE: outside the lock: statvfs is a syscall (an RPC on NFS)
         with self._lock:
             need = max(self._index.used_bytes + size - self.capacity_bytes,
-                       self.config.min_free_bytes + size + self._index.reserved_bytes - self._free_bytes())
+                       self.config.min_free_bytes + size + self._index.reserved_bytes - self._free_space.estimate())
             victims = self._index.take_victims(need) if need > 0 else []
             if victims is None:
                 self.stats.rejected += 1
                 raise self._full_error(size, need)
             self._index.reserved_bytes += size
             self.stats.evictions += len(victims)
-        for block_hash, _ in victims:
+        for block_hash, victim_size in victims:
             self._hand_to_hook(block_hash)
             unlink_quietly(self.path_of(block_hash), "evicted object")
+            self._free_space.removed(victim_size)
 
     def _full_error(self, size: int, need: int) -> TierFullError:
         idx = self._index
@@ -222,8 +238,7 @@ class DiskStore(TierStore):
             "or free space on the filesystem")
 
     def _free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+        return self._free_space.refresh()
 
     def _hand_to_hook(self, block_hash: BlockHash) -> None:
         hook = self._eviction_hook

@@ -34,7 +34,7 @@ def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], f
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
     try:
         try:
-            _write_all(fd, parts)
+            write_all(fd, parts)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -45,7 +45,8 @@ def write_object(final_path: str, temp_path: str, parts: Sequence[BufferLike], f
         raise
 
 
-def _write_all(fd: int, parts: Sequence[BufferLike]) -> None:
+def write_all(fd: int, parts: Sequence[BufferLike]) -> None:
+    """Write every byte of `parts`, in order, with as few `writev` calls as the kernel allows."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
         written = os.writev(fd, views)

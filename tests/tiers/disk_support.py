@@ -76,13 +76,13 @@ def tmpfs_unmount(mount_point: Path) -> None:
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def killed_writer(root: str, num_done: int, ready: object) -> None:
+def killed_writer(root: str, num_done: int, ready: object, tmpfile: bool) -> None:
     """Child process: store `num_done` blocks, then stall half way through the next write until killed."""
     import time
 
     from kvtier.tiers import disk_io
 
-    store = open_store(Path(root))
+    store = open_store(Path(root), tmpfile=tmpfile)
     for i in range(num_done):
         store.put(make_key(i), make_block(i))
     real_writev = os.writev

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvtier.tiers.disk_paths import temp_name
+from kvtier.tiers.disk_tmpfile import find_linker
 from tests.tiers.disk_support import (
     killed_writer,
     make_block,
@@ -77,14 +78,19 @@ def test_shared_store_probes_o_direct_and_logs(tmp_path: Path, caplog: pytest.Lo
     assert not list(tmp_path.glob(".odirect-probe*"))
 
 
-def test_writer_killed_mid_write_leaves_no_damaged_object(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "temp_name"])
+def test_writer_killed_mid_write_leaves_no_damaged_object(tmp_path: Path, tmpfile: bool) -> None:
+    if tmpfile and find_linker(str(tmp_path)) is None:
+        pytest.skip("O_TMPFILE inodes cannot be linked here; the store uses temporary names")
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    child = ctx.Process(target=killed_writer, args=(str(tmp_path), 4, ready))
+    child = ctx.Process(target=killed_writer, args=(str(tmp_path), 4, ready, tmpfile))
     child.start()
     try:
         assert ready.wait(timeout=60), "the writer never reached its torn write"
-        assert len(list(tmp_path.rglob("*.tmp"))) == 1  # the half-written temporary exists now
+        # the half-written object exists now: as a temporary file, or as an inode with no name
+        assert len(list(tmp_path.rglob("*.tmp"))) == (0 if tmpfile else 1)
+        assert len(object_files(tmp_path)) == 4
     finally:
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(timeout=30)
