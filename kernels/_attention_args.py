@@ -6,8 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import (check_dtype, check_int_vector, check_ndim, check_paged_cache,
-                      check_same_device)
+from ._checks import (
+    check_dtype,
+    check_int_vector,
+    check_ndim,
+    check_paged_cache,
+    check_same_device,
+)
 
 MAX_HEAD_DIM = 256  # one head's row is one register tile; 64, 80, 96, 128 and 256 are tested
 # NOTE: off CUDA the kernels run under the interpreter, where small tiles and a few splits keep
@@ -56,7 +61,7 @@ def is_compiled(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms_of(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

@@ -12,8 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import (CACHE_DTYPES, check_contiguous, check_dtype, check_inner_contiguous,
-                      check_int_vector, check_ndim, check_same_device, check_shape)
+from ._checks import (
+    CACHE_DTYPES,
+    check_contiguous,
+    check_dtype,
+    check_inner_contiguous,
+    check_int_vector,
+    check_ndim,
+    check_same_device,
+    check_shape,
+)
 
 
 @triton.jit

@@ -76,7 +76,7 @@ def _paged_decode_reduce_kernel(
     m = float("-inf")
     denom = 0.0
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for split in range(0, num_active):
+    for split in range(num_active):
         lse = tl.load(part_lse_ptr + seq * stride_pl_b + head * stride_pl_h + split)
         part = tl.load(part_out_ptr + seq * stride_po_b + head * stride_po_h
                        + split * stride_po_s + offs_d, mask=mask_d, other=0.0)

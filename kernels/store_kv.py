@@ -10,8 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import (check_inner_contiguous, check_int_vector, check_ndim,
-                             check_paged_cache, check_same_device, check_shape)
+from ._checks import (
+    check_inner_contiguous,
+    check_int_vector,
+    check_ndim,
+    check_paged_cache,
+    check_same_device,
+    check_shape,
+)
 
 
 @triton.jit

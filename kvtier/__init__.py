@@ -2,9 +2,21 @@
 from kvtier.block.hashing import namespace_digest
 from kvtier.block.manager import BlockManager
 from kvtier.cache import TieredKVCache
-from kvtier.config import CacheConfig, DiskTierConfig, KVLayout, KVTierConfig, ModelConfig
-from kvtier.errors import (FormatError, KVTierError, OutOfBlocksError, TierFullError, TierIOError,
-                           TransferError)
+from kvtier.config import (
+                           CacheConfig,
+                           DiskTierConfig,
+                           KVLayout,
+                           KVTierConfig,
+                           ModelConfig,
+)
+from kvtier.errors import (
+                           FormatError,
+                           KVTierError,
+                           OutOfBlocksError,
+                           TierFullError,
+                           TierIOError,
+                           TransferError,
+)
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.host import HostStore

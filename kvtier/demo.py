@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import DiskTierConfig, KVLayout

@@ -13,10 +13,12 @@ from typing import cast
 
 import torch
 
-from kvtier.kernels import reference  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+from kvtier.kernels import (
+    reference,  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_triton() -> bool:
     """Whether triton can be imported (checked once, without importing it)."""
     return importlib.util.find_spec("triton") is not None

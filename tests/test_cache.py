@@ -4,9 +4,9 @@ import torch
 from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
+from kvtier.synthetic import check_served_blocks, run_prefill
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
-from kvtier.synthetic import check_served_blocks, run_prefill
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)

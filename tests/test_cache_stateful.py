@@ -8,8 +8,8 @@ from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.errors import OutOfBlocksError
-from kvtier.tiers.host import HostStore
 from kvtier.synthetic import block_content, compute_blocks, run_prefill
+from kvtier.tiers.host import HostStore
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
 NAMESPACES = [namespace_digest("m", None), namespace_digest("m", "tenant-b")]

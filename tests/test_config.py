@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from kvtier.config import CacheConfig, DiskTierConfig, KVLayout, KVTierConfig, ModelConfig, parse_dtype
+from kvtier.config import (
+    CacheConfig,
+    DiskTierConfig,
+    KVLayout,
+    KVTierConfig,
+    ModelConfig,
+    parse_dtype,
+)
 
 
 def layout(**overrides):

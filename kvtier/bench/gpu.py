@@ -12,8 +12,13 @@ from typing import Any
 
 import torch
 
-from kvtier.bench.gpu_cases import (DecodeCase, Timer, TransferCase, decode_inputs,
-                                    torch_decode_baseline)
+from kvtier.bench.gpu_cases import (
+    DecodeCase,
+    Timer,
+    TransferCase,
+    decode_inputs,
+    torch_decode_baseline,
+)
 
 # Bench-time sanity tolerance by dtype (the test suite has its own table in tests/tolerances.py).
 CHECK_TOL = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}

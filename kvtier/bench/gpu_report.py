@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from kvtier.bench.gpu import bench_decode, bench_transfer, copy_bandwidths, run_gpu_tests
+from kvtier.bench.gpu import (
+    bench_decode,
+    bench_transfer,
+    copy_bandwidths,
+    run_gpu_tests,
+)
 from kvtier.bench.gpu_cases import cpu_timer, cuda_timer, dry_run_cases, full_cases
 
 

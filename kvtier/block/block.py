@@ -12,8 +12,16 @@ class Block:
     `prev_free`/`next_free` link it into the free queue while `ref_cnt == 0` (see free_queue.py).
     """
 
-    __slots__ = ("block_id", "ref_cnt", "block_hash", "namespace", "token_source", "token_start",
-                 "prev_free", "next_free")
+    __slots__ = (
+        "block_hash",
+        "block_id",
+        "namespace",
+        "next_free",
+        "prev_free",
+        "ref_cnt",
+        "token_source",
+        "token_start",
+    )
 
     def __init__(self, block_id: BlockId) -> None:
         self.block_id = block_id

@@ -21,10 +21,10 @@ from kvtier.tiers.disk_index import DiskIndex
 from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
-from kvtier.tiers.free_space import FreeSpace
 from kvtier.tiers.disk_restart import rebuild_index
 from kvtier.tiers.disk_tmpfile import find_linker, publish_unnamed
 from kvtier.tiers.format import BufferLike, encode_block
+from kvtier.tiers.free_space import FreeSpace
 from kvtier.types import BlockHash, TierKind
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kvtier.config import DiskTierConfig
 from kvtier.tiers.disk_index import DiskIndex
-from kvtier.tiers.disk_paths import FoundFile, hex_subdirs, is_stale, object_relpath, scan_leaf
+from kvtier.tiers.disk_paths import (
+    FoundFile,
+    hex_subdirs,
+    is_stale,
+    object_relpath,
+    scan_leaf,
+)
 
 logger = logging.getLogger(__name__)
 SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide NFS round trips

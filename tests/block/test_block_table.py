@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from kvtier.block.block_table import block_table_tensor, slot_mapping, slot_mapping_tensor
+from kvtier.block.block_table import (
+    block_table_tensor,
+    slot_mapping,
+    slot_mapping_tensor,
+)
 from kvtier.types import PAD_SLOT_ID
 
 

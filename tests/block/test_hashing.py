@@ -6,7 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from kvtier.block.hashing import hash_block_tokens, hash_blocks, namespace_digest, token_bytes
+from kvtier.block.hashing import (
+    hash_block_tokens,
+    hash_blocks,
+    namespace_digest,
+    token_bytes,
+)
 
 NS = namespace_digest("llama-3-8b:abc", "tenant-a")
 
@@ -20,7 +25,7 @@ def test_known_digests():
 
 
 def test_digests_follow_the_documented_formula():
-    field = lambda b: struct.pack("<Q", len(b)) + b  # noqa: E731
+    field = lambda b: struct.pack("<Q", len(b)) + b
     ns = hashlib.sha256(b"kvtier/namespace/v1" + field(b"llama-3-8b:abc") + b"\x01" + field(b"tenant-a")).digest()
     first = hashlib.sha256(ns + field(b"") + struct.pack("<16Q", *range(16))).digest()
     second = hashlib.sha256(first + field(b"") + struct.pack("<16Q", *range(16, 32))).digest()

@@ -10,7 +10,13 @@ import pytest
 
 from kvtier.cli.cache import parse_bytes
 from kvtier.cli.main import main
-from tests.tiers.disk_support import make_block, make_key, object_bytes, object_files, open_store
+from tests.tiers.disk_support import (
+    make_block,
+    make_key,
+    object_bytes,
+    object_files,
+    open_store,
+)
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:

@@ -17,13 +17,12 @@ import torch
 if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("aot_compile must run without TRITON_INTERPRET=1")
 
-import triton  # noqa: E402
-from triton import knobs  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-
-from kvtier.kernels import _attention_args  # noqa: E402
+import triton
+from kvtier.kernels import _attention_args
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.driver import driver
 
 
 class _StandInDriver:

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from kvtier.kernels.reference import paged_decode_attention_ref
 
 from kvtier.bench import gpu
-from kvtier.bench.gpu_cases import DecodeCase, cpu_timer, decode_inputs, torch_decode_baseline
-from kvtier.kernels.reference import paged_decode_attention_ref
+from kvtier.bench.gpu_cases import (
+    DecodeCase,
+    cpu_timer,
+    decode_inputs,
+    torch_decode_baseline,
+)
 from tests.kernels.paged_inputs import INTERPRETING
 from tests.tolerances import tol
 

@@ -5,12 +5,19 @@ from itertools import product
 
 import pytest
 import torch
-
 from kvtier.kernels._attention_args import choose_num_splits
 from kvtier.kernels.paged_attention import paged_decode_attention
 from kvtier.kernels.reference import paged_decode_attention_ref
-from tests.kernels.paged_inputs import (DEVICES, DTYPES, HEAD_DIMS, case_param, irregular_lens,
-                                        make_paged_cache, randn)
+
+from tests.kernels.paged_inputs import (
+    DEVICES,
+    DTYPES,
+    HEAD_DIMS,
+    case_param,
+    irregular_lens,
+    make_paged_cache,
+    randn,
+)
 from tests.tolerances import tol
 
 GQA = [(4, 4), (8, 2), (6, 2), (8, 1)]  # (num_heads, num_kv_heads): MHA, GQA, group 3, MQA

@@ -5,11 +5,17 @@ from itertools import product
 
 import pytest
 import torch
-
 from kvtier.kernels.paged_prefill import paged_prefill_attention
 from kvtier.kernels.reference import paged_prefill_attention_ref
-from tests.kernels.paged_inputs import (DEVICES, DTYPES, HEAD_DIMS, case_param, make_paged_cache,
-                                        randn)
+
+from tests.kernels.paged_inputs import (
+    DEVICES,
+    DTYPES,
+    HEAD_DIMS,
+    case_param,
+    make_paged_cache,
+    randn,
+)
 from tests.tolerances import tol
 
 GQA = [(4, 4), (8, 2), (6, 2), (8, 1)]  # (num_heads, num_kv_heads): MHA, GQA, group 3, MQA

@@ -11,7 +11,14 @@ from kvtier.config import DiskTierConfig
 from kvtier.errors import TierFullError
 from kvtier.tiers.disk_async import AsyncDiskStore
 from kvtier.tiers.priority_slots import Kind, PrioritySlots
-from tests.tiers.disk_support import LAYOUT, make_block, make_key, object_bytes, open_store, same_bits
+from tests.tiers.disk_support import (
+    LAYOUT,
+    make_block,
+    make_key,
+    object_bytes,
+    open_store,
+    same_bits,
+)
 
 
 def test_async_round_trip_and_batches_share_the_sync_index(tmp_path: Path) -> None:

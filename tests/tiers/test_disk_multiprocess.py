@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiers.disk_support import make_block, make_key, object_files, open_store, same_bits, shared_worker
+from tests.tiers.disk_support import (
+    make_block,
+    make_key,
+    object_files,
+    open_store,
+    same_bits,
+    shared_worker,
+)
 
 NUM_KEYS = 12
 

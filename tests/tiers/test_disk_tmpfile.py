@@ -7,7 +7,13 @@ import pytest
 
 from kvtier.tiers import disk_tmpfile
 from kvtier.tiers.disk_tmpfile import find_linker
-from tests.tiers.disk_support import make_block, make_key, object_files, open_store, same_bits
+from tests.tiers.disk_support import (
+    make_block,
+    make_key,
+    object_files,
+    open_store,
+    same_bits,
+)
 
 
 @pytest.fixture
