@@ -234,11 +234,8 @@ class DiskStore(TierStore):
             f"disk tier {self.root} is full: a {size}-byte block needs {need} bytes freed, but only "
             f"{idx.evictable_bytes()} of {idx.file_bytes} bytes in {len(idx)} objects are unpinned "
             f"(capacity_bytes={self.capacity_bytes}, min_free_bytes={self.config.min_free_bytes}, "
-            f"{self._free_bytes()} bytes free on the filesystem); unpin blocks, raise capacity_bytes, "
+            f"{self._free_space.refresh()} bytes free on the filesystem); unpin blocks, raise capacity_bytes, "
             "or free space on the filesystem")
-
-    def _free_bytes(self) -> int:
-        return self._free_space.refresh()
 
     def _hand_to_hook(self, block_hash: BlockHash) -> None:
         hook = self._eviction_hook
