@@ -18,13 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
     parser.add_argument("--dry-run", action="store_true", help="CPU, small shapes, no GPU needed")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu tests")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time paged decode over tile/warp/stage/occupancy variants")
     parser.add_argument("--slow-tests", action="store_true", help="include slow-marked gpu tests")
     args = parser.parse_args(argv)
     if args.dry_run:  # the Triton code runs on CPU tensors; set before anything imports triton
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from kvtier.bench.gpu_report import format_table, run_check, save_json
     report = run_check(dry_run=args.dry_run, repo=REPO, include_slow_tests=args.slow_tests,
-                       run_tests=not args.skip_tests)
+                       run_tests=not args.skip_tests, sweep=args.sweep)
     save_json(report, args.out)
     print(format_table(report))
     tests = report["gpu_tests"]

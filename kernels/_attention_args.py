@@ -90,13 +90,24 @@ def tile_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Tile
     return TileConfig(64, 64 if block_d <= 128 else 32, block_d, False, precision)
 
 
-def choose_num_splits(num_programs: int, max_tiles: int, device: torch.device) -> int:
-    """Splits per sequence so that about PROGRAMS_PER_SM programs run per SM.
+@dataclass(frozen=True, slots=True)
+class DecodeTuning:
+    """Launch knobs of paged decode, for benchmarks and tuning; the defaults are what it uses."""
+
+    block_n: int | None = None  # keys per inner step; None: tile_config's
+    num_warps: int = 4
+    num_stages: int = 3
+    programs_per_sm: int = PROGRAMS_PER_SM
+
+
+def choose_num_splits(num_programs: int, max_tiles: int, device: torch.device,
+                      programs_per_sm: int = PROGRAMS_PER_SM) -> int:
+    """Splits per sequence so that about `programs_per_sm` programs run per SM.
 
     Decided from host-known shapes only (no read of seq_lens, so no device sync).
     """
     if is_compiled(device):
-        target = PROGRAMS_PER_SM * num_sms(device)
+        target = programs_per_sm * num_sms(device)
     else:
         target = INTERPRETER_TARGET_PROGRAMS
     wanted = -(-target // max(num_programs, 1))

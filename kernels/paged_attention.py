@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._attention_args import check_decode_args, choose_num_splits, tile_config
+from ._attention_args import DecodeTuning, check_decode_args, choose_num_splits, tile_config
 from ._tiles import dot, load_paged_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
@@ -93,7 +93,7 @@ def _paged_decode_reduce_kernel(
 
 def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
+                           scale: float, *, tuning: DecodeTuning | None = None) -> torch.Tensor:
     """Attention of one new token per sequence over its paged context.
 
     Args:
@@ -102,6 +102,8 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         block_tables: int32 `[batch, max_blocks_per_seq]`, padded with -1.
         seq_lens: int32 `[batch]`, tokens in the cache including the new one (0 gives zeros).
         scale: multiplier of q.k, usually head_dim ** -0.5.
+        tuning: launch knobs (tile length, warps, pipeline stages, programs per SM) for
+            benchmarks; None uses the defaults. Off CUDA, programs_per_sm is ignored.
 
     Returns:
         out `[batch, num_heads, head_dim]` in query's dtype.
@@ -116,11 +118,14 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     if batch == 0:
         return out
     group = num_heads // num_kv_heads
+    tuning = tuning or DecodeTuning()
     cfg = tile_config(head_dim, query.dtype, query.device)
-    max_tiles = triton.cdiv(block_tables.shape[1] * block_size, cfg.block_n)
-    num_splits = choose_num_splits(batch * num_kv_heads, max_tiles, query.device)
+    block_n = tuning.block_n or cfg.block_n
+    max_tiles = triton.cdiv(block_tables.shape[1] * block_size, block_n)
+    num_splits = choose_num_splits(batch * num_kv_heads, max_tiles, query.device,
+                                   tuning.programs_per_sm)
     # A whole number of tiles, never 0 (the reduction divides by it, even for an empty table).
-    split_len = max(1, triton.cdiv(max_tiles, num_splits)) * cfg.block_n
+    split_len = max(1, triton.cdiv(max_tiles, num_splits)) * block_n
     # [batch, num_heads, num_splits, head_dim] and [batch, num_heads, num_splits], float32
     part_out = torch.empty(batch, num_heads, num_splits, head_dim, device=query.device,
                            dtype=torch.float32)
@@ -131,8 +136,9 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
         *part_out.stride()[:3], *part_lse.stride()[:2],
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
-        UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision)
+        BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=cfg.block_d,
+        UPCAST=cfg.upcast, DOT_PRECISION=cfg.dot_precision, num_warps=tuning.num_warps,
+        num_stages=tuning.num_stages)
     _paged_decode_reduce_kernel[(batch, num_heads)](
         part_out, part_lse, seq_lens, out, split_len, *part_out.stride()[:3],
         *part_lse.stride()[:2], out.stride(0), out.stride(1), HEAD_DIM=head_dim,

@@ -5,6 +5,9 @@ as GB/s and as a fraction of the bandwidth the same card reaches with a plain co
 """
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +72,49 @@ def bench_decode(case: DecodeCase, device: torch.device, timer: Timer,
             "baseline_gbps": _gbps(case.bytes_moved, base_ms), "target": TARGETS["decode"]}
 
 
+def decode_tunings(dry_run: bool) -> list[Any]:
+    """The launch variants the sweep tries: tile length x warps x pipeline stages x occupancy."""
+    from kvtier.kernels._attention_args import DecodeTuning
+    if dry_run:  # the interpreter ignores warps and stages; two variants prove the plumbing
+        return [DecodeTuning(block_n=16), DecodeTuning(block_n=32)]
+    grid = itertools.product((32, 64, 128), (4, 8), (3, 4), (2, 4, 8))
+    return [DecodeTuning(block_n=n, num_warps=w, num_stages=st, programs_per_sm=p)
+            for n, w, st, p in grid]
+
+
+def sweep_decode(case: DecodeCase, device: torch.device, timer: Timer, d2d_gbps: float,
+                 tunings: list[Any]) -> list[dict[str, Any]]:
+    """Check, then time, each launch variant on fresh random inputs (a stale output cannot pass).
+
+    A variant the compiler rejects (too much shared memory, say) is recorded with its error.
+    """
+    from kvtier.kernels.paged_attention import paged_decode_attention
+    from kvtier.kernels.reference import paged_decode_attention_ref
+    scale = case.head_dim ** -0.5
+    rows: list[dict[str, Any]] = []
+    for seed, tuning in enumerate(tunings, start=1):
+        row: dict[str, Any] = {"name": case.name, "block_n": tuning.block_n,
+                               "num_warps": tuning.num_warps, "num_stages": tuning.num_stages,
+                               "programs_per_sm": tuning.programs_per_sm}
+        query, k_cache, v_cache, tables, lens = decode_inputs(case, device, seed=seed)
+
+        def run(q=query, k=k_cache, v=v_cache, t=tables, n=lens, tu=tuning) -> torch.Tensor:
+            return paged_decode_attention(q, k, v, t, n, scale, tuning=tu)
+        try:
+            _assert_close(f"{case.name} {tuning}", run(),
+                          paged_decode_attention_ref(query, k_cache, v_cache, tables, lens, scale))
+            row["kernel_ms"] = timer(run)
+        except AssertionError as err:  # a wrong variant is a finding: recorded, never timed
+            row["error"], row["wrong"] = str(err)[-300:], True
+        except Exception as err:  # noqa: BLE001 - a variant that does not build is a result
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        else:
+            row["kernel_gbps"] = _gbps(case.bytes_moved, row["kernel_ms"])
+            row["fraction_of_d2d"] = row["kernel_gbps"] / d2d_gbps
+        rows.append(row)
+    return rows
+
+
 def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple:
     gen, layout = torch.Generator(device=device).manual_seed(0), case.layout
     pool_shape = (layout.num_layers, 2, case.pool_blocks, *layout.device_cache_shape)  # as DevicePool
@@ -110,6 +156,8 @@ def run_gpu_tests(tests_dir: Path, include_slow: bool, timeout_s: float) -> dict
     marker = "gpu" if include_slow else "gpu and not slow"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
            str(tests_dir)]
+    if importlib.util.find_spec("xdist") is not None:  # compiling every variant is CPU-bound
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               cwd=tests_dir.parents[1])

@@ -15,7 +15,9 @@ from kvtier.bench.gpu import (
     bench_decode,
     bench_transfer,
     copy_bandwidths,
+    decode_tunings,
     run_gpu_tests,
+    sweep_decode,
 )
 from kvtier.bench.gpu_cases import cpu_timer, cuda_timer, dry_run_cases, full_cases
 
@@ -39,7 +41,8 @@ def environment(repo: Path) -> dict[str, Any]:
 
 
 def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
-              run_tests: bool = True, tests_timeout_s: float = 200.0) -> dict[str, Any]:
+              run_tests: bool = True, sweep: bool = False,
+              tests_timeout_s: float = 300.0) -> dict[str, Any]:
     """Everything issue 3's GPU check asks for, as one JSON-ready dict.
 
     Raises:
@@ -61,6 +64,11 @@ def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
     d2d = report["bandwidth"]["d2d_gbps"]
     _progress("paged decode: checking against the reference, then timing")
     report["decode"] = [bench_decode(case, device, timer, d2d) for case in decode_cases]
+    if sweep:
+        _progress("paged decode: sweeping launch variants")
+        tunings = decode_tunings(dry_run)
+        report["decode_sweep"] = [row for case in decode_cases
+                                  for row in sweep_decode(case, device, timer, d2d, tunings)]
     _progress("block transfers: checking, then timing")
     report["transfer"] = [bench_transfer(case, device, timer, report["bandwidth"])
                           for case in transfer_cases]
@@ -83,6 +91,22 @@ def _verdict(fraction: float, target: float, dry_run: bool) -> str:
     return "ok" if fraction >= target else "BELOW"
 
 
+def _sweep_lines(rows: list[dict[str, Any]], best: int = 4) -> list[str]:
+    """The fastest few launch variants of each decode case, and how many failed to build."""
+    lines = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        ok = sorted((r for r in rows if r["name"] == name and "error" not in r),
+                    key=lambda r: r["kernel_ms"])
+        failed = [r for r in rows if r["name"] == name and "error" in r]
+        wrong = sum(1 for r in failed if r.get("wrong"))
+        lines.append(f"sweep {name}: {len(ok)} variants ran, {len(failed) - wrong} did not build, "
+                     f"{wrong} WRONG; fastest:")
+        lines += [f"  block_n={r['block_n']} warps={r['num_warps']} stages={r['num_stages']} "
+                  f"programs/SM={r['programs_per_sm']}: {r['kernel_ms']:.3f} ms "
+                  f"{r['kernel_gbps']:.1f} GB/s {r['fraction_of_d2d']:.0%} of copy" for r in ok[:best]]
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A fixed-width table: one row per measurement, napkin-math fraction beside the raw GB/s."""
     bw = report["bandwidth"]
@@ -103,6 +127,7 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{frac:.0%}", f"{t['target']:.0%}", _verdict(frac, t["target"], report["dry_run"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines += _sweep_lines(report.get("decode_sweep", []))
     tests = report["gpu_tests"]
     head = (f"device: {report['env']['device']}  torch {report['env']['torch']}  "
             f"triton {report['env']['triton']}  dry_run={report['dry_run']}  "
