@@ -66,7 +66,7 @@ def check_served_blocks(cache: TieredKVCache, seq: SeqState) -> int:
     """
     num_served = seq.num_cached_tokens // cache.layout.block_size
     for i in range(num_served):
-        served = cache.pool.read_blocks([seq.block_ids[i]])[0]
+        served = cache.pool.read_blocks([seq.block_ids[i]])[0].cpu()
         if not torch.equal(served, block_content(cache.layout, seq.block_hashes[i])):
             raise AssertionError(f"block {i} of {seq.seq_id!r} came back different from what was written")
     return num_served

@@ -10,6 +10,8 @@ from kvtier.types import TierKind
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)
+POOL_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 def run_prompt(cache, seq_id, tokens, ns=NS):
@@ -19,8 +21,9 @@ def run_prompt(cache, seq_id, tokens, ns=NS):
     return seq
 
 
-def test_evicted_prefix_comes_back_from_host_bit_identical():
-    cache = TieredKVCache(LAYOUT, 4, [HostStore(LAYOUT, 8)])
+@pytest.mark.parametrize("device", POOL_DEVICES)
+def test_evicted_prefix_comes_back_from_host_bit_identical(device):
+    cache = TieredKVCache(LAYOUT, 4, [HostStore(LAYOUT, 8)], device)
     prompt = list(range(13))  # 3 full blocks + 1 token
     run_prompt(cache, "a", prompt)
     run_prompt(cache, "b", list(range(100, 116)))  # evicts a's blocks to host
@@ -50,9 +53,10 @@ def test_host_eviction_cascades_to_the_next_tier():
     assert seq.num_cached_tokens == 16
 
 
-def test_onload_runs_in_background_until_finish_onload():
+@pytest.mark.parametrize("device", POOL_DEVICES)
+def test_onload_runs_in_background_until_finish_onload(device):
     host = HostStore(LAYOUT, 8)
-    cache = TieredKVCache(LAYOUT, 4, [host])
+    cache = TieredKVCache(LAYOUT, 4, [host], device)
     run_prompt(cache, "a", list(range(13)))
     run_prompt(cache, "b", list(range(100, 116)))  # a's blocks now live in the host tier only
     seq = cache.allocate("c", list(range(13)), NS, wait=False)

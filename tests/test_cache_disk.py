@@ -1,5 +1,6 @@
 """End to end through the block manager: a working set four times the device pool cycles through
 host and disk, and every block that comes back is bit-identical to what went down."""
+import pytest
 import torch
 
 from kvtier.block.hashing import namespace_digest
@@ -13,6 +14,8 @@ from kvtier.types import TierKind
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)
 NUM_DEVICE_BLOCKS = 8
+POOL_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 def prompts():
@@ -32,9 +35,10 @@ def replay(cache, rounds):
     return verified
 
 
-def test_working_set_four_times_device_cycles_through_host_and_disk(tmp_path):
+@pytest.mark.parametrize("device", POOL_DEVICES)
+def test_working_set_four_times_device_cycles_through_host_and_disk(tmp_path, device):
     disk = DiskStore(LAYOUT, DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=False))
-    cache = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [HostStore(LAYOUT, 8), disk])
+    cache = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [HostStore(LAYOUT, 8), disk], device)
     verified = replay(cache, rounds=3)
     assert cache.stats.hit_blocks[TierKind.DISK] > 0 and cache.stats.hit_blocks[TierKind.HOST] > 0
     assert verified == 2 * 8 * 4  # rounds 2 and 3 hit every full block of every prompt
