@@ -5,6 +5,7 @@ as GB/s and as a fraction of the bandwidth the same card reaches with a plain co
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -97,9 +98,8 @@ def sweep_decode(case: DecodeCase, device: torch.device, timer: Timer, d2d_gbps:
                                "num_warps": tuning.num_warps, "num_stages": tuning.num_stages,
                                "programs_per_sm": tuning.programs_per_sm}
         query, k_cache, v_cache, tables, lens = decode_inputs(case, device, seed=seed)
-
-        def run(q=query, k=k_cache, v=v_cache, t=tables, n=lens, tu=tuning) -> torch.Tensor:
-            return paged_decode_attention(q, k, v, t, n, scale, tuning=tu)
+        run = functools.partial(paged_decode_attention, query, k_cache, v_cache, tables, lens, scale,
+                                tuning=tuning)
         try:
             _assert_close(f"{case.name} {tuning}", run(),
                           paged_decode_attention_ref(query, k_cache, v_cache, tables, lens, scale))

@@ -18,7 +18,7 @@ from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
-from kvtier.tiers.disk_io import discard, probe_o_direct, unlink_quietly, write_object
+from kvtier.tiers.disk_io import close_holding_gil, discard, probe_o_direct, unlink_quietly, write_object
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
 from kvtier.tiers.disk_restart import rebuild_index
@@ -59,6 +59,7 @@ class DiskStore(TierStore):
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
         # NOTE: shared folders keep temporary names: NFS has no O_TMPFILE, and other hosts' tools expect them
         self._linker = find_linker(self.root) if config.tmpfile and not config.shared else None
+        self._close_read = os.close if config.shared else close_holding_gil
         self._index = DiskIndex()
         self._free_space = FreeSpace(self.root)
         for victim in rebuild_index(self._index, self.root, config, stale_temp_age_s):
@@ -113,7 +114,7 @@ class DiskStore(TierStore):
         if path is None:
             return self._count_miss()
         try:
-            result = read_block(path, key, self.layout, out)
+            result = read_block(path, key, self.layout, out, self._close_read)
         except FileNotFoundError:
             self._forget(key.block_hash)
             return self._count_miss()

@@ -5,10 +5,12 @@ decides when to call them (on the caller's thread or on its executor).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -96,6 +98,35 @@ def open_for_read(path: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise
     return fd, st
+
+
+@functools.cache
+def _libc_close_holding_gil() -> Callable[[int], int] | None:
+    try:
+        close = ctypes.PyDLL(None, use_errno=True).close  # PyDLL: the call keeps the GIL
+    except (OSError, AttributeError, TypeError):  # no C library to reach this way (Windows)
+        return None
+    close.argtypes, close.restype = [ctypes.c_int], ctypes.c_int
+    return close
+
+
+def close_holding_gil(fd: int) -> None:
+    """close(2) of a local file without releasing the GIL (falls back to os.close).
+
+    os.close drops the GIL for the call and must win it back after: with 4 reader threads on 2
+    cores that wait averaged 40 us per close in the storage bench, while closing a local file
+    takes about 3 us. Keeping the GIL raised the 256 KiB read ratio by about 0.03 (7 alternating
+    pairs). Not for shared folders: NFS or FUSE may do I/O on close, and that must not hold the GIL.
+
+    Raises:
+        OSError: close failed (as os.close would).
+    """
+    close = _libc_close_holding_gil()
+    if close is None:
+        os.close(fd)
+    elif close(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def inode_of(fd: int) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +48,12 @@ class ReadResult:
     size: int  # bytes of the object file
 
 
-def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Tensor | None = None) -> ReadResult:
+def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Tensor | None = None,
+               close: Callable[[int], None] = os.close) -> ReadResult:
     """The verified block stored at `path` (into `out` when given; `out` is undefined on failure).
 
     With `key` None (a block found by scanning), the identity is taken from the header and
-    only the layout is checked.
+    only the layout is checked. `close` closes the file (local tiers pass close_holding_gil).
 
     Raises:
         FileNotFoundError: no object at `path`.
@@ -69,7 +71,7 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
     except FormatError as exc:
         raise DamagedObjectError(str(exc), inode_of(fd)) from exc
     finally:
-        os.close(fd)
+        close(fd)
     if out is not None and result.data.data_ptr() != out.data_ptr():
         out.copy_(result.data)
         return ReadResult(result.key, out, result.size)

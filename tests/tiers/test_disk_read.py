@@ -1,6 +1,8 @@
 """read_block's fast path (a known key, raw codec): every damaged byte or mismatched field is caught."""
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from pathlib import Path
 
@@ -9,9 +11,10 @@ import torch
 import xxhash
 
 from kvtier.errors import FormatError
+from kvtier.tiers.disk_io import close_holding_gil
 from kvtier.tiers.disk_read import read_block
 from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for
-from tests.tiers.disk_support import LAYOUT, make_block, make_key, same_bits
+from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_store, same_bits
 
 KEY = make_key(3)
 HEADER_LEN = header_bytes_for(LAYOUT.block_size)
@@ -100,3 +103,36 @@ def test_wrong_out_is_never_half_written_as_a_result(tmp_path: Path) -> None:
     out = torch.zeros(LAYOUT.block_shape, dtype=torch.float32)
     result = read_block(path, KEY, LAYOUT, out)
     assert result.data is out and torch.equal(out, make_block(3).float())
+
+
+def test_close_holding_gil_closes_and_reports_a_bad_descriptor(tmp_path: Path) -> None:
+    fd = os.open(write(tmp_path, b"x"), os.O_RDONLY)
+    close_holding_gil(fd)
+    with pytest.raises(OSError) as closed_twice:
+        close_holding_gil(fd)
+    assert closed_twice.value.errno == errno.EBADF
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("shared", [False, True])
+def test_store_reads_leave_no_descriptor_open(tmp_path: Path, shared: bool) -> None:
+    store = open_store(tmp_path, shared=shared)
+    keys = [make_key(i) for i in range(5)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    damaged = store.path_of(keys[0].block_hash)
+    blob = bytearray(Path(damaged).read_bytes())
+    blob[-1] ^= 0xFF
+    Path(damaged).write_bytes(blob)
+    before = open_fds()
+    out = torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype)
+    for _ in range(20):
+        for i, key in enumerate(keys[1:], start=1):
+            assert same_bits(store.get(key, out=out), make_block(i))
+    assert store.get(keys[0]) is None and store.stats.corrupt == 1  # the damaged one: a miss
+    assert open_fds() == before
+    store.close()
