@@ -23,7 +23,7 @@ from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
 from kvtier.tiers.disk_restart import rebuild_index
 from kvtier.tiers.disk_tmpfile import find_linker, publish_unnamed
-from kvtier.tiers.format import BufferLike, encode_block
+from kvtier.tiers.format import BufferLike, encode_block, stored_header_checksum
 from kvtier.tiers.free_space import FreeSpace
 from kvtier.types import BlockHash, TierKind
 
@@ -110,11 +110,12 @@ class DiskStore(TierStore):
         """The verified block, into `out` when given, or None on a miss (absent, corrupt, I/O error)."""
         if out is not None:
             self.check_block(out)
-        path = self.locate(key.block_hash)
-        if path is None:
+        found = self._lookup(key.block_hash)
+        if found is None:
             return self._count_miss()
+        path, known_header = found
         try:
-            result = read_block(path, key, self.layout, out, self._close_read)
+            result = read_block(path, key, self.layout, out, self._close_read, known_header)
         except FileNotFoundError:
             self._forget(key.block_hash)
             return self._count_miss()
@@ -126,7 +127,7 @@ class DiskStore(TierStore):
             with self._lock:
                 self.stats.io_errors += 1
             return self._count_miss()
-        self._on_hit(key.block_hash, result.size)
+        self._on_hit(key.block_hash, result.size, result.header_checksum)
         return result.data
 
     def pin(self, block_hash: BlockHash) -> None:
@@ -179,7 +180,7 @@ class DiskStore(TierStore):
         self._free_space.wrote(pending.size)
         with self._lock:
             self._index.reserved_bytes -= pending.size
-            self._index.add(pending.key.block_hash, pending.size)
+            self._index.add(pending.key.block_hash, pending.size, stored_header_checksum(pending.parts[0]))
             self.stats.puts += 1
             self.stats.bytes_written += pending.size
 
@@ -197,6 +198,14 @@ class DiskStore(TierStore):
     def locate(self, block_hash: BlockHash) -> str | None:
         """The object's path if this tier has (or, shared, can see) it; else None."""
         return self.path_of(block_hash) if self.contains(block_hash) else None
+
+    def _lookup(self, block_hash: BlockHash) -> tuple[str, int | None] | None:
+        """`(path, known header checksum)` of an object this tier has (or, shared, can see)."""
+        with self._lock:
+            entry = self._index.get(block_hash)
+        if entry is None and not self._discover(block_hash):
+            return None
+        return self.path_of(block_hash), entry.header_checksum if entry is not None else None
 
     # Internals.
 
@@ -262,11 +271,11 @@ class DiskStore(TierStore):
                 self._index.add(block_hash, st.st_size)
         return True
 
-    def _on_hit(self, block_hash: BlockHash, size: int) -> None:
+    def _on_hit(self, block_hash: BlockHash, size: int, header_checksum: int | None) -> None:
         # NOTE: reads do not touch mtime (a metadata write per read, a SETATTR on NFS), so after
         # a restart the LRU order is the order of writes.
         with self._lock:
-            self._index.touch(block_hash)
+            self._index.touch(block_hash, header_checksum)
             self.stats.hits += 1
             self.stats.bytes_read += size
 

@@ -14,6 +14,7 @@ from kvtier.types import BlockHash
 class IndexEntry:
     size: int  # bytes of the object file
     pins: int = 0
+    header_checksum: int | None = None  # of the header written or last verified; None: not known yet
 
 
 class DiskIndex:
@@ -41,17 +42,21 @@ class DiskIndex:
     def get(self, block_hash: BlockHash) -> IndexEntry | None:
         return self._entries.get(block_hash)
 
-    def add(self, block_hash: BlockHash, size: int) -> None:
+    def add(self, block_hash: BlockHash, size: int, header_checksum: int | None = None) -> None:
         """Record an object as most recently used (replacing any older record of it)."""
         old = self._entries.pop(block_hash, None)
         if old is not None:
             self._file_bytes -= old.size
-        self._entries[block_hash] = IndexEntry(size, old.pins if old is not None else 0)
+        self._entries[block_hash] = IndexEntry(size, old.pins if old is not None else 0, header_checksum)
         self._file_bytes += size
 
-    def touch(self, block_hash: BlockHash) -> None:
-        if block_hash in self._entries:
+    def touch(self, block_hash: BlockHash, header_checksum: int | None = None) -> None:
+        """Mark an object most recently used; a verified read also records its header checksum."""
+        entry = self._entries.get(block_hash)
+        if entry is not None:
             self._entries.move_to_end(block_hash)
+            if header_checksum is not None:
+                entry.header_checksum = header_checksum
 
     def remove(self, block_hash: BlockHash) -> IndexEntry | None:
         entry = self._entries.pop(block_hash, None)

@@ -25,6 +25,7 @@ from kvtier.tiers.format import (
     decode_block,
     header_bytes_for,
     payload_checksum,
+    stored_header_checksum,
     verify_raw_header,
 )
 from kvtier.tiers.format_codecs import tensor_bytes
@@ -46,14 +47,17 @@ class ReadResult:
     key: BlockKey  # as stored in the header
     data: torch.Tensor  # [num_layers, 2, num_kv_heads, block_size, head_dim]
     size: int  # bytes of the object file
+    header_checksum: int | None = None  # of the verified header, for `known_header` next time (fast path only)
 
 
 def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Tensor | None = None,
-               close: Callable[[int], None] = os.close) -> ReadResult:
+               close: Callable[[int], None] = os.close, known_header: int | None = None) -> ReadResult:
     """The verified block stored at `path` (into `out` when given; `out` is undefined on failure).
 
     With `key` None (a block found by scanning), the identity is taken from the header and
     only the layout is checked. `close` closes the file (local tiers pass close_holding_gil).
+    `known_header`: the header checksum the caller wrote or verified before for `key` (see
+    verify_raw_header); it only makes the check cheaper.
 
     Raises:
         FileNotFoundError: no object at `path`.
@@ -62,7 +66,7 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
     """
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
-        if key is not None and (fast := _read_raw_into(fd, key, layout, out)) is not None:
+        if key is not None and (fast := _read_raw_into(fd, key, layout, out, known_header)) is not None:
             result = ReadResult(key, *fast)
         else:
             os.lseek(fd, 0, os.SEEK_SET)
@@ -74,13 +78,14 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
         close(fd)
     if out is not None and result.data.data_ptr() != out.data_ptr():
         out.copy_(result.data)
-        return ReadResult(result.key, out, result.size)
+        return ReadResult(result.key, out, result.size, result.header_checksum)
     return result
 
 
-def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout,
-                   out: torch.Tensor | None) -> tuple[torch.Tensor, int] | None:
-    """`(block, object bytes)` if the file has exactly a raw block's size; None (nothing decided) otherwise."""
+def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout, out: torch.Tensor | None,
+                   known_header: int | None) -> tuple[torch.Tensor, int, int] | None:
+    """`(block, object bytes, header checksum)` if the file has exactly a raw block's size; else
+    None (nothing decided)."""
     target, payload = _target(out, layout)
     header = bytearray(header_bytes_for(len(key.token_ids)))
     size = len(header) + payload.nbytes
@@ -91,9 +96,9 @@ def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout,
         got = read_exact_into(fd, parts)
     if got != size:  # shorter or longer: another codec, or damage
         return None
-    if payload_checksum(payload) != verify_raw_header(header, key, layout):
+    if payload_checksum(payload) != verify_raw_header(header, key, layout, known_header):
         raise FormatError("payload checksum mismatch: the payload is corrupt")
-    return target, size
+    return target, size, stored_header_checksum(header)
 
 
 def _read_any(fd: int, size: int, key: BlockKey | None, layout: KVLayout) -> tuple[BlockHeader, torch.Tensor]:

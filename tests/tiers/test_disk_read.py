@@ -13,7 +13,8 @@ import xxhash
 from kvtier.errors import FormatError
 from kvtier.tiers.disk_io import close_holding_gil
 from kvtier.tiers.disk_read import read_block
-from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for
+from kvtier.tiers import format as block_format
+from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for, stored_header_checksum
 from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_store, same_bits
 
 KEY = make_key(3)
@@ -37,6 +38,10 @@ def reseal_header(blob: bytearray) -> bytearray:
     return blob
 
 
+KNOWN = stored_header_checksum(raw_object()[:HEADER_LEN])  # what a store that wrote KEY's object remembers
+KNOWN_OR_NOT = [None, KNOWN]  # every damage check runs with and without the remembered header checksum
+
+
 def test_reads_into_the_callers_buffer(tmp_path: Path) -> None:
     path = write(tmp_path, raw_object())
     out = torch.full(LAYOUT.block_shape, float("nan"), dtype=LAYOUT.dtype)
@@ -57,36 +62,67 @@ def test_reads_into_a_strided_buffer_and_without_one(tmp_path: Path) -> None:
     assert same_bits(read_block(path, KEY, LAYOUT).data, make_block(3))
 
 
+@pytest.mark.parametrize("known", KNOWN_OR_NOT)
 @pytest.mark.parametrize("position", range(HEADER_LEN))
-def test_every_flipped_header_byte_is_caught(tmp_path: Path, position: int) -> None:
+def test_every_flipped_header_byte_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
     blob = raw_object()
     blob[position] ^= 0x10
     with pytest.raises(FormatError):
-        read_block(write(tmp_path, blob), KEY, LAYOUT)
+        read_block(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("position", [HEADER_LEN, HEADER_LEN + 1, HEADER_LEN + LAYOUT.page_size_bytes // 2, -1])
-def test_flipped_payload_byte_is_caught(tmp_path: Path, position: int) -> None:
+@pytest.mark.parametrize("known", KNOWN_OR_NOT)
+def test_flipped_payload_byte_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
     blob = raw_object()
     blob[position] ^= 0x01
     with pytest.raises(FormatError, match="payload checksum"):
-        read_block(write(tmp_path, blob), KEY, LAYOUT)
+        read_block(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("position", [h for h in range(14, HEADER_LEN - 8)
                                       if not FIXED_HEADER_BYTES - 8 <= h < FIXED_HEADER_BYTES])
-def test_every_resealed_header_field_change_is_caught(tmp_path: Path, position: int) -> None:
+@pytest.mark.parametrize("known", KNOWN_OR_NOT)
+def test_every_resealed_header_field_change_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
     # The header checksum is valid again, so only comparing the fields with the key's can catch it.
     blob = raw_object()
     blob[position] ^= 0x01
     with pytest.raises(FormatError):
-        read_block(write(tmp_path, reseal_header(blob)), KEY, LAYOUT)
+        read_block(write(tmp_path, reseal_header(blob)), KEY, LAYOUT, known_header=known)
 
 
-def test_another_keys_object_names_the_mismatch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("known", KNOWN_OR_NOT)
+def test_another_keys_object_names_the_mismatch(tmp_path: Path, known: int | None) -> None:
     path = write(tmp_path, raw_object(make_key(4)))
     with pytest.raises(FormatError, match="block hash mismatch"):
+        read_block(path, KEY, LAYOUT, known_header=known)
+
+
+@pytest.mark.parametrize("other", [KEY._replace(token_ids=(7, 7, 7, 7)), KEY._replace(token_ids=(1, 2, 3)),
+                                   KEY._replace(namespace=bytes(32)), KEY._replace(token_ids=(2 ** 32, 0, 0, 0))])
+def test_known_header_checksum_never_vouches_for_another_key(tmp_path: Path, other: object) -> None:
+    # Same block hash, other identity: the remembered checksum matches the header, the key does not.
+    with pytest.raises((FormatError, ValueError)):
+        read_block(write(tmp_path, raw_object()), other, LAYOUT, known_header=KNOWN)  # type: ignore[arg-type]
+
+
+def test_known_header_checksum_skips_building_the_expected_header(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, raw_object())
+
+    def must_not_run(*args: object) -> None:
+        raise AssertionError("the expected header was built")
+    monkeypatch.setattr(block_format, "_pack_header", must_not_run)
+    result = read_block(path, KEY, LAYOUT, known_header=KNOWN)
+    assert same_bits(result.data, make_block(3)) and result.header_checksum == KNOWN
+    with pytest.raises(AssertionError, match="expected header was built"):
         read_block(path, KEY, LAYOUT)
+
+
+def test_stale_known_header_checksum_falls_back_to_the_full_check(tmp_path: Path) -> None:
+    # Another writer's copy of the same key (shared folder), or a record from before a rewrite.
+    result = read_block(write(tmp_path, raw_object()), KEY, LAYOUT, known_header=KNOWN ^ 1)
+    assert same_bits(result.data, make_block(3)) and result.header_checksum == KNOWN
 
 
 @pytest.mark.parametrize("change", [-1, 1, -LAYOUT.page_size_bytes])
@@ -136,3 +172,19 @@ def test_store_reads_leave_no_descriptor_open(tmp_path: Path, shared: bool) -> N
     assert store.get(keys[0]) is None and store.stats.corrupt == 1  # the damaged one: a miss
     assert open_fds() == before
     store.close()
+
+
+def test_store_remembers_header_checksums_from_puts_and_from_verified_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    real_pack = block_format._pack_header
+    monkeypatch.setattr(block_format, "_pack_header", lambda *args: built.append(1) or real_pack(*args))
+    store = open_store(tmp_path)
+    store.put(KEY, make_block(3))
+    built.clear()
+    assert same_bits(store.get(KEY), make_block(3)) and built == []  # known since the put
+    store.close()
+    again = open_store(tmp_path)  # a restart knows sizes only
+    assert same_bits(again.get(KEY), make_block(3)) and len(built) == 1  # full check, then remembered
+    assert same_bits(again.get(KEY), make_block(3)) and len(built) == 1
+    again.close()
