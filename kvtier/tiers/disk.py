@@ -195,10 +195,6 @@ class DiskStore(TierStore):
         return TierIOError(f"disk tier write of {pending.size} bytes to {pending.final_path} failed "
                            f"({name}: {exc.strerror or exc}); the block was not stored; {remedy}")
 
-    def locate(self, block_hash: BlockHash) -> str | None:
-        """The object's path if this tier has (or, shared, can see) it; else None."""
-        return self.path_of(block_hash) if self.contains(block_hash) else None
-
     def _lookup(self, block_hash: BlockHash) -> tuple[str, int | None] | None:
         """`(path, known header checksum)` of an object this tier has (or, shared, can see)."""
         with self._lock:
