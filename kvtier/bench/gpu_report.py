@@ -1,6 +1,7 @@
 """Run the whole GPU check, save it as JSON, and format its table (benches/gpu_check.py's logic)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -22,8 +23,18 @@ from kvtier.bench.gpu import (
 from kvtier.bench.gpu_cases import cpu_timer, cuda_timer, dry_run_cases, full_cases
 
 
+def kernels_digest(repo: Path) -> str:
+    """sha256 over the kernel sources as they are on disk: names the code that ran even where the
+    checkout's .git is stale or absent (a copied working tree, uncommitted edits)."""
+    digest = hashlib.sha256()
+    for path in sorted((repo / "kernels").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def environment(repo: Path) -> dict[str, Any]:
-    """Device, library versions and git SHA, so a JSON file says what produced it."""
+    """Device, library versions, git SHA and a digest of the kernel sources, so a JSON file says
+    what produced it."""
     try:
         import triton
         triton_version = triton.__version__
@@ -37,7 +48,7 @@ def environment(repo: Path) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})",
             "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "git_sha": sha, "python": platform.python_version()}
+            "git_sha": sha, "kernels_sha256": kernels_digest(repo), "python": platform.python_version()}
 
 
 def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,

@@ -47,8 +47,19 @@ def test_dry_run_writes_json_and_prints_the_table_last(tmp_path):
                           cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["dry_run"] is True
+    assert report["dry_run"] is True and len(report["env"]["kernels_sha256"]) == 16
     assert [d["batch"] for d in report["decode"]] == [3, 1]
     assert all(d["kernel_ms"] > 0 and d["baseline_ms"] > 0 for d in report["decode"])
     assert report["transfer"][0]["bytes"] == 3 * report["transfer"][0]["page_size_bytes"]
     assert done.stdout.rstrip().splitlines()[-1].startswith("4KiB blocks x3 H2D+scatter")
+
+
+def test_kernels_digest_names_the_sources_on_disk(tmp_path):
+    from kvtier.bench.gpu_report import kernels_digest
+    (tmp_path / "kernels").mkdir()
+    source = tmp_path / "kernels" / "paged.py"
+    source.write_text("BLOCK = 64\n")
+    before = kernels_digest(tmp_path)
+    source.write_text("BLOCK = 32\n")
+    assert kernels_digest(tmp_path) != before and len(before) == 16
+    assert kernels_digest(REPO) == kernels_digest(REPO)
