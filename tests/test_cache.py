@@ -7,11 +7,10 @@ from kvtier.config import KVLayout
 from kvtier.synthetic import check_served_blocks, run_prefill
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
+from tests.pool_devices import POOL_DEVICES
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)
-POOL_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 def run_prompt(cache, seq_id, tokens, ns=NS):

@@ -10,12 +10,11 @@ from kvtier.synthetic import run_prefill
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
+from tests.pool_devices import POOL_DEVICES
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.bfloat16)
 NS = namespace_digest("m", None)
 NUM_DEVICE_BLOCKS = 8
-POOL_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 def prompts():
