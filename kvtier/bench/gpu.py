@@ -115,7 +115,7 @@ def sweep_decode(case: DecodeCase, device: torch.device, timer: Timer, d2d_gbps:
     return rows
 
 
-def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple:
+def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple[torch.Tensor, ...]:
     gen, layout = torch.Generator(device=device).manual_seed(0), case.layout
     pool_shape = (layout.num_layers, 2, case.pool_blocks, *layout.device_cache_shape)  # as DevicePool
     pool = torch.randn(pool_shape, generator=gen, device=device).to(layout.dtype)

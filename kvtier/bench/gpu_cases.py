@@ -4,6 +4,7 @@ Inputs use shuffled block ids so the kernels read through real, non-contiguous b
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -49,9 +50,10 @@ class TransferCase:
 
 def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
     """The shapes of issue 3: Llama-3-8B-like decode, and 2 MiB blocks (32 layers x 8 heads)."""
-    common = dict(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
-    decode = [DecodeCase(name="decode b64 ctx4096", batch=64, context=4096, **common),
-              DecodeCase(name="decode b4 ctx32768", batch=4, context=32768, **common)]
+    case = functools.partial(DecodeCase, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+                             dtype=torch.bfloat16)
+    decode = [case(name="decode b64 ctx4096", batch=64, context=4096),
+              case(name="decode b4 ctx32768", batch=4, context=32768)]
     layout = KVLayout(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
     transfer = [TransferCase(name="2MiB blocks x128", layout=layout, num_blocks=128, pool_blocks=512)]
     return decode, transfer
@@ -59,9 +61,10 @@ def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
 
 def dry_run_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
     """Tiny shapes with the same structure, for a CPU run under the Triton interpreter."""
-    common = dict(num_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16)
-    decode = [DecodeCase(name="decode b3 ctx37", batch=3, context=37, **common),
-              DecodeCase(name="decode b1 ctx131", batch=1, context=131, **common)]
+    case = functools.partial(DecodeCase, num_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
+                             dtype=torch.bfloat16)
+    decode = [case(name="decode b3 ctx37", batch=3, context=37),
+              case(name="decode b1 ctx131", batch=1, context=131)]
     layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=32, block_size=8, dtype=torch.bfloat16)
     transfer = [TransferCase(name="4KiB blocks x3", layout=layout, num_blocks=3, pool_blocks=9)]
     return decode, transfer
@@ -83,7 +86,7 @@ def cpu_timer(fn: Callable[[], object], reps: int = 3) -> float:
     return statistics.median(samples)
 
 
-def decode_inputs(case: DecodeCase, device: torch.device, seed: int = 0) -> tuple:
+def decode_inputs(case: DecodeCase, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """(query, k_cache, v_cache, block_tables, seq_lens) with shuffled block ids."""
     gen = torch.Generator(device=device).manual_seed(seed)
     blocks_per_seq = -(-case.context // case.block_size)
