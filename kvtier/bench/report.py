@@ -5,12 +5,12 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kvtier.bench.round_stats import ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
 
 if TYPE_CHECKING:
@@ -45,18 +45,6 @@ def direction(prefix: str, phase: PhaseResult, kind: str) -> dict[str, Any]:
 
 def ratio(value: float, ceiling: float) -> float | None:
     return value / ceiling if ceiling > 0 else None
-
-
-def round_ratios(tier: PhaseResult, raw: PhaseResult) -> dict[str, Any]:
-    """Spread of the per-round ratios raw wall / tier wall (a round's two slices move the same ops).
-
-    The headline ratio pools every round; this shows how much of it is the disk's own noise.
-    """
-    pairs = sorted(r / t for t, r in zip(tier.slice_walls, raw.slice_walls, strict=True) if t > 0)
-    if not pairs:
-        return {"rounds": 0, "min": None, "q1": None, "median": None, "q3": None, "max": None}
-    q1, median, q3 = statistics.quantiles(pairs, n=4, method="inclusive") if len(pairs) > 1 else pairs * 3
-    return {"rounds": len(pairs), "min": pairs[0], "q1": q1, "median": median, "q3": q3, "max": pairs[-1]}
 
 
 def break_even(bytes_per_token: float, read_gbps: float) -> dict[str, Any]:
@@ -132,6 +120,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{kind} median {num(r['median'], '.3f')} (quartiles {num(r['q1'], '.3f')}-{num(r['q3'], '.3f')})"
         for kind, r in (("write", report["write_ratio_rounds"]), ("read", report["read_ratio_rounds"])))
     lines.append(f"ratio per round ({report['write_ratio_rounds']['rounds']} rounds): {spread}")
+    intervals = "; ".join(f"{kind} {num(ci[0], '.3f')}-{num(ci[1], '.3f')}" if ci else f"{kind} -"
+                          for kind, ci in (("write", report["write_ratio_ci95"]), ("read", report["read_ratio_ci95"])))
+    lines.append(f"ratio 95% interval (bootstrap over this run's rounds): {intervals}")
     loads = ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items())
     lines.append(f"misses {report['misses']}, rejected {report['rejected']}; {report['bytes_per_token']:.0f} "
                  f"bytes/token; prefix load at measured read GB/s: {loads}")
@@ -157,6 +148,8 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
     report["read_ratio"] = ratio(report["read_gbps"], report["raw_read_gbps"])
     report["write_ratio_rounds"] = round_ratios(phases["tier_write"], phases["raw_write"])
     report["read_ratio_rounds"] = round_ratios(phases["tier_mixed"], phases["raw_mixed"])
+    report["write_ratio_ci95"] = ratio_interval(phases["tier_write"], phases["raw_write"], "write")
+    report["read_ratio_ci95"] = ratio_interval(phases["tier_mixed"], phases["raw_mixed"], "read")
     report["misses"] = sum(p.misses for name, p in phases.items() if name.startswith("tier"))
     report["rejected"] = sum(p.rejected for name, p in phases.items() if name.startswith("tier"))
     report["phase_wall_s"] = {name: p.wall_s for name, p in phases.items()}

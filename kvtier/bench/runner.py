@@ -27,6 +27,7 @@ class PhaseResult:
     misses: int = 0
     rejected: int = 0
     slice_walls: list[float] = field(default_factory=list)  # wall time of each slice, in run order
+    slice_ops: list[dict[str, int]] = field(default_factory=list)  # ops moved in each slice, by kind
 
     def merge(self, other: PhaseResult) -> None:
         """Add another slice of the same phase (rounds interleave tier and raw slices)."""
@@ -36,6 +37,12 @@ class PhaseResult:
         self.misses += other.misses
         self.rejected += other.rejected
         self.slice_walls += other.slice_walls
+        self.slice_ops += other.slice_ops
+
+    def close_slice(self) -> None:
+        """Record this result, a single slice so far, as one slice (its wall and op counts)."""
+        self.slice_walls.append(self.wall_s)
+        self.slice_ops.append({kind: len(values) for kind, values in self.latencies_s.items()})
 
     def num_ops(self, kind: str) -> int:
         return len(self.latencies_s[kind])
@@ -97,7 +104,7 @@ def run_phase(name: str, op_fn: OpFn, cursor: TraceCursor, *, concurrency: int, 
         thread.start()
     _watch(threads, cursor, progress, block_bytes)
     result.wall_s = time.perf_counter() - start
-    result.slice_walls.append(result.wall_s)
+    result.close_slice()
     if failures:
         raise BenchAbortedError(f"phase {name!r} stopped: {failures[0]!r}") from failures[0]
     return result
@@ -136,7 +143,7 @@ def run_phase_async(name: str, op_fn: AsyncOpFn, cursor: TraceCursor, *, concurr
             await asyncio.gather(*tasks)
         finally:
             result.wall_s = time.perf_counter() - start
-            result.slice_walls.append(result.wall_s)
+            result.close_slice()
             for task in (watcher, *tasks):
                 task.cancel()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import threading
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from kvtier.bench.raw_io import RawFiles, drop_cached
-from kvtier.bench.report import percentile_ms, round_ratios
+from kvtier.bench.report import format_table, percentile_ms
+from kvtier.bench.round_stats import ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
 from kvtier.bench.storage import (
     StorageBenchConfig,
@@ -215,12 +217,54 @@ def test_round_ratios_pair_slices_in_order() -> None:
         round_ratios(tier, PhaseResult("write", 1, slice_walls=[1.0]))
 
 
+def rounds_of(walls: list[tuple[float, float]], ops: list[tuple[int, int]]) -> tuple[PhaseResult, PhaseResult]:
+    """Tier and raw write phases from per-round (tier, raw) walls and moved-op counts."""
+    tier = PhaseResult("write", 1, slice_walls=[t for t, _ in walls], slice_ops=[{"write": t} for t, _ in ops])
+    raw = PhaseResult("write", 1, slice_walls=[r for _, r in walls], slice_ops=[{"write": r} for _, r in ops])
+    return tier, raw
+
+
+def test_ratio_interval_is_exact_when_every_round_agrees() -> None:
+    tier, raw = rounds_of([(1.25 * w, w) for w in (1.0, 2.0, 0.5, 3.0, 1.5, 0.7)], [(10, 10)] * 6)
+    assert ratio_interval(tier, raw, "write") == pytest.approx([0.8, 0.8])
+    tier, raw = rounds_of([(1.0, 1.0)] * 6, [(9, 10)] * 6)  # a miss in every round moves 9 of 10
+    assert ratio_interval(tier, raw, "write") == pytest.approx([0.9, 0.9])
+
+
+def test_ratio_interval_keeps_the_leader_alternation() -> None:
+    # The follower is twice as fast in every round: alternation cancels it exactly, in any resample
+    # that keeps as many tier-led (even) as raw-led (odd) rounds.
+    tier, raw = rounds_of([(2.0, 1.0), (1.0, 2.0)] * 4, [(10, 10)] * 8)
+    assert ratio_interval(tier, raw, "write") == pytest.approx([1.0, 1.0])
+
+
+def test_ratio_interval_widens_with_noise_and_holds_the_pooled_ratio() -> None:
+    gen = random.Random(1)
+    walls = [(gen.uniform(0.5, 2.0), gen.uniform(0.5, 2.0)) for _ in range(16)]
+    tier, raw = rounds_of(walls, [(10, 10)] * 16)
+    low, high = ratio_interval(tier, raw, "write") or (None, None)
+    pooled = sum(r for _, r in walls) / sum(t for t, _ in walls)
+    assert low is not None and high is not None and low < pooled < high and high - low > 0.1
+    narrow = ratio_interval(*rounds_of(walls * 16, [(10, 10)] * 256), "write")
+    assert narrow is not None and narrow[1] - narrow[0] < (high - low) / 2
+
+
+def test_ratio_interval_needs_two_rounds_with_op_counts() -> None:
+    assert ratio_interval(*rounds_of([(1.0, 1.0)], [(10, 10)]), "write") is None
+    walls_only = PhaseResult("write", 1, slice_walls=[1.0, 1.0])
+    assert ratio_interval(walls_only, walls_only, "write") is None
+    assert ratio_interval(*rounds_of([(1.0, 1.0)] * 4, [(0, 0)] * 4), "write") is None  # nothing moved
+
+
 def test_every_round_is_reported_for_both_phases(tmp_path: Path) -> None:
     report = run_storage_bench(short_config(tmp_path, rounds=6), MemoryStore)
     for kind in ("write", "read"):
         spread = report[f"{kind}_ratio_rounds"]
         assert spread["rounds"] == 6, spread
         assert 0 < spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+        low, high = report[f"{kind}_ratio_ci95"]
+        assert 0 < low <= high, report[f"{kind}_ratio_ci95"]
+    assert "ratio 95% interval" in format_table(report)
 
 
 def test_drop_cached_counts_the_files_it_flushed(tmp_path: Path) -> None:
