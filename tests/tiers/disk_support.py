@@ -45,6 +45,11 @@ def open_store(path: Path, num_blocks: int = 100, **options: object) -> DiskStor
     return DiskStore(LAYOUT, config)
 
 
+def open_fds() -> int:
+    """Descriptors this process holds (Linux: /proc/self/fd)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def object_files(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("??/*.kvb"))
 

@@ -16,6 +16,7 @@ from tests.tiers.disk_support import (
     make_block,
     make_key,
     object_files,
+    open_fds,
     open_store,
     same_bits,
     tiny_tmpfs,
@@ -88,6 +89,28 @@ def test_injected_write_eio_raises_tier_io_error_and_leaves_nothing(tmp_path: Pa
     assert not list(tmp_path.rglob("*.tmp")) and len(object_files(tmp_path)) == 1
     assert store.used_bytes == object_files(tmp_path)[0].stat().st_size
     assert same_bits(store.get(make_key(0)), make_block(0))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("options", [{}, {"tmpfile": False}, {"shared": True}])
+def test_puts_good_and_failed_leave_no_descriptor_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, bool]) -> None:
+    store = open_store(tmp_path, **options)
+    before = open_fds()
+    for i in range(4):
+        store.put(make_key(i), make_block(i))
+    assert open_fds() == before
+
+    def failing_writev(fd: int, buffers: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("kvtier.tiers.disk_io.os.writev", failing_writev)
+    for i in range(4, 8):
+        with pytest.raises(TierIOError):
+            store.put(make_key(i), make_block(i))
+    monkeypatch.undo()
+    assert open_fds() == before
+    assert all(same_bits(store.get(make_key(i)), make_block(i)) for i in range(4))
 
 
 def test_injected_read_eio_is_a_miss_that_keeps_the_object(tmp_path: Path,

@@ -15,7 +15,7 @@ from kvtier.tiers.disk_io import close_holding_gil
 from kvtier.tiers.disk_read import read_block
 from kvtier.tiers import format as block_format
 from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for, stored_header_checksum
-from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_store, same_bits
+from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_fds, open_store, same_bits
 
 KEY = make_key(3)
 HEADER_LEN = header_bytes_for(LAYOUT.block_size)
@@ -147,10 +147,6 @@ def test_close_holding_gil_closes_and_reports_a_bad_descriptor(tmp_path: Path) -
     with pytest.raises(OSError) as closed_twice:
         close_holding_gil(fd)
     assert closed_twice.value.errno == errno.EBADF
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
