@@ -54,6 +54,7 @@ class DiskStore(TierStore):
         self.config = config
         self.kind = TierKind.SHARED if config.shared else TierKind.DISK
         self.root = os.path.abspath(config.path)
+        self._root_slash = os.path.join(self.root, "")
         self._lock = threading.Lock()
         make_fanout(self.root)
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
@@ -81,7 +82,7 @@ class DiskStore(TierStore):
             return len(self._index)
 
     def path_of(self, block_hash: BlockHash) -> str:
-        return os.path.join(self.root, object_relpath(block_hash))
+        return self._root_slash + object_relpath(block_hash)  # NOTE: not os.path.join: 0.5 us per op
 
     def contains(self, block_hash: BlockHash) -> bool:
         with self._lock:

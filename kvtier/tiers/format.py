@@ -113,12 +113,22 @@ def payload_checksum(payload: BufferLike) -> int:
     switch interval (5 ms) when another thread runs Python, so the pieces stay under the size
     at which python-xxhash releases it.
     """
+    return pieces_checksum(checksum_pieces(payload))
+
+
+def checksum_pieces(payload: BufferLike) -> list[memoryview]:
+    """The payload cut into the pieces payload_checksum feeds; a reader reusing one buffer keeps them."""
     view = memoryview(payload).cast("B")
-    if view.nbytes <= CHECKSUM_CHUNK:
-        return xxhash.xxh3_64_intdigest(view)
+    return [view[start:start + CHECKSUM_CHUNK] for start in range(0, max(view.nbytes, 1), CHECKSUM_CHUNK)]
+
+
+def pieces_checksum(pieces: list[memoryview]) -> int:
+    """payload_checksum of the payload that `pieces` (from checksum_pieces) cut."""
+    if len(pieces) == 1:
+        return xxhash.xxh3_64_intdigest(pieces[0])
     state = xxhash.xxh3_64()
-    for start in range(0, view.nbytes, CHECKSUM_CHUNK):
-        state.update(view[start:start + CHECKSUM_CHUNK])
+    for piece in pieces:
+        state.update(piece)
     return state.intdigest()
 
 

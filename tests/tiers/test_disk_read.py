@@ -10,6 +10,7 @@ import pytest
 import torch
 import xxhash
 
+from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.disk_io import close_holding_gil
 from kvtier.tiers.disk_read import read_block
@@ -51,6 +52,29 @@ def test_reads_into_the_callers_buffer(tmp_path: Path) -> None:
     # The per-thread byte view of `out` is reused; a second read into it must still be whole.
     out.fill_(float("nan"))
     assert same_bits(read_block(path, KEY, LAYOUT, out).data, make_block(3))
+
+
+def test_alternating_output_buffers_get_each_read_and_damage_is_caught_through_them(tmp_path: Path) -> None:
+    # 256 KiB payloads: four checksum pieces, which the per-thread landing of `out` keeps.
+    layout = KVLayout(num_layers=2, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.float16)
+    keys = [make_key(i) for i in range(3)]
+    blocks = [make_block(i, layout) for i in range(3)]
+    paths = []
+    for i, (key, block) in enumerate(zip(keys, blocks)):
+        paths.append(str(tmp_path / f"{i}.kvb"))
+        Path(paths[-1]).write_bytes(b"".join(bytes(p) for p in encode_block(key, block, layout)))
+    out_a, out_b = (torch.empty(layout.block_shape, dtype=layout.dtype) for _ in range(2))
+    held = {}  # what each buffer must hold: a read into one never lands in the other
+    for i, out in [(0, out_a), (1, out_b), (2, out_a), (0, out_a), (2, out_b), (1, out_a)]:
+        result = read_block(paths[i], keys[i], layout, out)
+        held[id(out)] = blocks[i]
+        assert result.data is out and all(same_bits(o, held[id(o)]) for o in (out_a, out_b) if id(o) in held)
+    blob = bytearray(Path(paths[1]).read_bytes())
+    blob[-100] ^= 0x01  # in the last checksum piece
+    Path(paths[1]).write_bytes(blob)
+    for out in (out_a, out_b, out_a):
+        with pytest.raises(FormatError, match="payload checksum"):
+            read_block(paths[1], keys[1], layout, out)
 
 
 def test_reads_into_a_strided_buffer_and_without_one(tmp_path: Path) -> None:
