@@ -181,8 +181,8 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
         FormatError: anything else, with the reason `decode_header`/`check_identity` give.
     """
     view = memoryview(buf)
-    if known is not None and len(buf) > _FIXED.size and stored_header_checksum(buf) == known \
-            and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(view, key):
+    if known is not None and len(buf) > _FIXED.size and _CHECKSUM.unpack_from(buf, len(buf) - 8)[0] == known \
+            and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
         return int(_CHECKSUM.unpack_from(view, _FIXED.size - 8)[0])
     try:
         expected = _pack_header(key, layout, CODEC_IDS["raw"], 0, layout.num_kv_heads,
@@ -200,16 +200,19 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
                       f"payload {header.payload_len} bytes: not a whole raw block of this layout")
 
 
-def _holds_key(view: memoryview, key: BlockKey) -> bool:
-    """Whether a header's namespace, block hash and token ids are `key`'s (nothing else is read)."""
+def _holds_key(buf: bytearray, key: BlockKey) -> bool:
+    """Whether a header's namespace, block hash and token ids are `key`'s (nothing else is read).
+
+    NOTE: `startswith` at an offset compares in place: no slices, 0.7 instead of 1.2 us.
+    """
     num_tokens = len(key.token_ids)
-    tokens_end = _FIXED.size + 4 * num_tokens
-    if not (view[_NAMESPACE_AT:_BLOCK_HASH_AT] == memoryview(key.namespace)
-            and view[_BLOCK_HASH_AT:_BLOCK_HASH_AT + 32] == memoryview(key.block_hash)
-            and _U32.unpack_from(view, _NUM_TOKENS_AT)[0] == num_tokens and tokens_end <= len(view) - 8):
+    if not (len(key.namespace) == 32 and buf.startswith(key.namespace, _NAMESPACE_AT)
+            and len(key.block_hash) == 32 and buf.startswith(key.block_hash, _BLOCK_HASH_AT)
+            and _U32.unpack_from(buf, _NUM_TOKENS_AT)[0] == num_tokens
+            and _FIXED.size + 4 * num_tokens <= len(buf) - _CHECKSUM.size):
         return False
     try:
-        return view[_FIXED.size:tokens_end] == _tokens_struct(num_tokens).pack(*key.token_ids)
+        return buf.startswith(_tokens_struct(num_tokens).pack(*key.token_ids), _FIXED.size)
     except struct.error:  # token ids no object can hold: the full check says why
         return False
 

@@ -123,7 +123,9 @@ def test_another_keys_object_names_the_mismatch(tmp_path: Path, known: int | Non
 
 
 @pytest.mark.parametrize("other", [KEY._replace(token_ids=(7, 7, 7, 7)), KEY._replace(token_ids=(1, 2, 3)),
-                                   KEY._replace(namespace=bytes(32)), KEY._replace(token_ids=(2 ** 32, 0, 0, 0))])
+                                   KEY._replace(namespace=bytes(32)), KEY._replace(token_ids=(2 ** 32, 0, 0, 0)),
+                                   KEY._replace(namespace=KEY.namespace[:31]),  # a prefix of the stored one
+                                   KEY._replace(block_hash=KEY.block_hash[:16])])
 def test_known_header_checksum_never_vouches_for_another_key(tmp_path: Path, other: object) -> None:
     # Same block hash, other identity: the remembered checksum matches the header, the key does not.
     with pytest.raises((FormatError, ValueError)):
