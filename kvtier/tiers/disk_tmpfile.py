@@ -70,12 +70,13 @@ def find_linker(folder: str) -> Linker | None:
     return None
 
 
-def publish_unnamed(final_path: str, temp_path: str, parts: Sequence[BufferLike], fsync: bool,
+def publish_unnamed(final_path: str, temp_path: Callable[[], str], parts: Sequence[BufferLike], fsync: bool,
                     link: Linker) -> None:
     """Write `parts` to a nameless inode in `final_path`'s folder, optionally fsync, and link it there.
 
     If `final_path` exists already (a leftover the index did not know), the new object replaces
-    it atomically: linked at `temp_path`, then renamed. Raises OSError with nothing left behind.
+    it atomically: linked at a name from `temp_path()`, then renamed. Raises OSError with
+    nothing left behind.
     """
     folder = os.path.dirname(final_path)
     fd = os.open(folder, O_TMPFILE | os.O_WRONLY | O_CLOEXEC, 0o644)  # type: ignore[operator]  # probed: not None
@@ -86,11 +87,12 @@ def publish_unnamed(final_path: str, temp_path: str, parts: Sequence[BufferLike]
         try:
             link(fd, final_path)
         except FileExistsError:
-            link(fd, temp_path)
+            temp = temp_path()
+            link(fd, temp)
             try:
-                os.rename(temp_path, final_path)
+                os.rename(temp, final_path)
             except OSError:
-                os.unlink(temp_path)
+                os.unlink(temp)
                 raise
     finally:
         os.close(fd)

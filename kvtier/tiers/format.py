@@ -141,7 +141,10 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
         raise ValueError(f"head_range must satisfy 0 <= start < end <= {layout.num_kv_heads}, got {head_range}")
     if codec not in CODEC_IDS:
         raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
-    buf = _pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum)
+    try:
+        buf = _pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum)
+    except struct.error as exc:  # NOTE: struct range-checks every token id (cheaper than a loop here)
+        raise ValueError(f"token ids must be integers in [0, 2**32): {exc}") from exc
     _CHECKSUM.pack_into(buf, len(buf) - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
     return bytes(buf)
 
@@ -364,5 +367,5 @@ def _check_key(key: BlockKey) -> None:
     if len(key.namespace) != 32 or len(key.block_hash) != 32:
         raise ValueError(f"namespace and block_hash must be 32 bytes, got {len(key.namespace)} "
                          f"and {len(key.block_hash)}")
-    if len(key.token_ids) > MAX_TOKENS or not all(0 <= t < 1 << 32 for t in key.token_ids):
-        raise ValueError(f"token ids must be at most {MAX_TOKENS} integers in [0, 2**32)")
+    if len(key.token_ids) > MAX_TOKENS:
+        raise ValueError(f"a block holds at most {MAX_TOKENS} token ids, got {len(key.token_ids)}")

@@ -87,6 +87,13 @@ def test_encode_rejects_wrong_shape_and_dtype() -> None:
         encode_block(BlockKey(Namespace(b"x"), BlockHash(b"y" * 32), ()), make_block(LAYOUT), LAYOUT)
 
 
+@pytest.mark.parametrize("token", [-1, 2 ** 32, 1.5, "a", None])
+def test_encode_rejects_token_ids_no_header_can_hold(token: object) -> None:
+    key = make_key(0)._replace(token_ids=(token, 0, 0, 0))
+    with pytest.raises(ValueError, match=r"token ids must be integers in \[0, 2\*\*32\)"):
+        encode_block(key, make_block(LAYOUT), LAYOUT)  # type: ignore[arg-type]
+
+
 def test_mismatches_are_named() -> None:
     key, data = make_key(4), make_block(LAYOUT)
     blob = encode(key, data, LAYOUT, "raw")
