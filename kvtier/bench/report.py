@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvtier.bench.round_stats import ratio_interval, round_ratios
+from kvtier.bench.round_stats import WARMUP_ROUNDS, ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
 
 if TYPE_CHECKING:
@@ -161,11 +161,12 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
     report["method"] = ("CALIBRATION: the tier side is plain files too, so every ratio would be 1.0 on a steady "
                         "disk; its distance from 1.0 is the noise floor of the ratios. " if config.calibrate else "") + ("write_*: the write phase (spills only); read_*: read bytes / wall time of the mixed phase, "
                         "which also spills at 1 - read_ratio (use --read-ratio 1 for reads alone); GB/s are 1e9 "
-                        "bytes of uncompressed block payload; raw_* replay exactly the same ops")
+                        "bytes of uncompressed block payload; raw_* replay exactly the same ops; each phase starts with "
+                        "an untimed warm-up round")
     report["config"] = {
         "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
         "layout": layout.to_dict(), "concurrency": config.concurrency,
-        "rounds": config.rounds,
+        "rounds": config.rounds, "warmup_rounds": WARMUP_ROUNDS,
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
         "api": config.api, "calibrate": config.calibrate}

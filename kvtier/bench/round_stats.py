@@ -12,6 +12,7 @@ from typing import Any
 
 from kvtier.bench.runner import PhaseResult
 
+WARMUP_ROUNDS = 1  # untimed rounds before each phase's counted ones (storage._Run.pair says why)
 INTERVAL_LEVEL = 0.95
 RESAMPLES = 2000
 

@@ -267,6 +267,35 @@ def test_every_round_is_reported_for_both_phases(tmp_path: Path) -> None:
     assert "ratio 95% interval" in format_table(report)
 
 
+class CountingStore(MemoryStore):
+    """MemoryStore that counts the block ops it served."""
+
+    def __init__(self, layout: KVLayout, config: DiskTierConfig | None = None) -> None:
+        super().__init__(layout, config)
+        self.ops = {"write": 0, "read": 0}
+
+    def put(self, key: BlockKey, data: torch.Tensor) -> None:
+        super().put(key, data)
+        with self._lock:
+            self.ops["write"] += 1
+
+    def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        with self._lock:
+            self.ops["read"] += 1
+        return super().get(key, out)
+
+
+def test_each_phase_starts_with_an_untimed_warm_up_round(tmp_path: Path) -> None:
+    stores: list[CountingStore] = []
+    report = run_storage_bench(short_config(tmp_path, rounds=4),
+                               lambda layout, config: stores.append(CountingStore(layout, config)) or stores[-1])
+    counted_writes = report["write_ops"] + report["mixed_write_ops"]
+    round_check = 1  # check_round_trip's own put and get
+    assert report["config"]["warmup_rounds"] == 1 and report["write_ratio_rounds"]["rounds"] == 4
+    assert stores[0].ops["write"] - round_check > counted_writes, (stores[0].ops, counted_writes)
+    assert stores[0].ops["read"] - round_check > report["read_ops"], (stores[0].ops, report["read_ops"])
+
+
 def test_drop_cached_counts_the_files_it_flushed(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 4096)
     assert drop_cached([str(tmp_path / "a"), str(tmp_path / "gone")]) == 1
