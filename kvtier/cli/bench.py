@@ -36,11 +36,13 @@ def _register_storage(benches: Any) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="threads issuing block ops (default 4)")
     p.add_argument("--codec", choices=("raw", "zstd"), default="raw", help="tier payload codec (default raw)")
     p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of time-boxed I/O, half writes, half mixed; the replays add about as much (default 10)")
+                   help="seconds of time-boxed I/O, half writes, half mixed; the replays add about as much again, "
+                        "the warm-up rounds a little more (default 10)")
     p.add_argument("--api", choices=("sync", "async"), default="sync",
                    help="drive the tier's sync API on threads or its asyncio API on one loop (default sync)")
     p.add_argument("--rounds", type=int, default=16,
-                   help="slices per phase, alternating whether tier or raw leads (default 16)")
+                   help="timed slices per phase, alternating whether tier or raw leads, after one untimed "
+                        "warm-up round (default 16)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
     p.add_argument("--calibrate", action="store_true",
                    help="put plain files in the tier's place too: the ratios then show this disk's noise floor "
