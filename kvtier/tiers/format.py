@@ -119,7 +119,7 @@ def payload_checksum(payload: BufferLike) -> int:
 
 
 def checksum_pieces(payload: BufferLike) -> list[memoryview]:
-    """The payload cut into the pieces payload_checksum feeds; a reader reusing one buffer keeps them."""
+    """The payload cut into pieces of at most 64 KiB for pieces_checksum; a reader reusing one buffer keeps them."""
     view = memoryview(payload).cast("B")
     return [view[start:start + CHECKSUM_CHUNK] for start in range(0, max(view.nbytes, 1), CHECKSUM_CHUNK)]
 
@@ -190,7 +190,7 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
         FormatError: anything else, with the reason `decode_header`/`check_identity` give.
     """
     view = memoryview(buf)
-    if known is not None and len(buf) > _FIXED.size and _CHECKSUM.unpack_from(buf, len(buf) - 8)[0] == known \
+    if known is not None and len(buf) > _FIXED.size and stored_header_checksum(buf) == known \
             and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
         return int(_CHECKSUM.unpack_from(view, _FIXED.size - 8)[0])
     try:
