@@ -1,7 +1,11 @@
-"""Maps the top-level kernels/ folder to the subpackage kvtier.kernels (never a top-level `kernels`)."""
-from setuptools import find_packages, setup
+"""Maps the top-level kernels/ folder to the subpackage kvtier.kernels (never a top-level `kernels`),
+and builds the disk tier's compiled write routine where a C compiler is present (optional:
+without one, kvtier installs and writes with the Python twin; see kvtier/tiers/disk_native.py)."""
+from setuptools import Extension, find_packages, setup
 
 setup(
     packages=find_packages(include=["kvtier", "kvtier.*"]) + ["kvtier.kernels"],
     package_dir={"kvtier.kernels": "kernels"},
+    ext_modules=[Extension("kvtier.tiers._fileio", ["kvtier/tiers/_fileio.c"], optional=True,
+                           extra_compile_args=["-O2", "-Wall", "-Wextra"])],
 )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvtier.bench.round_stats import WARMUP_ROUNDS, ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
+from kvtier.tiers.disk_native import native_built
 
 if TYPE_CHECKING:
     from kvtier.bench.storage import StorageBenchConfig
@@ -114,7 +115,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [(f"kvtier bench storage{' --calibrate (plain files on both sides)' if cfg['calibrate'] else ''}: "
               f"{cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
              f"codec {cfg['codec']}, fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, "
-             f"read ratio {cfg['read_ratio']}, {report['device']['fs_type']} at {cfg['path']}")]
+             f"read ratio {cfg['read_ratio']}, {'compiled' if cfg['native_io'] else 'Python'} writes, "
+             f"{report['device']['fs_type']} at {cfg['path']}")]
     lines += [f"{a:<14}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
     spread = "; ".join(
         f"{kind} median {num(r['median'], '.3f')} (quartiles {num(r['q1'], '.3f')}-{num(r['q3'], '.3f')})"
@@ -169,6 +171,7 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
         "rounds": config.rounds, "warmup_rounds": WARMUP_ROUNDS,
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
-        "api": config.api, "calibrate": config.calibrate}
+        "api": config.api, "calibrate": config.calibrate,
+        "native_io": native_built()}  # whether the tier wrote through the compiled routine (disk_native.py)
     report["device"] = device_facts(config.path)
     return report

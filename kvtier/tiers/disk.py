@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -18,11 +19,12 @@ from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
-from kvtier.tiers.disk_io import close_holding_gil, discard, probe_o_direct, unlink_quietly, write_object
+from kvtier.tiers.disk_io import close_holding_gil, discard, probe_o_direct, unlink_quietly
+from kvtier.tiers.disk_native import choose_publisher
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
 from kvtier.tiers.disk_restart import rebuild_index
-from kvtier.tiers.disk_tmpfile import find_linker, publish_unnamed
+from kvtier.tiers.disk_tmpfile import find_linker
 from kvtier.tiers.format import BufferLike, encode_block, stored_header_checksum
 from kvtier.tiers.free_space import FreeSpace
 from kvtier.types import BlockHash, TierKind
@@ -63,6 +65,7 @@ class DiskStore(TierStore):
         self.o_direct_supported = probe_o_direct(self.root) if config.shared else False
         # NOTE: shared folders keep temporary names: NFS has no O_TMPFILE, and other hosts' tools expect them
         self._linker = find_linker(self.root) if config.tmpfile and not config.shared else None
+        self._publish_parts = choose_publisher(self._linker, config.native_io)
         self._close_read = os.close if config.shared else close_holding_gil
         self._index = DiskIndex()
         self._free_space = FreeSpace(self.root)
@@ -215,10 +218,7 @@ class DiskStore(TierStore):
             self._publish(pending)
 
     def _publish(self, pending: PendingPut) -> None:
-        if self._linker is not None:
-            publish_unnamed(pending.final_path, pending.temp_path, pending.parts, self.config.fsync, self._linker)
-        else:
-            write_object(pending.final_path, pending.temp_path(), pending.parts, self.config.fsync)
+        self._publish_parts(pending.final_path, pending.temp_path, pending.parts, self.config.fsync)
 
     def _reserve(self, size: int) -> None:
         self._free_space.refresh_if_stale()  # NOTE: outside the lock: statvfs is a syscall (an RPC on NFS)
@@ -263,6 +263,8 @@ class DiskStore(TierStore):
         try:
             st = os.stat(self.path_of(block_hash))
         except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):  # e.g. a folder made at the name by hand: not an object
             return False
         with self._lock:
             if block_hash not in self._index:

@@ -46,6 +46,11 @@ def _link_proc_fd(fd: int, path: str) -> None:
     os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
 
 
+def links_through_proc(linker: Linker) -> bool:
+    """Whether `linker` links through /proc/self/fd/N (else through AT_EMPTY_PATH)."""
+    return linker is _link_proc_fd
+
+
 def find_linker(folder: str) -> Linker | None:
     """The first way of linking O_TMPFILE inodes that works in `folder`, or None; logs the outcome."""
     if O_TMPFILE is None:

@@ -87,7 +87,7 @@ def killed_writer(root: str, num_done: int, ready: object, tmpfile: bool) -> Non
 
     from kvtier.tiers import disk_io
 
-    store = open_store(Path(root), tmpfile=tmpfile)
+    store = open_store(Path(root), tmpfile=tmpfile, native_io=False)  # the stall is injected into the Python twin
     for i in range(num_done):
         store.put(make_key(i), make_block(i))
     real_writev = os.writev
@@ -101,6 +101,37 @@ def killed_writer(root: str, num_done: int, ready: object, tmpfile: bool) -> Non
 
     disk_io.os.writev = half_then_stall  # type: ignore[assignment]
     store.put(make_key(num_done), make_block(num_done))
+
+
+BIG_LAYOUT = KVLayout(num_layers=32, num_kv_heads=16, head_dim=128, block_size=16, dtype=torch.float16)  # 4 MiB
+
+
+def big_key(i: int) -> BlockKey:
+    return make_key(i)._replace(token_ids=tuple(range(BIG_LAYOUT.block_size)))
+
+
+def writer_until_killed(root: str, tmpfile: bool) -> None:
+    """Child process: put 4 MiB blocks with fsync through the default (compiled) routine until killed."""
+    config = DiskTierConfig(path=root, capacity_bytes=1 << 40, fsync=True, tmpfile=tmpfile)
+    store = DiskStore(BIG_LAYOUT, config)
+    i = 0
+    while True:
+        store.put(big_key(i), make_block(i, BIG_LAYOUT))
+        i += 1
+
+
+def files_open_under(pid: int, root: str) -> list[str]:
+    """What process `pid` has open under `root` (Linux: /proc/PID/fd); an O_TMPFILE inode reads
+    as `ROOT/ab/#INODE (deleted)`."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing
+            continue
+        if target.startswith(root + "/"):
+            found.append(target)
+    return found
 
 
 def shared_worker(root: str, seed: int, num_keys: int, num_ops: int, capacity_blocks: int) -> dict[str, int]:

@@ -75,7 +75,7 @@ def test_object_of_another_namespace_is_a_miss(tmp_path: Path) -> None:
 
 def test_injected_write_eio_raises_tier_io_error_and_leaves_nothing(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, native_io=False)  # NOTE: the fault is injected into the Python twin
     store.put(make_key(0), make_block(0))
 
     def failing_writev(fd: int, buffers: object) -> int:
@@ -95,7 +95,7 @@ def test_injected_write_eio_raises_tier_io_error_and_leaves_nothing(tmp_path: Pa
 @pytest.mark.parametrize("options", [{}, {"tmpfile": False}, {"shared": True}])
 def test_puts_good_and_failed_leave_no_descriptor_open(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, bool]) -> None:
-    store = open_store(tmp_path, **options)
+    store = open_store(tmp_path, native_io=False, **options)  # the compiled routine: test_disk_native.py
     before = open_fds()
     for i in range(4):
         store.put(make_key(i), make_block(i))
