@@ -188,7 +188,7 @@ class DiskTierConfig:
     codec: str = "raw"
     shared: bool = False
     tmpfile: bool = True  # local tiers: publish O_TMPFILE inodes with linkat where the filesystem can
-    native_io: bool = True  # write objects with the compiled routine where built (disk_native.py); False: Python
+    native_io: bool = True  # object I/O through the compiled routines where built (disk_native.py); False: Python
 
     def __post_init__(self) -> None:
         if not self.path:

@@ -1,12 +1,16 @@
-/* kvtier.tiers._fileio: the disk tier's object write as one call that never holds the GIL.
+/* kvtier.tiers._fileio: the disk tier's object I/O as one call each that never holds the GIL.
  *
  * Why native: with 4 writer threads on 2 cores, every syscall of a Python write (open, writev,
  * fsync, link, close) gives the GIL up and must win it back behind the other threads' Python.
  * Done here, a put gives it up once. The storage bench at 256 KiB measured write_ratio 0.89 with
  * the Python twin and 1.00 with this, in 6 alternating pairs.
  *
- * The Python twins are disk_tmpfile.publish_unnamed and disk_io.write_object; keep the three in
- * step: same syscalls, same order, same cleanup (nothing left behind on any failure).
+ * Reads likewise: open, readv and close in one call (256 KiB mixed-phase read_ratio 0.92 -> 0.97,
+ * 5 alternating pairs).
+ *
+ * The Python twins are disk_tmpfile.publish_unnamed, disk_io.write_object and the open/readv of
+ * disk_read.read_block; keep them in step: same syscalls, same order, same cleanup (nothing left
+ * behind on any failure).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,6 +19,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -36,7 +41,7 @@ static void parts_release(Parts *p) {
     PyMem_Free(p->iov);
 }
 
-static int parts_hold(PyObject *seq_obj, Parts *p) {
+static int parts_hold(PyObject *seq_obj, int flags, Parts *p) {
     memset(p, 0, sizeof(*p));
     PyObject *seq = PySequence_Fast(seq_obj, "parts must be a sequence of bytes-like objects");
     if (seq == NULL) return -1;
@@ -50,8 +55,8 @@ static int parts_hold(PyObject *seq_obj, Parts *p) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* PyBUF_SIMPLE: C-contiguous bytes, as memoryview(part).cast("B") needs in the twin */
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &p->views[i], PyBUF_SIMPLE) < 0) {
+        /* C-contiguous bytes (PyBUF_SIMPLE), as memoryview(part).cast("B") needs in the twins */
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &p->views[i], flags) < 0) {
             Py_DECREF(seq);
             parts_release(p);
             return -1;
@@ -127,7 +132,7 @@ static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     }
     char *folder = PyMem_Malloc((size_t)(slash - final_path) + 1);
     Parts parts;
-    if (folder == NULL || parts_hold(parts_obj, &parts) < 0) {
+    if (folder == NULL || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
         PyMem_Free(folder);
         Py_DECREF(final_obj);
         return folder == NULL ? PyErr_NoMemory() : NULL;
@@ -186,7 +191,7 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     }
     const char *temp_path = PyBytes_AS_STRING(temp_obj), *final_path = PyBytes_AS_STRING(final_obj);
     Parts parts;
-    if (parts_hold(parts_obj, &parts) < 0) {
+    if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
         Py_DECREF(temp_obj);
         Py_DECREF(final_obj);
         return NULL;
@@ -220,15 +225,79 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(read_into_doc,
+"read_into(path, parts, want) -> (got, inode)\n--\n\n"
+"Open `path`, fill the writable buffers `parts` in order until `want` bytes are read or the file\n"
+"ends, and close it. Returns the bytes read and the inode of the file read (to name the very\n"
+"file if it proves damaged). Raises OSError (FileNotFoundError when absent).");
+
+static PyObject *read_into(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_obj = NULL, *parts_obj;
+    Py_ssize_t want;
+    if (!PyArg_ParseTuple(args, "O&On:read_into", PyUnicode_FSConverter, &path_obj, &parts_obj, &want))
+        return NULL;
+    const char *path = PyBytes_AS_STRING(path_obj);
+    Parts parts;
+    if (parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0) {
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+
+    int err = 0;
+    Py_ssize_t total = 0;
+    unsigned long long inode = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int fd;
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        struct iovec *iov = parts.iov;
+        int left = parts.iov_count;
+        while (left > 0 && total < want) {  /* NOTE: a regular file reads short only at its end */
+            ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            if (got == 0) break;
+            total += got;
+            while (left > 0 && (size_t)got >= iov->iov_len) {
+                got -= (ssize_t)iov->iov_len;
+                iov++;
+                left--;
+            }
+            if (left > 0) {
+                iov->iov_base = (char *)iov->iov_base + got;
+                iov->iov_len -= (size_t)got;
+            }
+        }
+        struct stat st;
+        if (fstat(fd, &st) == 0) inode = (unsigned long long)st.st_ino;
+        close(fd);  /* NOTE: a read-only close has nothing to report */
+    }
+    Py_END_ALLOW_THREADS
+
+    parts_release(&parts);
+    PyObject *result = err ? raise_errno(err, path) : Py_BuildValue("nK", total, inode);
+    Py_DECREF(path_obj);
+    return result;
+}
+
 static PyMethodDef fileio_methods[] = {
     {"publish_unnamed", publish_unnamed, METH_VARARGS, publish_unnamed_doc},
     {"write_renamed", write_renamed, METH_VARARGS, write_renamed_doc},
+    {"read_into", read_into, METH_VARARGS, read_into_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef fileio_module = {
     PyModuleDef_HEAD_INIT, "kvtier.tiers._fileio",
-    "The disk tier's object writes in one GIL-free call each (Linux); see disk_native.py.", -1, fileio_methods,
+    "The disk tier's object writes and reads in one GIL-free call each (Linux); see disk_native.py.", -1, fileio_methods,
     NULL, NULL, NULL, NULL,
 };
 

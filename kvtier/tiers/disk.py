@@ -20,7 +20,7 @@ from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk_index import DiskIndex
 from kvtier.tiers.disk_io import close_holding_gil, discard, probe_o_direct, unlink_quietly
-from kvtier.tiers.disk_native import choose_publisher
+from kvtier.tiers.disk_native import choose_publisher, reader
 from kvtier.tiers.disk_paths import make_fanout, object_relpath, temp_name
 from kvtier.tiers.disk_read import DamagedObjectError, read_block
 from kvtier.tiers.disk_restart import rebuild_index
@@ -66,6 +66,7 @@ class DiskStore(TierStore):
         # NOTE: shared folders keep temporary names: NFS has no O_TMPFILE, and other hosts' tools expect them
         self._linker = find_linker(self.root) if config.tmpfile and not config.shared else None
         self._publish_parts = choose_publisher(self._linker, config.native_io)
+        self._read_into = reader(config.native_io)
         self._close_read = os.close if config.shared else close_holding_gil
         self._index = DiskIndex()
         self._free_space = FreeSpace(self.root)
@@ -122,7 +123,7 @@ class DiskStore(TierStore):
             return self._count_miss()
         path, known_header = found
         try:
-            result = read_block(path, key, self.layout, out, self._close_read, known_header)
+            result = read_block(path, key, self.layout, out, self._close_read, known_header, self._read_into)
         except FileNotFoundError:
             self._forget(key.block_hash)
             return self._count_miss()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,23 +51,41 @@ class ReadResult:
     header_checksum: int | None = None  # of the verified header, for `known_header` next time (fast path only)
 
 
+# (path, writable parts, bytes wanted) -> (bytes read, inode of the file read); disk_native.reader()
+Reader = Callable[[str, Sequence[memoryview], int], tuple[int, int]]
+
+
 def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Tensor | None = None,
-               close: Callable[[int], None] = os.close, known_header: int | None = None) -> ReadResult:
+               close: Callable[[int], None] = os.close, known_header: int | None = None,
+               read_into: Reader | None = None) -> ReadResult:
     """The verified block stored at `path` (into `out` when given; `out` is undefined on failure).
 
     With `key` None (a block found by scanning), the identity is taken from the header and
     only the layout is checked. `close` closes the file (local tiers pass close_holding_gil).
     `known_header`: the header checksum the caller wrote or verified before for `key` (see
-    verify_raw_header); it only makes the check cheaper.
+    verify_raw_header); it only makes the check cheaper. `read_into`: the compiled open + readv
+    + close for the fast path (disk_native.reader); None reads with Python.
 
     Raises:
         FileNotFoundError: no object at `path`.
         OSError: the read failed.
         DamagedObjectError: the object is corrupt, truncated, foreign or of another key or layout.
     """
+    if key is not None and read_into is not None:
+        landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
+        size = len(landing.header) + landing.payload_bytes
+        got, inode = read_into(path, landing.parts, size)
+        if got == size:
+            try:
+                header_checksum = _verify_landing(landing, key, layout, known_header)
+            except FormatError as exc:
+                raise DamagedObjectError(str(exc), inode) from exc
+            return _delivered(ReadResult(key, landing.tensor, size, header_checksum), out)
+        # another size: another codec, or damage; the general path below decides
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
-        if key is not None and (fast := _read_raw_into(fd, key, layout, out, known_header)) is not None:
+        if key is not None and read_into is None \
+                and (fast := _read_raw_into(fd, key, layout, out, known_header)) is not None:
             result = ReadResult(key, *fast)
         else:
             os.lseek(fd, 0, os.SEEK_SET)
@@ -77,6 +95,11 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
         raise DamagedObjectError(str(exc), inode_of(fd)) from exc
     finally:
         close(fd)
+    return _delivered(result, out)
+
+
+def _delivered(result: ReadResult, out: torch.Tensor | None) -> ReadResult:
+    """`result` with its block in `out` when one was given (a copy unless it landed there)."""
     if out is not None and result.data.data_ptr() != out.data_ptr():
         out.copy_(result.data)
         return ReadResult(result.key, out, result.size, result.header_checksum)
@@ -88,17 +111,22 @@ def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout, out: torch.Tensor |
     """`(block, object bytes, header checksum)` if the file has exactly a raw block's size; else
     None (nothing decided)."""
     landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
-    header, parts = landing.header, landing.parts
-    size = len(header) + landing.payload_bytes
+    parts = landing.parts
+    size = len(landing.header) + landing.payload_bytes
     got = os.readv(fd, parts)
     if got < size:  # NOTE: a regular file reads short only at its end, or very rarely on a signal
         os.lseek(fd, 0, os.SEEK_SET)
         got = read_exact_into(fd, parts)
     if got != size:  # shorter or longer: another codec, or damage
         return None
-    if pieces_checksum(landing.pieces) != verify_raw_header(header, key, layout, known_header):
+    return landing.tensor, size, _verify_landing(landing, key, layout, known_header)
+
+
+def _verify_landing(landing: _Landing, key: BlockKey, layout: KVLayout, known_header: int | None) -> int:
+    """The header checksum of the raw object that landed, once header and payload are verified."""
+    if pieces_checksum(landing.pieces) != verify_raw_header(landing.header, key, layout, known_header):
         raise FormatError("payload checksum mismatch: the payload is corrupt")
-    return landing.tensor, size, stored_header_checksum(header)
+    return stored_header_checksum(landing.header)
 
 
 def _read_any(fd: int, size: int, key: BlockKey | None, layout: KVLayout) -> tuple[BlockHeader, torch.Tensor]:

@@ -115,7 +115,7 @@ def test_puts_good_and_failed_leave_no_descriptor_open(
 
 def test_injected_read_eio_is_a_miss_that_keeps_the_object(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, native_io=False)  # NOTE: the fault is injected into the Python twin
     store.put(make_key(0), make_block(0))
 
     def failing_readv(fd: int, buffers: object) -> int:

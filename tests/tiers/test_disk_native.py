@@ -96,6 +96,40 @@ def test_bad_arguments_raise_typed_errors_and_write_nothing(tmp_path: Path) -> N
 
 
 @needs_native
+def test_read_into_fills_parts_to_the_wanted_length_and_names_the_inode(tmp_path: Path) -> None:
+    from kvtier.tiers import _fileio
+
+    path = tmp_path / "obj"
+    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    head, body, probe = bytearray(100), bytearray(10140), bytearray(1)
+    before = open_fds()
+    got, inode = _fileio.read_into(str(path), [memoryview(head), memoryview(body), memoryview(probe)], 10240)
+    assert (got, inode) == (10240, path.stat().st_ino) and bytes(head + body) == path.read_bytes()
+    path.write_bytes(path.read_bytes() + b"!")  # one byte longer: the probe catches it
+    assert _fileio.read_into(str(path), [memoryview(head), memoryview(body), memoryview(probe)], 10240)[0] == 10241
+    path.write_bytes(b"short")
+    assert _fileio.read_into(str(path), [memoryview(head), memoryview(body)], 10240)[0] == 5
+    with pytest.raises(FileNotFoundError):
+        _fileio.read_into(str(tmp_path / "absent"), [memoryview(head)], 100)
+    with pytest.raises(BufferError):
+        _fileio.read_into(str(path), [b"read-only bytes"], 5)
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False], ids=["compiled", "python"])
+def test_damaged_object_is_a_miss_removed_and_written_again_whole(tmp_path: Path, native: bool) -> None:
+    store = open_store(tmp_path, native_io=native)
+    store.put(make_key(0), make_block(0))
+    path = object_files(tmp_path)[0]
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0x01
+    path.write_bytes(blob)
+    assert store.get(make_key(0)) is None and store.stats.corrupt == 1 and not path.exists()
+    store.put(make_key(0), make_block(0))  # and written again, it reads whole
+    assert same_bits(store.get(make_key(0)), make_block(0))
+
+
+@needs_native
 def test_publish_onto_an_existing_name_raises_file_exists_and_keeps_it(tmp_path: Path) -> None:
     from kvtier.tiers import _fileio
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ import xxhash
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.disk_io import close_holding_gil
-from kvtier.tiers.disk_read import read_block
+from kvtier.tiers.disk_native import native_built, reader
+from kvtier.tiers.disk_read import ReadResult, read_block
 from kvtier.tiers import format as block_format
 from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for, stored_header_checksum
 from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_fds, open_store, same_bits
@@ -39,22 +42,34 @@ def reseal_header(blob: bytearray) -> bytearray:
     return blob
 
 
+ReadFn = Callable[..., ReadResult]
+
+
+@pytest.fixture(params=["python", "compiled"])
+def read(request: pytest.FixtureRequest) -> ReadFn:
+    """read_block with the Python open/readv, or with the compiled one (disk_native.reader)."""
+    if request.param == "compiled" and not native_built():
+        pytest.skip("kvtier.tiers._fileio is not built")
+    return functools.partial(read_block, read_into=reader(request.param == "compiled"))
+
+
 KNOWN = stored_header_checksum(raw_object()[:HEADER_LEN])  # what a store that wrote KEY's object remembers
 KNOWN_OR_NOT = [None, KNOWN]  # every damage check runs with and without the remembered header checksum
 
 
-def test_reads_into_the_callers_buffer(tmp_path: Path) -> None:
+def test_reads_into_the_callers_buffer(read: ReadFn, tmp_path: Path) -> None:
     path = write(tmp_path, raw_object())
     out = torch.full(LAYOUT.block_shape, float("nan"), dtype=LAYOUT.dtype)
-    result = read_block(path, KEY, LAYOUT, out)
+    result = read(path, KEY, LAYOUT, out)
     assert result.data.data_ptr() == out.data_ptr() and same_bits(out, make_block(3))
     assert result.key == KEY and result.size == HEADER_LEN + LAYOUT.page_size_bytes
     # The per-thread byte view of `out` is reused; a second read into it must still be whole.
     out.fill_(float("nan"))
-    assert same_bits(read_block(path, KEY, LAYOUT, out).data, make_block(3))
+    assert same_bits(read(path, KEY, LAYOUT, out).data, make_block(3))
 
 
-def test_alternating_output_buffers_get_each_read_and_damage_is_caught_through_them(tmp_path: Path) -> None:
+def test_alternating_output_buffers_get_each_read_and_damage_is_caught_through_them(
+        read: ReadFn, tmp_path: Path) -> None:
     # 256 KiB payloads: four checksum pieces, which the per-thread landing of `out` keeps.
     layout = KVLayout(num_layers=2, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.float16)
     keys = [make_key(i) for i in range(3)]
@@ -66,7 +81,7 @@ def test_alternating_output_buffers_get_each_read_and_damage_is_caught_through_t
     out_a, out_b = (torch.empty(layout.block_shape, dtype=layout.dtype) for _ in range(2))
     held = {}  # what each buffer must hold: a read into one never lands in the other
     for i, out in [(0, out_a), (1, out_b), (2, out_a), (0, out_a), (2, out_b), (1, out_a)]:
-        result = read_block(paths[i], keys[i], layout, out)
+        result = read(paths[i], keys[i], layout, out)
         held[id(out)] = blocks[i]
         assert result.data is out and all(same_bits(o, held[id(o)]) for o in (out_a, out_b) if id(o) in held)
     blob = bytearray(Path(paths[1]).read_bytes())
@@ -74,96 +89,100 @@ def test_alternating_output_buffers_get_each_read_and_damage_is_caught_through_t
     Path(paths[1]).write_bytes(blob)
     for out in (out_a, out_b, out_a):
         with pytest.raises(FormatError, match="payload checksum"):
-            read_block(paths[1], keys[1], layout, out)
+            read(paths[1], keys[1], layout, out)
 
 
-def test_reads_into_a_strided_buffer_and_without_one(tmp_path: Path) -> None:
+def test_reads_into_a_strided_buffer_and_without_one(read: ReadFn, tmp_path: Path) -> None:
     path = write(tmp_path, raw_object())
     strided = torch.empty(LAYOUT.block_shape[::-1], dtype=LAYOUT.dtype).permute(4, 3, 2, 1, 0)
     assert not strided.is_contiguous()
-    assert same_bits(read_block(path, KEY, LAYOUT, strided).data.contiguous(), make_block(3))
+    assert same_bits(read(path, KEY, LAYOUT, strided).data.contiguous(), make_block(3))
     assert same_bits(strided.contiguous(), make_block(3))
-    assert same_bits(read_block(path, KEY, LAYOUT).data, make_block(3))
+    assert same_bits(read(path, KEY, LAYOUT).data, make_block(3))
 
 
 @pytest.mark.parametrize("known", KNOWN_OR_NOT)
 @pytest.mark.parametrize("position", range(HEADER_LEN))
-def test_every_flipped_header_byte_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
+def test_every_flipped_header_byte_is_caught(
+        read: ReadFn, tmp_path: Path, position: int, known: int | None) -> None:
     blob = raw_object()
     blob[position] ^= 0x10
     with pytest.raises(FormatError):
-        read_block(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
+        read(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("position", [HEADER_LEN, HEADER_LEN + 1, HEADER_LEN + LAYOUT.page_size_bytes // 2, -1])
 @pytest.mark.parametrize("known", KNOWN_OR_NOT)
-def test_flipped_payload_byte_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
+def test_flipped_payload_byte_is_caught(
+        read: ReadFn, tmp_path: Path, position: int, known: int | None) -> None:
     blob = raw_object()
     blob[position] ^= 0x01
     with pytest.raises(FormatError, match="payload checksum"):
-        read_block(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
+        read(write(tmp_path, blob), KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("position", [h for h in range(14, HEADER_LEN - 8)
                                       if not FIXED_HEADER_BYTES - 8 <= h < FIXED_HEADER_BYTES])
 @pytest.mark.parametrize("known", KNOWN_OR_NOT)
-def test_every_resealed_header_field_change_is_caught(tmp_path: Path, position: int, known: int | None) -> None:
+def test_every_resealed_header_field_change_is_caught(
+        read: ReadFn, tmp_path: Path, position: int, known: int | None) -> None:
     # The header checksum is valid again, so only comparing the fields with the key's can catch it.
     blob = raw_object()
     blob[position] ^= 0x01
     with pytest.raises(FormatError):
-        read_block(write(tmp_path, reseal_header(blob)), KEY, LAYOUT, known_header=known)
+        read(write(tmp_path, reseal_header(blob)), KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("known", KNOWN_OR_NOT)
-def test_another_keys_object_names_the_mismatch(tmp_path: Path, known: int | None) -> None:
+def test_another_keys_object_names_the_mismatch(read: ReadFn, tmp_path: Path, known: int | None) -> None:
     path = write(tmp_path, raw_object(make_key(4)))
     with pytest.raises(FormatError, match="block hash mismatch"):
-        read_block(path, KEY, LAYOUT, known_header=known)
+        read(path, KEY, LAYOUT, known_header=known)
 
 
 @pytest.mark.parametrize("other", [KEY._replace(token_ids=(7, 7, 7, 7)), KEY._replace(token_ids=(1, 2, 3)),
                                    KEY._replace(namespace=bytes(32)), KEY._replace(token_ids=(2 ** 32, 0, 0, 0)),
                                    KEY._replace(namespace=KEY.namespace[:31]),  # a prefix of the stored one
                                    KEY._replace(block_hash=KEY.block_hash[:16])])
-def test_known_header_checksum_never_vouches_for_another_key(tmp_path: Path, other: object) -> None:
+def test_known_header_checksum_never_vouches_for_another_key(
+        read: ReadFn, tmp_path: Path, other: object) -> None:
     # Same block hash, other identity: the remembered checksum matches the header, the key does not.
     with pytest.raises((FormatError, ValueError)):
-        read_block(write(tmp_path, raw_object()), other, LAYOUT, known_header=KNOWN)  # type: ignore[arg-type]
+        read(write(tmp_path, raw_object()), other, LAYOUT, known_header=KNOWN)  # type: ignore[arg-type]
 
 
-def test_known_header_checksum_skips_building_the_expected_header(tmp_path: Path,
+def test_known_header_checksum_skips_building_the_expected_header(read: ReadFn, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, raw_object())
 
     def must_not_run(*args: object) -> None:
         raise AssertionError("the expected header was built")
     monkeypatch.setattr(block_format, "_pack_header", must_not_run)
-    result = read_block(path, KEY, LAYOUT, known_header=KNOWN)
+    result = read(path, KEY, LAYOUT, known_header=KNOWN)
     assert same_bits(result.data, make_block(3)) and result.header_checksum == KNOWN
     with pytest.raises(AssertionError, match="expected header was built"):
-        read_block(path, KEY, LAYOUT)
+        read(path, KEY, LAYOUT)
 
 
-def test_stale_known_header_checksum_falls_back_to_the_full_check(tmp_path: Path) -> None:
+def test_stale_known_header_checksum_falls_back_to_the_full_check(read: ReadFn, tmp_path: Path) -> None:
     # Another writer's copy of the same key (shared folder), or a record from before a rewrite.
-    result = read_block(write(tmp_path, raw_object()), KEY, LAYOUT, known_header=KNOWN ^ 1)
+    result = read(write(tmp_path, raw_object()), KEY, LAYOUT, known_header=KNOWN ^ 1)
     assert same_bits(result.data, make_block(3)) and result.header_checksum == KNOWN
 
 
 @pytest.mark.parametrize("change", [-1, 1, -LAYOUT.page_size_bytes])
-def test_short_or_long_file_is_caught(tmp_path: Path, change: int) -> None:
+def test_short_or_long_file_is_caught(read: ReadFn, tmp_path: Path, change: int) -> None:
     blob = raw_object()
     blob = blob[:change] if change < 0 else blob + b"\0" * change
     with pytest.raises(FormatError):
-        read_block(write(tmp_path, blob), KEY, LAYOUT)
+        read(write(tmp_path, blob), KEY, LAYOUT)
 
 
-def test_wrong_out_is_never_half_written_as_a_result(tmp_path: Path) -> None:
+def test_wrong_out_is_never_half_written_as_a_result(read: ReadFn, tmp_path: Path) -> None:
     # An out of another dtype is not a direct target: the read lands in a fresh tensor, then copies.
     path = write(tmp_path, raw_object())
     out = torch.zeros(LAYOUT.block_shape, dtype=torch.float32)
-    result = read_block(path, KEY, LAYOUT, out)
+    result = read(path, KEY, LAYOUT, out)
     assert result.data is out and torch.equal(out, make_block(3).float())
 
 
@@ -176,9 +195,10 @@ def test_close_holding_gil_closes_and_reports_a_bad_descriptor(tmp_path: Path) -
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("shared", [False, True])
-def test_store_reads_leave_no_descriptor_open(tmp_path: Path, shared: bool) -> None:
-    store = open_store(tmp_path, shared=shared)
+def test_store_reads_leave_no_descriptor_open(tmp_path: Path, shared: bool, native: bool) -> None:
+    store = open_store(tmp_path, shared=shared, native_io=native)
     keys = [make_key(i) for i in range(5)]
     for i, key in enumerate(keys):
         store.put(key, make_block(i))
