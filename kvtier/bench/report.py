@@ -115,7 +115,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [(f"kvtier bench storage{' --calibrate (plain files on both sides)' if cfg['calibrate'] else ''}: "
               f"{cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
              f"codec {cfg['codec']}, fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, "
-             f"read ratio {cfg['read_ratio']}, {'compiled' if cfg['native_io'] else 'Python'} writes, "
+             f"read ratio {cfg['read_ratio']}, {'compiled' if cfg['native_io'] else 'Python'} file I/O, "
              f"{report['device']['fs_type']} at {cfg['path']}")]
     lines += [f"{a:<14}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
     spread = "; ".join(
@@ -172,6 +172,6 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
         "api": config.api, "calibrate": config.calibrate,
-        "native_io": native_built()}  # whether the tier wrote through the compiled routine (disk_native.py)
+        "native_io": native_built()}  # the tier did its file I/O through _fileio.c (disk_native.py)
     report["device"] = device_facts(config.path)
     return report
