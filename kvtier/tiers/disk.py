@@ -1,7 +1,8 @@
 """DiskStore: the disk tier (local NVMe) and the shared-folder tier (NFS), one implementation.
 
-One self-verifying object per block (`format.py`), named by its hash (`disk_paths.py`), written
-to a temporary name and renamed into place; every read is verified, and any failure is a miss.
+One self-verifying object per block (`format.py`), named by its hash (`disk_paths.py`), published
+whole (an O_TMPFILE inode linked into place, or a temporary name renamed; the file I/O is one
+compiled call where built, `disk_native.py`); every read is verified, and any failure is a miss.
 The folder is the truth: a new DiskStore on it rebuilds its index from the files.
 """
 from __future__ import annotations
