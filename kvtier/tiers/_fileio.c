@@ -72,6 +72,19 @@ static int parts_hold(PyObject *seq_obj, int flags, Parts *p) {
     return 0;
 }
 
+/* Drop `n` bytes from the front of the iovec array (*iov, *left): after a short readv/writev. */
+static void iov_consume(struct iovec **iov, int *left, size_t n) {
+    while (*left > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)++;
+        (*left)--;
+    }
+    if (*left > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
+}
+
 /* Write every byte of the parts to fd; 0 or an errno. Advances p->iov (a call uses it once). */
 static int write_all(int fd, Parts *p) {
     struct iovec *iov = p->iov;
@@ -83,17 +96,17 @@ static int write_all(int fd, Parts *p) {
             return errno;
         }
         if (written == 0) return EIO;
-        while (left > 0 && (size_t)written >= iov->iov_len) {
-            written -= (ssize_t)iov->iov_len;
-            iov++;
-            left--;
-        }
-        if (left > 0) {
-            iov->iov_base = (char *)iov->iov_base + written;
-            iov->iov_len -= (size_t)written;
-        }
+        iov_consume(&iov, &left, (size_t)written);
     }
     return 0;
+}
+
+static int open_retrying(const char *path, int flags) {
+    int fd;
+    do {
+        fd = open(path, flags | O_CLOEXEC, 0644);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
 }
 
 static int fsync_retrying(int fd) {
@@ -143,10 +156,7 @@ static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     int err = 0;
     const char *err_path = final_path;
     Py_BEGIN_ALLOW_THREADS
-    int fd;
-    do {
-        fd = open(folder, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
-    } while (fd < 0 && errno == EINTR);
+    int fd = open_retrying(folder, O_TMPFILE | O_WRONLY);
     if (fd < 0) {
         err = errno;
         err_path = folder;
@@ -185,10 +195,8 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     PyObject *temp_obj = NULL, *final_obj = NULL, *parts_obj;
     int do_fsync;
     if (!PyArg_ParseTuple(args, "O&O&Op:write_renamed", PyUnicode_FSConverter, &temp_obj,
-                          PyUnicode_FSConverter, &final_obj, &parts_obj, &do_fsync)) {
-        Py_XDECREF(temp_obj);
-        return NULL;
-    }
+                          PyUnicode_FSConverter, &final_obj, &parts_obj, &do_fsync))
+        return NULL;  /* NOTE: PyUnicode_FSConverter releases what it converted when a later argument fails */
     const char *temp_path = PyBytes_AS_STRING(temp_obj), *final_path = PyBytes_AS_STRING(final_obj);
     Parts parts;
     if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
@@ -200,10 +208,7 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     int err = 0;
     const char *err_path = temp_path;
     Py_BEGIN_ALLOW_THREADS
-    int fd;
-    do {
-        fd = open(temp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    } while (fd < 0 && errno == EINTR);
+    int fd = open_retrying(temp_path, O_WRONLY | O_CREAT | O_EXCL);
     if (fd < 0) {
         err = errno;
     } else {
@@ -248,10 +253,7 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
     Py_ssize_t total = 0;
     unsigned long long inode = 0;
     Py_BEGIN_ALLOW_THREADS
-    int fd;
-    do {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-    } while (fd < 0 && errno == EINTR);
+    int fd = open_retrying(path, O_RDONLY);
     if (fd < 0) {
         err = errno;
     } else {
@@ -266,15 +268,7 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
             }
             if (got == 0) break;
             total += got;
-            while (left > 0 && (size_t)got >= iov->iov_len) {
-                got -= (ssize_t)iov->iov_len;
-                iov++;
-                left--;
-            }
-            if (left > 0) {
-                iov->iov_base = (char *)iov->iov_base + got;
-                iov->iov_len -= (size_t)got;
-            }
+            iov_consume(&iov, &left, (size_t)got);
         }
         struct stat st;
         if (fstat(fd, &st) == 0) inode = (unsigned long long)st.st_ino;
