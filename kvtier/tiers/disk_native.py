@@ -37,9 +37,7 @@ Publisher = Callable[[str, Callable[[], str], Sequence[BufferLike], bool], None]
 
 def reader(native: bool) -> Reader | None:
     """The compiled open + readv + close for a store's reads, or None (read with Python)."""
-    if native and _fileio is None:
-        _log_not_built()
-    return _fileio.read_into if native and _fileio is not None else None
+    return _fileio.read_into if _compiled(native) else None
 
 
 def native_built() -> bool:
@@ -52,9 +50,7 @@ def choose_publisher(linker: Linker | None, native: bool) -> Publisher:
 
     `native` asks for the compiled routine; without it built, this logs once and uses Python.
     """
-    if native and _fileio is None:
-        _log_not_built()
-    if not native or _fileio is None:
+    if not _compiled(native):
         return _python_renamed if linker is None else functools.partial(publish_unnamed, link=linker)
     return _native_renamed if linker is None else functools.partial(_native_unnamed, links_through_proc(linker),
                                                                       linker)
@@ -74,6 +70,13 @@ def _native_unnamed(via_proc: bool, linker: Linker, final_path: str, temp_path: 
         _fileio.publish_unnamed(final_path, parts, fsync, via_proc)
     except FileExistsError:  # a leftover the index did not know: the twin replaces it atomically
         publish_unnamed(final_path, temp_path, parts, fsync, linker)
+
+
+def _compiled(native: bool) -> bool:
+    """Whether to use the compiled routines: asked for and built (logs once when asked for but not built)."""
+    if native and _fileio is None:
+        _log_not_built()
+    return native and _fileio is not None
 
 
 @functools.cache

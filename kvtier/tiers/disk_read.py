@@ -73,7 +73,7 @@ def read_block(path: str, key: BlockKey | None, layout: KVLayout, out: torch.Ten
     """
     if key is not None and read_into is not None:
         landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
-        size = len(landing.header) + landing.payload_bytes
+        size = landing.object_bytes
         got, inode = read_into(path, landing.parts, size)
         if got == size:
             try:
@@ -111,8 +111,7 @@ def _read_raw_into(fd: int, key: BlockKey, layout: KVLayout, out: torch.Tensor |
     """`(block, object bytes, header checksum)` if the file has exactly a raw block's size; else
     None (nothing decided)."""
     landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
-    parts = landing.parts
-    size = len(landing.header) + landing.payload_bytes
+    parts, size = landing.parts, landing.object_bytes
     got = os.readv(fd, parts)
     if got < size:  # NOTE: a regular file reads short only at its end, or very rarely on a signal
         os.lseek(fd, 0, os.SEEK_SET)
@@ -154,7 +153,7 @@ class _Landing:
     header: bytearray
     parts: list[memoryview]  # [header, payload, probe]: one readv
     pieces: list[memoryview]  # the payload as payload_checksum cuts it
-    payload_bytes: int
+    object_bytes: int  # header + payload: the size of the raw object that fits exactly
 
 
 def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int) -> _Landing:
@@ -176,7 +175,7 @@ def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int) -> _La
     payload = tensor_bytes(target)
     header = bytearray(header_len)
     landing = _Landing(target, target.data_ptr(), header, [memoryview(header), payload, _PROBE],
-                       checksum_pieces(payload), payload.nbytes)
+                       checksum_pieces(payload), header_len + payload.nbytes)
     if direct:
         _local.landing = landing
     return landing
