@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test test-all bench lint clean
 
-$(STAMP): pyproject.toml setup.py kvtier/tiers/_fileio.c
+$(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A bare `torch` requirement pulls a multi-GB CUDA build; pin the CPU build when none is present.
@@ -28,4 +28,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benches/bench_alloc.py --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks kvtier/tiers/_fileio*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks kvtier/tiers/disk/_fileio*.so

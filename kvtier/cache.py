@@ -1,9 +1,10 @@
 """TieredKVCache: the block manager, the device pool and the tiers below it, wired together.
 
-Device evictions are offloaded down (write-back: device -> host synchronously, a memcpy; host ->
-disk asynchronously through the transfer engine). A prompt whose prefix continues in a lower tier
-gets those blocks pinned and read in the background; `finish_onload` puts them on the device.
-All bookkeeping stays on the caller's thread; only bytes move on the engine's workers.
+Build one from a KVTierConfig (`TieredKVCache.from_config`). Device evictions are offloaded down
+(write-back: into a tier whose puts are memory copies on the caller's thread, else through the
+transfer engine). A prompt whose prefix continues in a lower tier gets those blocks pinned and
+read in the background; `finish_onload` puts them on the device. All bookkeeping stays on the
+caller's thread; only bytes move on the engine's workers.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import torch
 from kvtier.block.block import Block
 from kvtier.block.manager import BlockManager, SeqState
 from kvtier.cache_stats import CacheStats
-from kvtier.config import KVLayout
+from kvtier.config import KVLayout, KVTierConfig, SharedTierConfig
 from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
-from kvtier.tiers.gpu import DevicePool
+from kvtier.tiers.device import DevicePool
 from kvtier.transfer.engine import TransferEngine
 from kvtier.transfer.onload import LowerHit, OnloadHandle
+from kvtier.transfer.staging import DeviceToHost
 from kvtier.types import BlockHash, Namespace, SeqId, TierKind
 
 
@@ -35,13 +37,19 @@ class TieredKVCache:
         write_through: tiers (usually shared ones) that get every newly computed block at once,
             so other hosts can hit it, instead of only on eviction.
         engine: the transfer engine to use (one is made and owned otherwise).
+
+    Raises:
+        ValueError: a tier stores blocks of another layout.
     """
 
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
                  device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
                  engine: TransferEngine | None = None) -> None:
+        _check_layouts(layout, "tier", lower_tiers)
+        _check_layouts(layout, "write_through tier", write_through)
         self.layout = layout
         self.pool = DevicePool(layout, num_device_blocks, device)
+        self._staging = DeviceToHost(self.pool)
         self.manager = BlockManager(num_device_blocks, layout.block_size, eviction_hook=self._offload)
         self.tiers = list(lower_tiers)
         self.write_through = list(write_through)
@@ -51,6 +59,30 @@ class TieredKVCache:
             upper.set_eviction_hook(functools.partial(self._spill_copy, lower))
         self._onloads: dict[SeqId, OnloadHandle] = {}
         self.stats = CacheStats()
+
+    @classmethod
+    def from_config(cls, config: KVTierConfig) -> TieredKVCache:
+        """The cache `config` describes, with its tiers opened (folders warm-restarted) and its own engine.
+
+        Raises:
+            TierIOError: a folder tier's path cannot be used.
+        """
+        from kvtier.tiers.build import open_tier
+
+        tiers: list[TierStore] = []
+        try:
+            for tier_config in config.tiers:
+                tiers.append(open_tier(config.layout, tier_config))
+        except BaseException:
+            for tier in tiers:
+                tier.close()
+            raise
+        write_through = [t for t, c in zip(tiers, config.tiers) if isinstance(c, SharedTierConfig) and c.write_through]
+        engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
+        cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
+                    write_through=write_through, engine=engine)
+        cache._owns_engine = True
+        return cache
 
     def key_of(self, block: Block) -> BlockKey:
         assert block.block_hash is not None and block.namespace is not None, f"{block} is not registered"
@@ -138,10 +170,10 @@ class TieredKVCache:
         if not self.tiers:
             self.stats.dropped_blocks += len(blocks)
             return
-        data = self.pool.read_blocks([b.block_id for b in blocks]).cpu()  # [n, *block_shape], ours now
+        data = self._staging.copy_out([b.block_id for b in blocks])  # [n, *block_shape], ours now
         first = self.tiers[0]
         for block, block_data in zip(blocks, data):
-            if first.kind is TierKind.HOST:
+            if first.puts_inline:
                 try:
                     first.put(self.key_of(block), block_data)
                 except KVTierError:  # every host slot pinned by transfers: this block is not kept
@@ -162,7 +194,7 @@ class TieredKVCache:
             raise RuntimeError(f"sequence {seq_id!r} has an onload in flight; call finish_onload first")
         registered = self.manager.mark_computed(seq_id, num_tokens)
         if registered and self.write_through:
-            data = self.pool.read_blocks([b.block_id for b in registered]).cpu()
+            data = self._staging.copy_out([b.block_id for b in registered])
             for block, block_data in zip(registered, data):
                 for tier in self.write_through:
                     self.engine.spill(tier, self.key_of(block), block_data)
@@ -189,3 +221,13 @@ class TieredKVCache:
             self.engine.close()
         for tier in dict.fromkeys(self.tiers + self.write_through):
             tier.close()
+
+
+def _check_layouts(layout: KVLayout, what: str, tiers: Sequence[TierStore]) -> None:
+    """ValueError naming the first tier whose blocks are not of `layout`, and how the layouts differ."""
+    for i, tier in enumerate(tiers):
+        if tier.layout != layout:
+            fields = [name for name, value in layout.to_dict().items() if tier.layout.to_dict()[name] != value]
+            raise ValueError(f"{what} {i} ({type(tier).__name__}) stores blocks of {tier.layout}, but the cache's "
+                             f"layout is {layout} (they differ in {', '.join(fields)}); build every tier with the "
+                             "cache's layout")

@@ -20,4 +20,5 @@ class TierKind(enum.Enum):
     DEVICE = "device"
     HOST = "host"
     DISK = "disk"
-    SHARED = "shared"  # NFS folder or Redis/Valkey
+    SHARED = "shared"  # a folder several hosts share (NFS)
+    REMOTE = "remote"  # a Redis/Valkey server or cluster

@@ -101,3 +101,12 @@ def test_block_whose_spill_has_not_landed_still_hits():
     assert cache.stats.hit_blocks[TierKind.HOST] >= 1  # GatedStore is a HostStore: its kind is HOST
     slow.gate.set()
     cache.close()
+
+
+def test_a_tier_of_another_layout_is_refused_at_construction():
+    other = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"head_dim.*4.*8|8.*4.*head_dim") as refused:
+        TieredKVCache(LAYOUT, 8, [HostStore(LAYOUT, 4), HostStore(other, 4)])
+    assert "tier 1" in str(refused.value) and "HostStore" in str(refused.value)
+    with pytest.raises(ValueError, match="write_through"):
+        TieredKVCache(LAYOUT, 8, [HostStore(LAYOUT, 4)], write_through=[HostStore(other, 4)])

@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from kvtier.config import (
-    CacheConfig,
+    DeviceTierConfig,
     DiskTierConfig,
+    HostTierConfig,
     KVLayout,
     KVTierConfig,
     ModelConfig,
+    SharedTierConfig,
     parse_dtype,
 )
 
@@ -64,15 +66,28 @@ def test_model_heads_must_divide():
 
 
 def test_full_config_from_dict_validates_every_part():
-    cfg = KVTierConfig.from_dict({"layout": layout().to_dict(), "cache": {"num_device_blocks": 8},
-                                  "disk": [{"path": "/tmp/x", "capacity_bytes": 1 << 20}]})
-    assert cfg.disk[0].codec == "raw" and cfg.cache.num_host_blocks == 0
-    with pytest.raises(ValueError, match="CacheConfig.num_device_blocks must be >= 1, got 0"):
-        CacheConfig(num_device_blocks=0)
+    cfg = KVTierConfig.from_dict({"layout": layout().to_dict(), "device": {"num_blocks": 8},
+                                  "tiers": [{"kind": "disk", "path": "/tmp/x", "capacity_bytes": 1 << 20}]})
+    assert cfg.tiers[0].codec == "raw" and cfg.device.device == "cpu"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="DeviceTierConfig.num_blocks must be >= 1, got 0"):
+        DeviceTierConfig(num_blocks=0)
     with pytest.raises(ValueError, match="DiskTierConfig.codec must be 'raw' or 'zstd', got 'lz4'"):
         DiskTierConfig(path="/tmp/x", capacity_bytes=1, codec="lz4")
-    with pytest.raises(ValueError, match="CacheConfig.num_host_blocks must be an integer >= 0, got -1"):
-        CacheConfig(num_device_blocks=1, num_host_blocks=-1)
+    with pytest.raises(ValueError, match="HostTierConfig.num_blocks must be >= 1, got -1"):
+        HostTierConfig(num_blocks=-1)
+    with pytest.raises(ValueError, match="DiskTierConfig.min_free_bytes must be an integer >= 0, got -1"):
+        DiskTierConfig(path="/tmp/x", capacity_bytes=1, min_free_bytes=-1)
+
+
+def test_tiers_compose_fastest_first_with_distinct_folders():
+    disk, host = DiskTierConfig(path="/tmp/x", capacity_bytes=1), HostTierConfig(num_blocks=2)
+    device = DeviceTierConfig(num_blocks=4)
+    with pytest.raises(ValueError, match=r"tiers\[1\] is a host tier; a host tier can only be the first"):
+        KVTierConfig(layout=layout(), device=device, tiers=(disk, host))
+    with pytest.raises(ValueError, match=r"tiers\[1\].path '/tmp/x/' is used by an earlier tier"):
+        KVTierConfig(layout=layout(), device=device, tiers=(disk, SharedTierConfig(path="/tmp/x/", capacity_bytes=1)))
+    with pytest.raises(ValueError, match=r"file_mode must be permission bits .* got 256"):
+        DiskTierConfig(path="/tmp/x", capacity_bytes=1, file_mode=0o400)
 
 
 def test_model_fingerprint_covers_dims_dtype_and_weights():
@@ -86,3 +101,10 @@ def test_model_fingerprint_covers_dims_dtype_and_weights():
     assert len(prints) == 4 and model_fingerprint(base, "sha:1") == model_fingerprint(base, "sha:1")
     with pytest.raises(ValueError, match="weights_id must be a non-empty string"):
         model_fingerprint(base, "")
+
+
+@pytest.mark.parametrize("field", ["fsync", "tmpfile", "native_io"])
+@pytest.mark.parametrize("bad", ["no", 0, None])
+def test_disk_switches_must_be_booleans(field, bad):
+    with pytest.raises(ValueError, match=rf"DiskTierConfig.{field} must be True or False, got {bad!r}"):
+        DiskTierConfig(path="/tmp/x", capacity_bytes=1, **{field: bad})

@@ -23,3 +23,22 @@ def test_wheel_maps_kernels_under_kvtier(tmp_path):
     assert "kvtier/kernels/__init__.py" in names and "kvtier/kernels/reference.py" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
+    assert "kvtier/tiers/disk/_fileio.pyi" in names  # the compiled routine's stub ships with its package
+
+
+def test_import_and_help_do_not_load_torch(tmp_path):
+    code = ("import sys, contextlib, io, kvtier, kvtier.cli.main as cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['--help'])\n"
+            "for command in ('demo', 'info', 'bench', 'cache'):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        cli.main([command, '--help'])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'triton')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_load_on_first_use(tmp_path):
+    code = "import kvtier; print(kvtier.DiskStore.__module__, kvtier.KVTierConfig.__name__, 'DiskStore' in dir(kvtier))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["kvtier.tiers.disk.store", "KVTierConfig", "True"]

@@ -20,8 +20,8 @@ import torch
 
 from kvtier.bench.workload import BlockOp
 from kvtier.errors import TierIOError
-from kvtier.tiers.disk_paths import make_fanout
-from kvtier.tiers.format_codecs import tensor_bytes
+from kvtier.tiers.disk.names import FANOUT_DIRS
+from kvtier.tiers.format.codecs import tensor_bytes
 
 RAW_SUFFIX = ".raw"
 
@@ -83,6 +83,12 @@ class RawFiles:
                               "the folder was changed during the run") from exc
         if got != len(buf):
             raise TierIOError(f"raw ceiling: {self.path(op)} has {got} bytes, expected {len(buf)}")
+
+
+def make_fanout(folder: str) -> None:
+    """The 256 fan-out folders of a tier's layout under `folder` (the raw side's files sit beside the tier's)."""
+    for name in FANOUT_DIRS:
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
 
 
 def write_file(path: str, payload: memoryview, fsync: bool) -> None:

@@ -11,11 +11,10 @@ import threading
 
 import torch
 
-from kvtier.bench.raw_io import fanout_path, read_file_into, write_file
+from kvtier.bench.raw_io import fanout_path, make_fanout, read_file_into, write_file
 from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.tiers.base import BlockKey, TierStore
-from kvtier.tiers.disk_paths import make_fanout
-from kvtier.tiers.format_codecs import tensor_bytes
+from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.types import BlockHash, TierKind
 
 TIER_SUFFIX = ".tier"  # as long as raw_io.RAW_SUFFIX, so both sides' names are alike

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvtier.bench.round_stats import WARMUP_ROUNDS, ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
-from kvtier.tiers.disk_native import native_built
+from kvtier.tiers.disk.fileio import native_built
 
 if TYPE_CHECKING:
     from kvtier.bench.storage import StorageBenchConfig
@@ -172,6 +172,6 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
         "api": config.api, "calibrate": config.calibrate,
-        "native_io": native_built()}  # the tier did its file I/O through _fileio.c (disk_native.py)
+        "native_io": native_built()}  # the tier did its file I/O through _fileio.c (tiers/disk/fileio.py)
     report["device"] = device_facts(config.path)
     return report

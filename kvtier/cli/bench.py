@@ -5,10 +5,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvtier.config import MODEL_PRESETS, KVLayout, ModelConfig
 from kvtier.errors import KVTierError
+from kvtier.presets import MODEL_PRESET_NAMES
+
+if TYPE_CHECKING:
+    from kvtier.config import KVLayout
 
 
 def register(commands: Any) -> None:
@@ -28,7 +31,7 @@ def _register_storage(benches: Any) -> None:
     p.add_argument("--path", type=Path, required=True, help="folder to benchmark (a fresh subfolder is used)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--block-bytes", type=int, help="bytes per block (a 1-layer fp16 layout of that size)")
-    size.add_argument("--model-preset", choices=sorted(MODEL_PRESETS),
+    size.add_argument("--model-preset", choices=MODEL_PRESET_NAMES,
                       help="size blocks from a model's KV shape (default llama-3-8b: 2 MiB at 16 tokens)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
     p.add_argument("--read-ratio", type=float, default=0.8,
@@ -56,7 +59,7 @@ def _register_storage(benches: Any) -> None:
 
 def _register_codec(benches: Any) -> None:
     p = benches.add_parser("codec", help="compression ratio and GB/s of the block codecs on fp16/bf16 data")
-    p.add_argument("--model-preset", choices=sorted(MODEL_PRESETS), default="llama-3-8b",
+    p.add_argument("--model-preset", choices=MODEL_PRESET_NAMES, default="llama-3-8b",
                    help="block shape to encode (default llama-3-8b)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
     p.add_argument("--repeat", type=int, default=20, help="encodes and decodes per case (default 20)")
@@ -67,6 +70,7 @@ def _register_codec(benches: Any) -> None:
 def storage_layout(args: argparse.Namespace) -> KVLayout:
     """The layout named by --block-bytes or --model-preset (llama-3-8b when neither)."""
     from kvtier.bench.storage import layout_for_block_bytes
+    from kvtier.config import ModelConfig
 
     if args.block_bytes is not None:
         return layout_for_block_bytes(args.block_bytes, args.block_size)
@@ -100,6 +104,7 @@ def run_storage(args: argparse.Namespace) -> int:
 
 def run_codec(args: argparse.Namespace) -> int:
     from kvtier.bench.codec import codec_report
+    from kvtier.config import ModelConfig
 
     if args.repeat < 1 or args.block_size < 1:
         args.parser.error(f"--repeat and --block-size must be >= 1, got {args.repeat} and {args.block_size}")

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvtier.config import ModelConfig
+if TYPE_CHECKING:
+    from kvtier.config import KVTierConfig
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("demo", help="replay a synthetic multi-turn chat trace and print hit rates per tier")
+    parser.add_argument("--config", metavar="FILE", help="a TOML file describing the cache (kvtier/config/parse.py); "
+                        "replaces --device-blocks, --host-blocks, --disk and --no-disk")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--device-blocks", type=int, default=64)
@@ -18,23 +22,40 @@ def register(commands: Any) -> None:
     parser.add_argument("--disk", metavar="DIR", help="disk tier folder (default: a temporary folder)")
     parser.add_argument("--no-disk", action="store_true", help="device and host tiers only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser=parser)
+
+
+def flags_config(args: argparse.Namespace, scratch: str) -> KVTierConfig:
+    """The cache the flags describe: the tiny model's layout, a device pool, a host tier, a disk tier."""
+    from kvtier.config import DeviceTierConfig, DiskTierConfig, HostTierConfig, KVTierConfig, ModelConfig
+
+    tiers: list[Any] = [HostTierConfig(num_blocks=args.host_blocks)]
+    if not args.no_disk:
+        tiers.append(DiskTierConfig(path=args.disk or scratch, capacity_bytes=256 << 20, fsync=False))
+    return KVTierConfig(layout=ModelConfig.preset("tiny").kv_layout(block_size=16),
+                        device=DeviceTierConfig(num_blocks=args.device_blocks), tiers=tuple(tiers))
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvtier.demo import DemoConfig, run_demo
+    from kvtier.config import KVTierConfig
+    from kvtier.demo import run_demo
+    from kvtier.errors import KVTierError
 
-    layout = ModelConfig.preset("tiny").kv_layout(block_size=16)
     with tempfile.TemporaryDirectory(prefix="kvtier-demo-") as scratch:
-        disk = None if args.no_disk else (args.disk or scratch)
-        config = DemoConfig(layout=layout, num_device_blocks=args.device_blocks, num_host_blocks=args.host_blocks,
-                            num_conversations=args.conversations, num_turns=args.turns, disk_path=disk)
-        report = run_demo(config)
+        try:
+            config = KVTierConfig.from_toml(args.config) if args.config else flags_config(args, scratch)
+        except (ValueError, OSError) as exc:
+            args.parser.error(str(exc))
+        try:
+            report = run_demo(config, args.conversations, args.turns)
+        except KVTierError as exc:
+            print(f"kvtier demo: error: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"replayed {args.conversations} conversations x {args.turns} turns "
-          f"({report['prompt_tokens']} prompt tokens, block_size {layout.block_size})")
+          f"({report['prompt_tokens']} prompt tokens, block_size {config.layout.block_size})")
     print(f"{'tier':<8}{'block hit rate':>16}")
     for tier, rate in report["hit_rate"].items():
         print(f"{tier:<8}{rate:>16.1%}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -55,6 +55,9 @@ class TierStore(ABC):
     """
 
     kind: TierKind
+    puts_inline = False
+    """True where a put is a memory copy the caller's thread can do (host RAM); else puts of
+    evicted blocks go through the transfer engine's workers."""
 
     def __init__(self, layout: KVLayout) -> None:
         self.layout = layout
@@ -112,23 +115,17 @@ class TierStore(ABC):
     def close(self) -> None:
         """Release files, sockets and executors. Idempotent."""
 
-    def contains_many(self, block_hashes: Sequence[BlockHash]) -> list[bool]:
-        return [self.contains(h) for h in block_hashes]
+    def check_block(self, data: torch.Tensor, op: str = "put") -> None:
+        """Raise TypeError unless `data` is a tensor, ValueError unless it is one block of this layout.
 
-    def put_many(self, keys: Sequence[BlockKey], datas: Sequence[torch.Tensor]) -> None:
-        if len(keys) != len(datas):
-            raise ValueError(f"put_many got {len(keys)} keys and {len(datas)} tensors")
-        for key, data in zip(keys, datas):
-            self.put(key, data)
-
-    def get_many(self, keys: Sequence[BlockKey]) -> list[torch.Tensor | None]:
-        return [self.get(key) for key in keys]
-
-    def check_block(self, data: torch.Tensor) -> None:
-        """Raise ValueError unless `data` is one block of this tier's layout."""
+        `op` names the call in the message ("put" for a block stored, "get" for an output buffer).
+        """
+        what = "a block" if op == "put" else "an output block"
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}.{op} expects a torch.Tensor, got {type(data).__name__}")
         shape = self.layout.block_shape
         if tuple(data.shape) != shape or data.dtype != self.layout.dtype:
-            raise ValueError(f"{type(self).__name__}.put expects a block of shape {list(shape)} "
+            raise ValueError(f"{type(self).__name__}.{op} expects {what} of shape {list(shape)} "
                              f"and dtype {self.layout.dtype}, got {list(data.shape)} {data.dtype}")
 
     def __enter__(self) -> TierStore:

@@ -20,6 +20,7 @@ class HostStore(TierStore):
     """
 
     kind = TierKind.HOST
+    puts_inline = True  # a put is a memory copy: the eviction hook does it on the caller's thread
 
     def __init__(self, layout: KVLayout, num_slots: int, *, pin_memory: bool | None = None) -> None:
         super().__init__(layout)
@@ -81,6 +82,8 @@ class HostStore(TierStore):
         return slot
 
     def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        if out is not None:
+            self.check_block(out, "get")
         with self._lock:
             slot = self._slots.get(key.block_hash)
             if slot is None or self._keys[slot] != key:

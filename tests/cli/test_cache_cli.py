@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvtier.cli.cache import parse_bytes
 from kvtier.cli.main import main
+from kvtier.config.parse import parse_bytes
 from tests.tiers.disk_support import (
     make_block,
     make_key,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvtier.config import DiskTierConfig, KVLayout
+from kvtier.config import DiskTierConfig, KVLayout, SharedTierConfig
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.disk import DiskStore
 from kvtier.types import BlockHash, Namespace
@@ -39,10 +39,17 @@ def object_bytes(layout: KVLayout = LAYOUT) -> int:
     return header_bytes_for(layout.block_size) + layout.page_size_bytes
 
 
-def open_store(path: Path, num_blocks: int = 100, **options: object) -> DiskStore:
-    config = DiskTierConfig(path=str(path), capacity_bytes=num_blocks * object_bytes(),
-                            fsync=bool(options.pop("fsync", False)), **options)  # type: ignore[arg-type]
+def open_store(path: Path, num_blocks: int = 100, *, shared: bool = False, **options: object) -> DiskStore:
+    """A store of LAYOUT holding `num_blocks` objects; `shared` opens the folder as a SharedTierConfig."""
+    config_class = SharedTierConfig if shared else DiskTierConfig
+    config = config_class(path=str(path), capacity_bytes=num_blocks * object_bytes(),
+                          fsync=bool(options.pop("fsync", False)), **options)  # type: ignore[arg-type]
     return DiskStore(LAYOUT, config)
+
+
+def can_link_unnamed(folder: Path) -> bool:
+    """Whether a store in `folder` publishes O_TMPFILE inodes (the filesystem and sandbox allow linking them)."""
+    return open_store(folder / ".probe-store").publishes_unnamed
 
 
 def open_fds() -> int:
@@ -85,7 +92,7 @@ def killed_writer(root: str, num_done: int, ready: object, tmpfile: bool) -> Non
     """Child process: store `num_done` blocks, then stall half way through the next write until killed."""
     import time
 
-    from kvtier.tiers import disk_io
+    from kvtier.tiers.disk import pyfileio
 
     store = open_store(Path(root), tmpfile=tmpfile, native_io=False)  # the stall is injected into the Python twin
     for i in range(num_done):
@@ -99,7 +106,7 @@ def killed_writer(root: str, num_done: int, ready: object, tmpfile: bool) -> Non
             time.sleep(1)
         return written
 
-    disk_io.os.writev = half_then_stall  # type: ignore[assignment]
+    pyfileio.os.writev = half_then_stall  # type: ignore[assignment]
     store.put(make_key(num_done), make_block(num_done))
 
 

@@ -81,7 +81,7 @@ def test_injected_write_eio_raises_tier_io_error_and_leaves_nothing(tmp_path: Pa
     def failing_writev(fd: int, buffers: object) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("kvtier.tiers.disk_io.os.writev", failing_writev)
+    monkeypatch.setattr("kvtier.tiers.disk.pyfileio.os.writev", failing_writev)
     with pytest.raises(TierIOError, match=r"EIO.*not stored.*check the device"):
         store.put(make_key(1), make_block(1))
     monkeypatch.undo()
@@ -104,7 +104,7 @@ def test_puts_good_and_failed_leave_no_descriptor_open(
     def failing_writev(fd: int, buffers: object) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("kvtier.tiers.disk_io.os.writev", failing_writev)
+    monkeypatch.setattr("kvtier.tiers.disk.pyfileio.os.writev", failing_writev)
     for i in range(4, 8):
         with pytest.raises(TierIOError):
             store.put(make_key(i), make_block(i))
@@ -121,7 +121,7 @@ def test_injected_read_eio_is_a_miss_that_keeps_the_object(tmp_path: Path,
     def failing_readv(fd: int, buffers: object) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("kvtier.tiers.disk_io.os.readv", failing_readv)
+    monkeypatch.setattr("kvtier.tiers.disk.pyfileio.os.readv", failing_readv)
     assert store.get(make_key(0)) is None and store.stats.io_errors == 1
     monkeypatch.undo()
     assert same_bits(store.get(make_key(0)), make_block(0))
@@ -185,17 +185,17 @@ def test_store_opens_where_the_fan_out_does_not_fit_and_makes_folders_on_use(
 
 def _rename_good_copy_over(path: Path, key: object, block: torch.Tensor) -> None:
     """What another host's writer does: a whole object under a temporary name, renamed into place."""
-    from kvtier.tiers.disk_io import write_object
     from kvtier.tiers.format import encode_block
 
-    parts = encode_block(key, block, LAYOUT)  # type: ignore[arg-type]
-    write_object(str(path), str(path) + ".other-host.tmp", parts, fsync=False)
+    temp = path.with_name(path.name + ".other-host.tmp")
+    temp.write_bytes(b"".join(bytes(p) for p in encode_block(key, block, LAYOUT)))  # type: ignore[arg-type]
+    os.rename(temp, path)
 
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_good_copy_renamed_over_a_damaged_object_after_the_read_is_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
-    import kvtier.tiers.disk as disk_module
+    import kvtier.tiers.disk.store as disk_module
 
     store = open_store(tmp_path, shared=shared)
     key, block = make_key(1), make_block(1)
@@ -220,23 +220,23 @@ def test_good_copy_renamed_over_a_damaged_object_after_the_read_is_kept(
 
 def test_repair_keeps_a_good_copy_renamed_over_a_damaged_object(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvtier.tiers import disk_scan
+    from kvtier.tiers.disk import fsck
 
     store = open_store(tmp_path, shared=True)
     key, block = make_key(2), make_block(2)
     store.put(key, block)
     path = object_files(tmp_path)[0]
     path.write_bytes(b"garbage")
-    real_check = disk_scan.check_object
+    real_check = fsck.check_object
 
-    def check_then_race(p: str) -> object:
-        damage = real_check(p)
+    def check_then_race(*args: object) -> object:
+        damage = real_check(*args)  # type: ignore[arg-type]
         _rename_good_copy_over(path, key, block)
         return damage
 
-    monkeypatch.setattr(disk_scan, "check_object", check_then_race)
-    report = disk_scan.verify_folder(str(tmp_path), repair=True)
+    monkeypatch.setattr(fsck, "check_object", check_then_race)
+    report = fsck.verify_folder(str(tmp_path), repair=True)
     assert report["corrupt"] == 1
-    monkeypatch.setattr(disk_scan, "check_object", real_check)
-    assert disk_scan.verify_folder(str(tmp_path))["ok"] == 1
+    monkeypatch.setattr(fsck, "check_object", real_check)
+    assert fsck.verify_folder(str(tmp_path))["ok"] == 1
     assert list((tmp_path / "quarantine").iterdir()) == []

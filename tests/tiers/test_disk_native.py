@@ -1,8 +1,10 @@
-"""The compiled write routine (kvtier.tiers._fileio) against its Python twins: same files, same
-cleanup on real failures, and a writer killed mid-write leaves nothing damaged."""
+"""The compiled file I/O (kvtier.tiers.disk._fileio) against its Python twin (pyfileio): the same
+calls give the same files and results, the same cleanup on real failures, and a writer killed
+mid-write leaves nothing damaged."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -15,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kvtier.config import DiskTierConfig
 from kvtier.errors import TierIOError
-from kvtier.tiers.disk import DiskStore
-from kvtier.tiers.disk_native import native_built
-from kvtier.tiers.disk_tmpfile import find_linker
+from kvtier.tiers.disk import DiskStore, pyfileio
+from kvtier.tiers.disk.fileio import FileIO, native_built, routines
+from kvtier.tiers.disk.tmpfile import probe_linking
 from tests.tiers.disk_support import (
     BIG_LAYOUT,
     big_key,
@@ -33,7 +36,22 @@ from tests.tiers.disk_support import (
     writer_until_killed,
 )
 
-needs_native = pytest.mark.skipif(not native_built(), reason="kvtier.tiers._fileio is not built")
+needs_native = pytest.mark.skipif(not native_built(), reason="kvtier.tiers.disk._fileio is not built")
+TWINS = [pytest.param(True, marks=needs_native, id="compiled"), pytest.param(False, id="python")]
+
+
+@pytest.fixture(params=TWINS)
+def io(request: pytest.FixtureRequest) -> FileIO:
+    return routines(request.param)
+
+
+@pytest.fixture
+def root_fd(tmp_path: Path) -> Iterator[int]:
+    """A tier-like root at tmp_path with one fan-out folder "f"."""
+    (tmp_path / "f").mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
 
 
 def _has_c_compiler() -> bool:
@@ -44,7 +62,7 @@ def _has_c_compiler() -> bool:
 @pytest.mark.skipif(not _has_c_compiler(), reason="no C compiler: the routine is optional there")
 def test_routine_is_built_where_a_c_compiler_is() -> None:
     # NOTE: setup.py marks the extension optional, so a broken build would otherwise pass unseen.
-    assert native_built(), "kvtier.tiers._fileio did not build; run `pip install -e .` and read its log"
+    assert native_built(), "kvtier.tiers.disk._fileio did not build; run `pip install -e .` and read its log"
 
 
 @needs_native
@@ -62,58 +80,65 @@ def test_compiled_and_python_routines_write_the_same_files(tmp_path: Path, tmpfi
     assert all(same_bits(again.get(make_key(i)), make_block(i)) for i in range(6))
 
 
-@needs_native
-def test_parts_are_written_in_order_whatever_their_number_and_sizes(tmp_path: Path) -> None:
-    from kvtier.tiers import _fileio
-
+def test_parts_are_written_in_order_whatever_their_number_and_sizes(io: FileIO, tmp_path: Path, root_fd: int) -> None:
     parts = [bytes([i % 251]) * (i % 7) for i in range(3000)]  # more than IOV_MAX, empty ones among them
     parts += [memoryview(bytearray(b"tail")), bytearray(300_000)]
-    _fileio.write_renamed(str(tmp_path / "a.tmp"), str(tmp_path / "a"), parts, True)
-    assert (tmp_path / "a").read_bytes() == b"".join(bytes(p) for p in parts)
-    _fileio.write_renamed(str(tmp_path / "empty.tmp"), str(tmp_path / "empty"), [], False)
-    assert (tmp_path / "empty").read_bytes() == b""
+    io.write_renamed(root_fd, "f", "a.tmp", "a", parts, True, 0o600)
+    assert (tmp_path / "f" / "a").read_bytes() == b"".join(bytes(p) for p in parts)
+    io.write_renamed(root_fd, "f", "empty.tmp", "empty", [], False, 0o640)
+    assert (tmp_path / "f" / "empty").read_bytes() == b""
+    assert (tmp_path / "f" / "empty").stat().st_mode & 0o777 == 0o640 & ~_umask()
     expected = {"a", "empty"}
-    if find_linker(str(tmp_path)) is not None:
-        _fileio.publish_unnamed(str(tmp_path / "b"), parts, False, False)
-        assert (tmp_path / "b").read_bytes() == (tmp_path / "a").read_bytes()
+    via_proc = probe_linking(root_fd, 0o600, "f")
+    if via_proc is not None:
+        io.publish_unnamed(root_fd, "f", "b", parts, False, via_proc, 0o600)
+        assert (tmp_path / "f" / "b").read_bytes() == (tmp_path / "f" / "a").read_bytes()
         expected.add("b")
-    assert {p.name for p in tmp_path.iterdir()} == expected  # no temporaries left
+    assert {p.name for p in (tmp_path / "f").iterdir()} == expected  # no temporaries left
+
+
+def _umask() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
 
 
 @needs_native
-def test_bad_arguments_raise_typed_errors_and_write_nothing(tmp_path: Path) -> None:
-    from kvtier.tiers import _fileio
+def test_bad_arguments_raise_typed_errors_and_write_nothing(tmp_path: Path, root_fd: int) -> None:
+    from kvtier.tiers.disk import _fileio
 
     strided = memoryview(bytearray(16))[::2]
     with pytest.raises(BufferError):
-        _fileio.write_renamed(str(tmp_path / "t.tmp"), str(tmp_path / "t"), [b"ok", strided], False)
+        _fileio.write_renamed(root_fd, "f", "t.tmp", "t", [b"ok", strided], False, 0o600)
     with pytest.raises(TypeError):
-        _fileio.write_renamed(str(tmp_path / "t.tmp"), str(tmp_path / "t"), [b"ok", 3], False)
+        _fileio.write_renamed(root_fd, "f", "t.tmp", "t", [b"ok", 3], False, 0o600)  # type: ignore[list-item]
     with pytest.raises(TypeError, match="sequence of bytes-like"):
-        _fileio.write_renamed(str(tmp_path / "t.tmp"), str(tmp_path / "t"), 7, False)
-    with pytest.raises(ValueError, match="inside a folder"):
-        _fileio.publish_unnamed("no-folder", [b"x"], False, False)
-    assert list(tmp_path.iterdir()) == []
-
-
-@needs_native
-def test_read_into_fills_parts_to_the_wanted_length_and_names_the_inode(tmp_path: Path) -> None:
-    from kvtier.tiers import _fileio
-
-    path = tmp_path / "obj"
-    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
-    head, body, probe = bytearray(100), bytearray(10140), bytearray(1)
-    before = open_fds()
-    got, inode = _fileio.read_into(str(path), [memoryview(head), memoryview(body), memoryview(probe)], 10240)
-    assert (got, inode) == (10240, path.stat().st_ino) and bytes(head + body) == path.read_bytes()
-    path.write_bytes(path.read_bytes() + b"!")  # one byte longer: the probe catches it
-    assert _fileio.read_into(str(path), [memoryview(head), memoryview(body), memoryview(probe)], 10240)[0] == 10241
-    path.write_bytes(b"short")
-    assert _fileio.read_into(str(path), [memoryview(head), memoryview(body)], 10240)[0] == 5
-    with pytest.raises(FileNotFoundError):
-        _fileio.read_into(str(tmp_path / "absent"), [memoryview(head)], 100)
+        _fileio.write_renamed(root_fd, "f", "t.tmp", "t", 7, False, 0o600)  # type: ignore[arg-type]
     with pytest.raises(BufferError):
-        _fileio.read_into(str(path), [b"read-only bytes"], 5)
+        _fileio.read_into(root_fd, "f", "t", [b"read-only bytes"], 5)  # type: ignore[list-item]
+    assert list((tmp_path / "f").iterdir()) == []
+
+
+def test_read_into_reads_only_a_regular_file_of_the_wanted_size(io: FileIO, tmp_path: Path, root_fd: int) -> None:
+    path = tmp_path / "f" / "obj"
+    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    head, body = bytearray(100), bytearray(10140)
+    parts = [memoryview(head), memoryview(body)]
+    before = open_fds()
+    assert io.read_into(root_fd, "f", "obj", parts, 10240) == (10240, 10240, path.stat().st_ino)
+    assert bytes(head + body) == path.read_bytes()
+    path.write_bytes(path.read_bytes() + b"!")  # one byte longer: nothing is read, the size says why
+    assert io.read_into(root_fd, "f", "obj", parts, 10240)[:2] == (0, 10241)
+    os.mkfifo(tmp_path / "f" / "fifo")  # never blocks, never read
+    assert io.read_into(root_fd, "f", "fifo", parts, 10240)[:2] == (0, None)
+    (tmp_path / "f" / "link").symlink_to(path)
+    with pytest.raises(OSError) as followed:
+        io.read_into(root_fd, "f", "link", parts, 10241)
+    assert followed.value.errno == errno.ELOOP
+    (tmp_path / "g").symlink_to(tmp_path / "f")  # a linked fan-out folder is never entered
+    with pytest.raises(NotADirectoryError):
+        io.read_into(root_fd, "g", "obj", parts, 10241)
+    with pytest.raises(FileNotFoundError):
+        io.read_into(root_fd, "f", "absent", parts, 100)
     assert open_fds() == before
 
 
@@ -130,17 +155,16 @@ def test_damaged_object_is_a_miss_removed_and_written_again_whole(tmp_path: Path
     assert same_bits(store.get(make_key(0)), make_block(0))
 
 
-@needs_native
-def test_publish_onto_an_existing_name_raises_file_exists_and_keeps_it(tmp_path: Path) -> None:
-    from kvtier.tiers import _fileio
-
-    if find_linker(str(tmp_path)) is None:
+def test_publish_onto_an_existing_name_raises_file_exists_and_keeps_it(io: FileIO, tmp_path: Path,
+                                                                       root_fd: int) -> None:
+    via_proc = probe_linking(root_fd, 0o600, "f")
+    if via_proc is None:
         pytest.skip("O_TMPFILE inodes cannot be linked here")
-    (tmp_path / "x").write_bytes(b"first")
+    (tmp_path / "f" / "x").write_bytes(b"first")
     before = open_fds()
     with pytest.raises(FileExistsError):
-        _fileio.publish_unnamed(str(tmp_path / "x"), [b"second"], False, False)
-    assert (tmp_path / "x").read_bytes() == b"first" and open_fds() == before
+        io.publish_unnamed(root_fd, "f", "x", [b"second"], False, via_proc, 0o600)
+    assert (tmp_path / "f" / "x").read_bytes() == b"first" and open_fds() == before
 
 
 @needs_native
@@ -217,15 +241,16 @@ def test_compiled_writer_killed_mid_write_leaves_no_damaged_object(tmp_path: Pat
 
 def test_without_the_routine_a_store_logs_once_and_writes_with_python(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvtier.tiers import disk_native
+    from kvtier.tiers.disk import fileio
 
-    monkeypatch.setattr(disk_native, "_fileio", None)
-    disk_native._log_not_built.cache_clear()
-    with caplog.at_level(logging.INFO, logger="kvtier.tiers.disk_native"):
+    monkeypatch.setattr(fileio, "_fileio", None)
+    fileio._log_not_built.cache_clear()
+    with caplog.at_level(logging.INFO, logger="kvtier.tiers.disk.fileio"):
         stores = [open_store(tmp_path / name, **options) for name, options in
                   [("local", {}), ("plain", {"tmpfile": False}), ("shared", {"shared": True})]]
     assert caplog.text.count("is not built") == 1
     for store in stores:
         store.put(make_key(5), make_block(5))
         assert same_bits(store.get(make_key(5)), make_block(5))
-    disk_native._log_not_built.cache_clear()
+        assert store._io is pyfileio
+    fileio._log_not_built.cache_clear()

@@ -1,8 +1,6 @@
 """read_block's fast path (a known key, raw codec): every damaged byte or mismatched field is caught."""
 from __future__ import annotations
 
-import errno
-import functools
 import os
 import struct
 from collections.abc import Callable
@@ -14,11 +12,10 @@ import xxhash
 
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
-from kvtier.tiers.disk_io import close_holding_gil
-from kvtier.tiers.disk_native import native_built, reader
-from kvtier.tiers.disk_read import ReadResult, read_block
-from kvtier.tiers import format as block_format
+from kvtier.tiers.disk.fileio import FileIO, native_built, routines
+from kvtier.tiers.disk.read import ReadResult, read_block
 from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for, stored_header_checksum
+from kvtier.tiers.format import verify as block_verify
 from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_fds, open_store, same_bits
 
 KEY = make_key(3)
@@ -45,12 +42,26 @@ def reseal_header(blob: bytearray) -> bytearray:
 ReadFn = Callable[..., ReadResult]
 
 
+def _read_at_path(io: FileIO) -> ReadFn:
+    """read_block of the file at `path`, whose folder is taken as the fan-out folder of its parent."""
+    def read(path: str, key: object, layout: KVLayout, out: torch.Tensor | None = None,
+             known_header: int | None = None) -> ReadResult:
+        leaf = os.path.dirname(path)
+        root_fd = os.open(os.path.dirname(leaf), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return read_block(io, root_fd, os.path.basename(leaf), os.path.basename(path), key,  # type: ignore[arg-type]
+                              layout, out, known_header)
+        finally:
+            os.close(root_fd)
+    return read
+
+
 @pytest.fixture(params=["python", "compiled"])
 def read(request: pytest.FixtureRequest) -> ReadFn:
-    """read_block with the Python open/readv, or with the compiled one (disk_native.reader)."""
+    """read_block with the Python twin's read_into, or with the compiled one."""
     if request.param == "compiled" and not native_built():
-        pytest.skip("kvtier.tiers._fileio is not built")
-    return functools.partial(read_block, read_into=reader(request.param == "compiled"))
+        pytest.skip("kvtier.tiers.disk._fileio is not built")
+    return _read_at_path(routines(request.param == "compiled"))
 
 
 KNOWN = stored_header_checksum(raw_object()[:HEADER_LEN])  # what a store that wrote KEY's object remembers
@@ -157,7 +168,7 @@ def test_known_header_checksum_skips_building_the_expected_header(read: ReadFn, 
 
     def must_not_run(*args: object) -> None:
         raise AssertionError("the expected header was built")
-    monkeypatch.setattr(block_format, "_pack_header", must_not_run)
+    monkeypatch.setattr(block_verify, "pack_header", must_not_run)
     result = read(path, KEY, LAYOUT, known_header=KNOWN)
     assert same_bits(result.data, make_block(3)) and result.header_checksum == KNOWN
     with pytest.raises(AssertionError, match="expected header was built"):
@@ -186,14 +197,6 @@ def test_wrong_out_is_never_half_written_as_a_result(read: ReadFn, tmp_path: Pat
     assert result.data is out and torch.equal(out, make_block(3).float())
 
 
-def test_close_holding_gil_closes_and_reports_a_bad_descriptor(tmp_path: Path) -> None:
-    fd = os.open(write(tmp_path, b"x"), os.O_RDONLY)
-    close_holding_gil(fd)
-    with pytest.raises(OSError) as closed_twice:
-        close_holding_gil(fd)
-    assert closed_twice.value.errno == errno.EBADF
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 @pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("shared", [False, True])
@@ -219,8 +222,8 @@ def test_store_reads_leave_no_descriptor_open(tmp_path: Path, shared: bool, nati
 def test_store_remembers_header_checksums_from_puts_and_from_verified_reads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[int] = []
-    real_pack = block_format._pack_header
-    monkeypatch.setattr(block_format, "_pack_header", lambda *args: built.append(1) or real_pack(*args))
+    real_pack = block_verify.pack_header
+    monkeypatch.setattr(block_verify, "pack_header", lambda *args: built.append(1) or real_pack(*args))
     store = open_store(tmp_path)
     store.put(KEY, make_block(3))
     built.clear()

@@ -1,7 +1,6 @@
 """Warm restart and crashes: the folder alone is the truth, and nothing damaged is ever served."""
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import signal
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kvtier.tiers.disk_paths import temp_name
-from kvtier.tiers.disk_tmpfile import find_linker
+from kvtier.tiers.disk.names import temp_name
 from tests.tiers.disk_support import (
+    can_link_unnamed,
     killed_writer,
     make_block,
     make_key,
@@ -71,16 +70,9 @@ def test_shared_restart_keeps_fresh_temporaries_and_removes_stale_ones(tmp_path:
     assert fresh.exists() and not stale.exists()
 
 
-def test_shared_store_probes_o_direct_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="kvtier.tiers.disk_io"):
-        store = open_store(tmp_path, shared=True)
-    assert "O_DIRECT" in caplog.text and isinstance(store.o_direct_supported, bool)
-    assert not list(tmp_path.glob(".odirect-probe*"))
-
-
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "temp_name"])
 def test_writer_killed_mid_write_leaves_no_damaged_object(tmp_path: Path, tmpfile: bool) -> None:
-    if tmpfile and find_linker(str(tmp_path)) is None:
+    if tmpfile and not can_link_unnamed(tmp_path / "probe"):
         pytest.skip("O_TMPFILE inodes cannot be linked here; the store uses temporary names")
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()

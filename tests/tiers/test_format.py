@@ -214,7 +214,7 @@ def test_tensor_bytes_views_contiguous_memory_and_keeps_it_alive() -> None:
     import gc
     import weakref
 
-    from kvtier.tiers.format_codecs import tensor_bytes
+    from kvtier.tiers.format.codecs import tensor_bytes
 
     data = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
     view = tensor_bytes(data)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kvtier.tiers import free_space
-from kvtier.tiers.free_space import FreeSpace
+from kvtier.tiers.disk import free_space
+from kvtier.tiers.disk.free_space import FreeSpace
 from tests.tiers.disk_support import make_block, make_key, open_store
 
 
@@ -52,8 +52,8 @@ def test_puts_do_not_call_statvfs_each(tmp_path: Path, monkeypatch: pytest.Monke
         calls.append(path)
         return real(path)
 
+    store = open_store(tmp_path)  # NOTE: opening checks once that the filesystem is writable
     monkeypatch.setattr(free_space.os, "statvfs", counting)
-    store = open_store(tmp_path)
     store._free_space.max_age_s = 3600  # one reading serves every put below
     for i in range(50):
         store.put(make_key(i), make_block(i))

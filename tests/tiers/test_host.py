@@ -70,6 +70,19 @@ def test_put_of_wrong_shape_or_dtype_raises(bad):
         HostStore(LAYOUT, 2).put(KEYS[0], bad)
 
 
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.float16), torch.zeros(LAYOUT.block_shape, dtype=torch.float32)])
+def test_get_into_an_output_of_another_shape_or_dtype_raises(bad):
+    store = HostStore(LAYOUT, 2)
+    store.put(KEYS[0], block(0))
+    with pytest.raises(ValueError, match=r"HostStore.get expects an output block of shape \[2, 2, 2, 4, 4\] and dtype torch.float16"):
+        store.get(KEYS[0], out=bad)
+
+
+def test_put_of_a_non_tensor_is_a_type_error():
+    with pytest.raises(TypeError, match="HostStore.put expects a torch.Tensor, got bytes"):
+        HostStore(LAYOUT, 2).put(KEYS[0], bytes(LAYOUT.page_size_bytes))
+
+
 def test_pin_misuse_raises():
     store = HostStore(LAYOUT, 2)
     with pytest.raises(KeyError, match="not in the host tier"):  # TierStore.pin's contract

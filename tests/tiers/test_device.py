@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kvtier.config import KVLayout
-from kvtier.tiers.gpu import DevicePool
+from kvtier.tiers.device import DevicePool
 
 LAYOUT = KVLayout(num_layers=3, num_kv_heads=2, head_dim=4, block_size=4, dtype=torch.float16)
 

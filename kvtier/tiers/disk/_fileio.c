@@ -1,16 +1,13 @@
-/* kvtier.tiers._fileio: the disk tier's object I/O as one call each that never holds the GIL.
+/* kvtier.tiers.disk._fileio: the disk tier's object I/O as one call each that never holds the GIL.
  *
- * Why native: with 4 writer threads on 2 cores, every syscall of a Python write (open, writev,
- * fsync, link, close) gives the GIL up and must win it back behind the other threads' Python.
- * Done here, a put gives it up once. The storage bench at 256 KiB measured write_ratio 0.89 with
- * the Python twin and 1.00 with this, in 6 alternating pairs.
+ * Why native: with several I/O threads on few cores, every syscall of a Python write (open,
+ * writev, fsync, link, close) gives the GIL up and must win it back behind the other threads'
+ * Python; done here, a put gives it up once, and a read likewise (README: "Why the file I/O is
+ * compiled").
  *
- * Reads likewise: open, readv and close in one call (256 KiB mixed-phase read_ratio 0.92 -> 0.97,
- * 5 alternating pairs).
- *
- * The Python twins are disk_tmpfile.publish_unnamed, disk_io.write_object and the open/readv of
- * disk_read.read_block; keep them in step: same syscalls, same order, same cleanup (nothing left
- * behind on any failure).
+ * The Python twin is pyfileio.py: same names, signatures and syscalls in the same order, same
+ * cleanup (nothing left behind on any failure). Every call enters the fan-out folder with
+ * O_NOFOLLOW | O_DIRECTORY relative to the root's descriptor, so a link cannot lead it outside.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -101,12 +98,17 @@ static int write_all(int fd, Parts *p) {
     return 0;
 }
 
-static int open_retrying(const char *path, int flags) {
+static int open_retrying(int dir_fd, const char *path, int flags, int mode) {
     int fd;
     do {
-        fd = open(path, flags | O_CLOEXEC, 0644);
+        fd = openat(dir_fd, path, flags | O_CLOEXEC, mode);
     } while (fd < 0 && errno == EINTR);
     return fd;
+}
+
+/* The fan-out folder `fanout` of the root `root_fd`, never through a link (ENOTDIR then). */
+static int open_fanout(int root_fd, const char *fanout) {
+    return open_retrying(root_fd, fanout, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
 }
 
 static int fsync_retrying(int fd) {
@@ -123,43 +125,35 @@ static PyObject *raise_errno(int err, const char *path) {
 }
 
 PyDoc_STRVAR(publish_unnamed_doc,
-"publish_unnamed(final_path, parts, fsync, via_proc)\n--\n\n"
-"Write `parts` to an O_TMPFILE inode in final_path's folder, fsync it if asked, and link it at\n"
-"`final_path`: linkat(fd, \"\", AT_EMPTY_PATH), or through /proc/self/fd/N when `via_proc`.\n"
+"publish_unnamed(root_fd, fanout, name, parts, fsync, via_proc, mode)\n--\n\n"
+"Write `parts` to an O_TMPFILE inode in the fan-out folder, fsync it if asked, and link it at\n"
+"`name`: linkat(fd, \"\", AT_EMPTY_PATH), or through /proc/self/fd/N when `via_proc`.\n"
 "Raises OSError with nothing left behind (the kernel frees the unnamed inode); FileExistsError\n"
-"when final_path exists, which the caller resolves (disk_tmpfile.publish_unnamed replaces it).");
+"when `name` exists, which the caller resolves (write_renamed replaces it atomically).");
 
 static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *final_obj = NULL, *parts_obj;
-    int do_fsync, via_proc;
-    if (!PyArg_ParseTuple(args, "O&Opp:publish_unnamed", PyUnicode_FSConverter, &final_obj, &parts_obj,
-                          &do_fsync, &via_proc))
-        return NULL;
-    const char *final_path = PyBytes_AS_STRING(final_obj);
-    const char *slash = strrchr(final_path, '/');
-    if (slash == NULL || slash == final_path) {
-        PyErr_Format(PyExc_ValueError, "publish_unnamed needs a path inside a folder, got %s", final_path);
-        Py_DECREF(final_obj);
-        return NULL;
-    }
-    char *folder = PyMem_Malloc((size_t)(slash - final_path) + 1);
+    PyObject *fanout_obj = NULL, *name_obj = NULL, *parts_obj;
+    int root_fd, do_fsync, via_proc, mode;
+    if (!PyArg_ParseTuple(args, "iO&O&Oppi:publish_unnamed", &root_fd, PyUnicode_FSConverter, &fanout_obj,
+                          PyUnicode_FSConverter, &name_obj, &parts_obj, &do_fsync, &via_proc, &mode))
+        return NULL;  /* NOTE: PyUnicode_FSConverter releases what it converted when a later argument fails */
+    const char *fanout = PyBytes_AS_STRING(fanout_obj), *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
-    if (folder == NULL || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
-        PyMem_Free(folder);
-        Py_DECREF(final_obj);
-        return folder == NULL ? PyErr_NoMemory() : NULL;
+    if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
+        Py_DECREF(fanout_obj);
+        Py_DECREF(name_obj);
+        return NULL;
     }
-    memcpy(folder, final_path, (size_t)(slash - final_path));
-    folder[slash - final_path] = '\0';
 
     int err = 0;
-    const char *err_path = final_path;
+    const char *err_path = name;
     Py_BEGIN_ALLOW_THREADS
-    int fd = open_retrying(folder, O_TMPFILE | O_WRONLY);
+    int dir_fd = open_fanout(root_fd, fanout);
+    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, ".", O_TMPFILE | O_WRONLY, mode);
     if (fd < 0) {
         err = errno;
-        err_path = folder;
+        err_path = fanout;
     } else {
         err = write_all(fd, &parts);
         if (!err && do_fsync) err = fsync_retrying(fd);
@@ -168,98 +162,124 @@ static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
             if (via_proc) {
                 char proc_path[64];
                 snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);
-                linked = linkat(AT_FDCWD, proc_path, AT_FDCWD, final_path, AT_SYMLINK_FOLLOW);
+                linked = linkat(AT_FDCWD, proc_path, dir_fd, name, AT_SYMLINK_FOLLOW);
             } else {
-                linked = linkat(fd, "", AT_FDCWD, final_path, AT_EMPTY_PATH);
+                linked = linkat(fd, "", dir_fd, name, AT_EMPTY_PATH);
             }
             if (linked != 0) err = errno;
         }
         if (close(fd) != 0 && !err && errno != EINTR) err = errno;
     }
+    if (dir_fd >= 0) close(dir_fd);
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
     PyObject *result = err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
-    PyMem_Free(folder);
-    Py_DECREF(final_obj);
+    Py_DECREF(fanout_obj);
+    Py_DECREF(name_obj);
     return result;
 }
 
 PyDoc_STRVAR(write_renamed_doc,
-"write_renamed(temp_path, final_path, parts, fsync)\n--\n\n"
-"Create `temp_path` (O_EXCL), write `parts`, fsync if asked, close, and rename it onto\n"
-"`final_path` (atomic). Raises OSError with the temporary file removed.");
+"write_renamed(root_fd, fanout, temp_name, name, parts, fsync, mode)\n--\n\n"
+"Create `temp_name` (O_EXCL) in the fan-out folder, write `parts`, fsync if asked, close, and\n"
+"rename it onto `name` (atomic). Raises OSError with the temporary file removed.");
 
 static PyObject *write_renamed(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *temp_obj = NULL, *final_obj = NULL, *parts_obj;
-    int do_fsync;
-    if (!PyArg_ParseTuple(args, "O&O&Op:write_renamed", PyUnicode_FSConverter, &temp_obj,
-                          PyUnicode_FSConverter, &final_obj, &parts_obj, &do_fsync))
-        return NULL;  /* NOTE: PyUnicode_FSConverter releases what it converted when a later argument fails */
-    const char *temp_path = PyBytes_AS_STRING(temp_obj), *final_path = PyBytes_AS_STRING(final_obj);
+    PyObject *fanout_obj = NULL, *temp_obj = NULL, *name_obj = NULL, *parts_obj;
+    int root_fd, do_fsync, mode;
+    if (!PyArg_ParseTuple(args, "iO&O&O&Opi:write_renamed", &root_fd, PyUnicode_FSConverter, &fanout_obj,
+                          PyUnicode_FSConverter, &temp_obj, PyUnicode_FSConverter, &name_obj, &parts_obj,
+                          &do_fsync, &mode))
+        return NULL;
+    const char *fanout = PyBytes_AS_STRING(fanout_obj), *temp = PyBytes_AS_STRING(temp_obj);
+    const char *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
     if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
+        Py_DECREF(fanout_obj);
         Py_DECREF(temp_obj);
-        Py_DECREF(final_obj);
+        Py_DECREF(name_obj);
         return NULL;
     }
 
     int err = 0;
-    const char *err_path = temp_path;
+    const char *err_path = temp;
     Py_BEGIN_ALLOW_THREADS
-    int fd = open_retrying(temp_path, O_WRONLY | O_CREAT | O_EXCL);
+    int dir_fd = open_fanout(root_fd, fanout);
+    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
     if (fd < 0) {
         err = errno;
+        if (dir_fd < 0) err_path = fanout;
     } else {
         err = write_all(fd, &parts);
         if (!err && do_fsync) err = fsync_retrying(fd);
         if (close(fd) != 0 && !err && errno != EINTR) err = errno;  /* NFS reports write-back errors here */
-        if (!err && rename(temp_path, final_path) != 0) {
+        if (!err && renameat(dir_fd, temp, dir_fd, name) != 0) {
             err = errno;
-            err_path = final_path;
+            err_path = name;
         }
-        if (err) unlink(temp_path);
+        if (err) unlinkat(dir_fd, temp, 0);
     }
+    if (dir_fd >= 0) close(dir_fd);
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
     PyObject *result = err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
+    Py_DECREF(fanout_obj);
     Py_DECREF(temp_obj);
-    Py_DECREF(final_obj);
+    Py_DECREF(name_obj);
     return result;
 }
 
 PyDoc_STRVAR(read_into_doc,
-"read_into(path, parts, want) -> (got, inode)\n--\n\n"
-"Open `path`, fill the writable buffers `parts` in order until `want` bytes are read or the file\n"
-"ends, and close it. Returns the bytes read and the inode of the file read (to name the very\n"
-"file if it proves damaged). Raises OSError (FileNotFoundError when absent).");
+"read_into(root_fd, fanout, name, parts, want) -> (got, size, inode)\n--\n\n"
+"Open `name` in the fan-out folder (O_NONBLOCK | O_NOFOLLOW) and, if it is a regular file of\n"
+"exactly `want` bytes, fill the writable buffers `parts` in order from it. Returns the bytes\n"
+"read, the file's size (None when it is not a regular file) and its inode; nothing is read\n"
+"unless the size is `want`. Raises OSError (FileNotFoundError when absent, ELOOP for a link).");
 
 static PyObject *read_into(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *path_obj = NULL, *parts_obj;
+    PyObject *fanout_obj = NULL, *name_obj = NULL, *parts_obj;
+    int root_fd;
     Py_ssize_t want;
-    if (!PyArg_ParseTuple(args, "O&On:read_into", PyUnicode_FSConverter, &path_obj, &parts_obj, &want))
+    if (!PyArg_ParseTuple(args, "iO&O&On:read_into", &root_fd, PyUnicode_FSConverter, &fanout_obj,
+                          PyUnicode_FSConverter, &name_obj, &parts_obj, &want))
         return NULL;
-    const char *path = PyBytes_AS_STRING(path_obj);
+    const char *fanout = PyBytes_AS_STRING(fanout_obj), *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
     if (parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0) {
-        Py_DECREF(path_obj);
+        Py_DECREF(fanout_obj);
+        Py_DECREF(name_obj);
         return NULL;
     }
 
-    int err = 0;
+    int err = 0, regular = 0;
     Py_ssize_t total = 0;
+    long long size = 0;
     unsigned long long inode = 0;
+    const char *err_path = name;
     Py_BEGIN_ALLOW_THREADS
-    int fd = open_retrying(path, O_RDONLY);
-    if (fd < 0) {
+    int dir_fd = open_fanout(root_fd, fanout);
+    int fd = -1;
+    if (dir_fd < 0) {
         err = errno;
+        err_path = fanout;
     } else {
+        fd = open_retrying(dir_fd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW, 0);  /* NOTE: a FIFO never blocks */
+        if (fd < 0) err = errno;
+        close(dir_fd);
+    }
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) != 0) err = errno;
+    if (fd >= 0 && !err) {
+        inode = (unsigned long long)st.st_ino;
+        regular = S_ISREG(st.st_mode);
+        size = (long long)st.st_size;
         struct iovec *iov = parts.iov;
         int left = parts.iov_count;
-        while (left > 0 && total < want) {  /* NOTE: a regular file reads short only at its end */
+        while (regular && size == (long long)want && left > 0 && total < want) {
             ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
             if (got < 0) {
                 if (errno == EINTR) continue;
@@ -270,15 +290,21 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
             total += got;
             iov_consume(&iov, &left, (size_t)got);
         }
-        struct stat st;
-        if (fstat(fd, &st) == 0) inode = (unsigned long long)st.st_ino;
-        close(fd);  /* NOTE: a read-only close has nothing to report */
     }
+    if (fd >= 0) close(fd);  /* NOTE: a read-only close has nothing to report */
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
-    PyObject *result = err ? raise_errno(err, path) : Py_BuildValue("nK", total, inode);
-    Py_DECREF(path_obj);
+    PyObject *result;
+    if (err) {
+        result = raise_errno(err, err_path);
+    } else if (regular) {
+        result = Py_BuildValue("nLK", total, size, inode);
+    } else {
+        result = Py_BuildValue("nOK", total, Py_None, inode);
+    }
+    Py_DECREF(fanout_obj);
+    Py_DECREF(name_obj);
     return result;
 }
 
@@ -290,8 +316,8 @@ static PyMethodDef fileio_methods[] = {
 };
 
 static struct PyModuleDef fileio_module = {
-    PyModuleDef_HEAD_INIT, "kvtier.tiers._fileio",
-    "The disk tier's object writes and reads in one GIL-free call each (Linux); see disk_native.py.", -1, fileio_methods,
+    PyModuleDef_HEAD_INIT, "kvtier.tiers.disk._fileio",
+    "The disk tier's object writes and reads in one GIL-free call each (Linux); see fileio.py.", -1, fileio_methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -1,4 +1,4 @@
-"""In-memory index of a disk tier: object sizes in LRU order, pins, and bytes in use or reserved.
+"""In-memory index of a disk tier: object sizes in LRU order, pins, and bytes in use, reserved or quarantined.
 
 Plain bookkeeping with no I/O and no lock of its own: DiskStore calls it under its lock.
 """
@@ -18,12 +18,14 @@ class IndexEntry:
 
 
 class DiskIndex:
-    """Objects by block hash, least recently used first; `used_bytes` counts files plus reservations."""
+    """Objects by block hash, least recently used first; `used_bytes` counts files, reservations and
+    the quarantine (damaged objects kept aside still take room on the disk)."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[BlockHash, IndexEntry] = OrderedDict()
         self._file_bytes = 0
         self.reserved_bytes = 0  # space promised to writes in flight
+        self.quarantine_bytes = 0  # damaged objects moved aside (see discard.py)
 
     def __contains__(self, block_hash: object) -> bool:
         return block_hash in self._entries
@@ -37,7 +39,7 @@ class DiskIndex:
 
     @property
     def used_bytes(self) -> int:
-        return self._file_bytes + self.reserved_bytes
+        return self._file_bytes + self.reserved_bytes + self.quarantine_bytes
 
     def get(self, block_hash: BlockHash) -> IndexEntry | None:
         return self._entries.get(block_hash)

@@ -1,0 +1,144 @@
+"""The Python twin of `_fileio.c`: one object's write or read, with the same names, signatures and
+system calls in the same order, and nothing left behind on any failure.
+
+Every call enters the fan-out folder `fanout` of the tier whose root descriptor is `root_fd` with
+O_NOFOLLOW (ENOTDIR when it is a link or a file), and opens objects with O_NOFOLLOW too; reads
+open with O_NONBLOCK and check that the file is a regular one before reading it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import os
+import stat
+from collections.abc import Sequence
+
+from kvtier.tiers.disk.folder import O_CLOEXEC, SUBDIR_FLAGS
+from kvtier.tiers.format import BufferLike
+
+O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+AT_EMPTY_PATH = 0x1000
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one readv/writev may take
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | O_CLOEXEC  # NOTE: a FIFO must never block a read
+
+
+# NOTE on durability: with `fsync` the data reaches the disk before the object gets its name, so
+# a crash can lose the newest objects but never publish a torn one. The folder is not fsynced
+# after each publish: a name lost in a crash is only a miss for a cache, and a second journal
+# commit per put would cost more than the write. Without `fsync` a crash may leave a damaged
+# object under its name; reads verify every object, so that too is only a miss.
+
+
+def publish_unnamed(root_fd: int, fanout: str, name: str, parts: Sequence[BufferLike], fsync: bool,
+                    via_proc: bool, mode: int) -> None:
+    """Write `parts` to an O_TMPFILE inode in the fan-out folder, fsync it if asked, and link it at
+    `name`: linkat(fd, "", AT_EMPTY_PATH), or through /proc/self/fd/N when `via_proc`.
+
+    Raises OSError with nothing left behind (the kernel frees the unnamed inode); FileExistsError
+    when `name` exists, which the caller resolves (write_renamed replaces it atomically).
+    """
+    dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
+    try:
+        fd = os.open(".", O_TMPFILE | os.O_WRONLY | O_CLOEXEC, mode, dir_fd=dir_fd)
+        try:
+            write_all(fd, parts)
+            if fsync:
+                os.fsync(fd)
+            if via_proc:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            else:
+                _link_empty_path(fd, dir_fd, name)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_renamed(root_fd: int, fanout: str, temp_name: str, name: str, parts: Sequence[BufferLike], fsync: bool,
+                  mode: int) -> None:
+    """Create `temp_name` (O_EXCL) in the fan-out folder, write `parts`, fsync if asked, close, and
+    rename it onto `name` (atomic). Raises OSError with the temporary file removed."""
+    dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
+    try:
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=dir_fd)
+        try:
+            try:
+                write_all(fd, parts)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)  # NOTE: NFS reports write-back errors here
+            os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def read_into(root_fd: int, fanout: str, name: str, parts: Sequence[memoryview], want: int) -> tuple[int, int | None, int]:
+    """Open `name` in the fan-out folder and, if it is a regular file of exactly `want` bytes, fill
+    `parts` in order from it.
+
+    Returns `(bytes read, file size or None when it is not a regular file, inode)`; nothing is
+    read unless the size is `want`. Raises OSError (FileNotFoundError when absent, ELOOP for a link).
+    """
+    dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return 0, None, st.st_ino
+        got = read_exact_into(fd, parts, want) if st.st_size == want else 0
+        return got, st.st_size, st.st_ino
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, parts: Sequence[BufferLike]) -> None:
+    """Write every byte of `parts`, in order, with as few `writev` calls as the kernel allows."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views[:IOV_MAX])
+        if written == 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        _consume(views, written)
+
+
+def read_exact_into(fd: int, targets: Sequence[memoryview], want: int) -> int:
+    """Fill `targets` in order from `fd` until `want` bytes or the end of the file; the bytes read."""
+    views = [t for t in targets if t.nbytes]
+    total = 0
+    while views and total < want:
+        got = os.readv(fd, views[:IOV_MAX])
+        if got == 0:
+            break
+        total += got
+        _consume(views, got)
+    return total
+
+
+def _consume(views: list[memoryview], count: int) -> None:
+    """Drop `count` bytes from the front of `views` (after a short readv/writev)."""
+    while views and count >= views[0].nbytes:
+        count -= views[0].nbytes
+        views.pop(0)
+    if views and count:
+        views[0] = views[0][count:]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _link_empty_path(fd: int, dir_fd: int, name: str) -> None:
+    if _libc().linkat(fd, b"", dir_fd, os.fsencode(name), AT_EMPTY_PATH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), name)

@@ -1,0 +1,173 @@
+"""Read one block object and verify it completely before anything is handed out.
+
+Fast path (a known key, raw codec, a file of exactly the size the layout predicts): one
+`read_into` straight into the header buffer and the caller's output tensor, then a comparison
+with the header this kvtier would write for the key, and the payload checksum; no copy, no
+parsing. Anything else (zstd, another size, a scan without a key) parses the header first and
+reads only the object it announces, bounded by the largest object the layout allows.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from kvtier.config import KVLayout
+from kvtier.errors import FormatError
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.disk.fileio import FileIO
+from kvtier.tiers.disk.folder import SUBDIR_FLAGS
+from kvtier.tiers.disk.pyfileio import READ_FLAGS
+from kvtier.tiers.format import (
+    FIXED_HEADER_BYTES,
+    checksum_pieces,
+    decode_header,
+    header_bytes_for,
+    header_length,
+    max_object_bytes,
+    pieces_checksum,
+    stored_header_checksum,
+    verify_object,
+    verify_raw_header,
+)
+from kvtier.tiers.format.codecs import tensor_bytes
+
+_local = threading.local()  # per thread: the landing of the last output tensor (see _landing)
+_NOT_REGULAR = "not a regular file (a FIFO, device or folder at an object's name)"
+
+
+class DamagedObjectError(FormatError):
+    """What is at an object's name is not that object; `inode` names the very file read (or None).
+
+    `keep` is False for what no writer could have meant as an object (not a regular file, or
+    larger than any object): a shared tier removes those instead of quarantining them.
+    """
+
+    def __init__(self, message: str, inode: int | None, keep: bool = True) -> None:
+        super().__init__(message)
+        self.inode = inode
+        self.keep = keep
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    key: BlockKey  # as stored in the header
+    data: torch.Tensor  # [num_layers, 2, num_kv_heads, block_size, head_dim]
+    size: int  # bytes of the object file
+    header_checksum: int | None = None  # of the verified header, for `known_header` next time (fast path only)
+
+
+def read_block(io: FileIO, root_fd: int, fanout: str, name: str, key: BlockKey | None, layout: KVLayout,
+               out: torch.Tensor | None = None, known_header: int | None = None) -> ReadResult:
+    """The verified block stored at `fanout/name` of the tier at `root_fd` (into `out` when given;
+    `out` is undefined on failure).
+
+    With `key` None (a block found by scanning), the identity is taken from the header and only
+    the layout is checked. `known_header`: the header checksum the caller wrote or verified
+    before for `key` (see verify_raw_header); it only makes the check cheaper.
+
+    Raises:
+        FileNotFoundError: no object at the name.
+        OSError: the read failed (ELOOP: a link at the name; ENOTDIR: a linked fan-out folder).
+        DamagedObjectError: not a regular file, or corrupt, truncated, oversized, foreign, or of
+            another key or layout.
+    """
+    if key is not None:
+        landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
+        got, size, inode = io.read_into(root_fd, fanout, name, landing.parts, landing.object_bytes)
+        if size is None:
+            raise DamagedObjectError(_NOT_REGULAR, inode, keep=False)
+        if got == landing.object_bytes:
+            try:
+                header_checksum = _verify_landing(landing, key, layout, known_header)
+            except FormatError as exc:
+                raise DamagedObjectError(str(exc), inode) from exc
+            return _delivered(ReadResult(key, landing.tensor, got, header_checksum), out)
+        # another size: another codec, or damage; the general path decides
+    return _delivered(_read_parsed(root_fd, fanout, name, key, layout), out)
+
+
+def _read_parsed(root_fd: int, fanout: str, name: str, key: BlockKey | None, layout: KVLayout) -> ReadResult:
+    """The general path: header first, then exactly the object it announces (never more than the
+    largest object of `layout`)."""
+    dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    inode = None
+    try:
+        st = os.fstat(fd)
+        inode = st.st_ino
+        if not stat.S_ISREG(st.st_mode):
+            raise DamagedObjectError(_NOT_REGULAR, inode, keep=False)
+        if st.st_size > max_object_bytes(layout):
+            raise DamagedObjectError(f"file of {st.st_size} bytes is larger than any object of this layout can be",
+                                     inode, keep=False)
+        header = decode_header(os.pread(fd, header_length(os.pread(fd, FIXED_HEADER_BYTES, 0)), 0))
+        if header.object_bytes != st.st_size:
+            raise FormatError(f"object is {st.st_size} bytes, its header announces {header.object_bytes}")
+        buf = tensor_bytes(torch.empty(st.st_size, dtype=torch.uint8))  # NOTE: no zero fill
+        if os.preadv(fd, [buf], 0) != st.st_size:
+            raise FormatError(f"object shrank while being read (below {st.st_size} bytes)")
+        header, data = verify_object(buf, key, layout, header)
+    except DamagedObjectError:
+        raise
+    except FormatError as exc:
+        raise DamagedObjectError(str(exc), inode) from exc
+    finally:
+        os.close(fd)
+    return ReadResult(header.key, data, header.object_bytes)
+
+
+def _delivered(result: ReadResult, out: torch.Tensor | None) -> ReadResult:
+    """`result` with its block in `out` when one was given (a copy unless it landed there)."""
+    if out is not None and result.data.data_ptr() != out.data_ptr():
+        out.copy_(result.data)
+        return ReadResult(result.key, out, result.size, result.header_checksum)
+    return result
+
+
+def _verify_landing(landing: _Landing, key: BlockKey, layout: KVLayout, known_header: int | None) -> int:
+    """The header checksum of the raw object that landed, once header and payload are verified."""
+    if pieces_checksum(landing.pieces) != verify_raw_header(landing.header, key, layout, known_header):
+        raise FormatError("payload checksum mismatch: the payload is corrupt")
+    return stored_header_checksum(landing.header)
+
+
+@dataclass(slots=True)
+class _Landing:
+    """Where the fast path reads a block: header buffer, payload bytes, checksum pieces."""
+
+    tensor: torch.Tensor
+    data_ptr: int
+    header: bytearray
+    parts: list[memoryview]  # [header, payload]: one readv
+    pieces: list[memoryview]  # the payload as checksum_pieces cuts it
+    object_bytes: int  # header + payload: the size of the raw object that fits exactly
+
+
+def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int) -> _Landing:
+    """`out` itself when it is a contiguous CPU block, else a new tensor, and the buffers around it.
+
+    NOTE: the landing of the last `out` is kept per thread, since callers reuse one output buffer
+    and building the views costs a noticeable share of a warm read.
+    """
+    direct = out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
+        and out.dtype == layout.dtype
+    if direct:
+        cached: _Landing | None = getattr(_local, "landing", None)
+        if cached is not None and cached.tensor is out and cached.data_ptr == out.data_ptr() \
+                and len(cached.header) == header_len:
+            return cached
+    target = out if direct and out is not None else torch.empty(layout.block_shape, dtype=layout.dtype)
+    payload = tensor_bytes(target)
+    header = bytearray(header_len)
+    landing = _Landing(target, target.data_ptr(), header, [memoryview(header), payload],
+                       checksum_pieces(payload), header_len + payload.nbytes)
+    if direct:
+        _local.landing = landing
+    return landing

@@ -1,0 +1,220 @@
+"""The fixed little-endian header of a block object: layout, packing, parsing. Pure bytes, no I/O.
+
+Layout of one object (all integers little-endian):
+
+    fixed part  magic 8s, version u16, header_len u32, namespace 32s, block_hash 32s,
+                num_layers u32, head_start u32, head_end u32, block_size u32, head_dim u32,
+                dtype u8, codec u8, flags u16 (0), num_tokens u32, payload_len u64,
+                payload_checksum u64
+    token ids   num_tokens x u32
+    zero pad    up to header_len - 8 (header_len is a multiple of 64, so the payload is aligned)
+    checksum    u64: xxh3_64 of every header byte before it
+    payload     payload_len bytes: the block [num_layers, 2, heads, block_size, head_dim], encoded
+"""
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import torch
+import xxhash
+
+from kvtier.config import KVLayout
+from kvtier.errors import FormatError
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.format.checksum import BufferLike
+from kvtier.tiers.format.codecs import CODEC_IDS, CODEC_NAMES
+from kvtier.types import BlockHash, Namespace
+
+MAGIC = b"KVTIERB\x00"
+FORMAT_VERSION = 1
+HEADER_ALIGN = 64
+MAX_TOKENS = 1 << 20  # far above any block_size; bounds what a corrupt header can ask for
+MAX_DIM = 1 << 24
+MAX_PAYLOAD_BYTES = 1 << 30  # far above any real block (Llama-3-70B at 16 tokens: 5 MiB); bounds a read
+ZSTD_SLACK_BYTES = 1 << 20  # what an incompressible payload may grow by under zstd
+DTYPE_IDS: dict[torch.dtype, int] = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
+DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_IDS.items()}
+
+_FIXED = struct.Struct("<8sHI32s32sIIIIIBBHIQQ")
+_CHECKSUM = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+NAMESPACE_AT = struct.calcsize("<8sHI")  # offsets of the key's fields in the fixed part
+BLOCK_HASH_AT = NAMESPACE_AT + 32
+NUM_TOKENS_AT = struct.calcsize("<8sHI32s32sIIIIIBBH")
+PAYLOAD_CHECKSUM_AT = _FIXED.size - 8  # the fixed part's last field
+FIXED_HEADER_BYTES = _FIXED.size
+"""Bytes needed to learn `header_len` (see `header_length`)."""
+MAX_HEADER_BYTES = -(-(_FIXED.size + 4 * MAX_TOKENS + 8) // HEADER_ALIGN) * HEADER_ALIGN
+MAX_OBJECT_BYTES = MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES + ZSTD_SLACK_BYTES  # of any layout: a reader's bound
+
+
+class BlockHeader(NamedTuple):
+    """A decoded, checksum-verified header (a NamedTuple: it is built on every slow-path read)."""
+
+    namespace: Namespace
+    block_hash: BlockHash
+    token_ids: tuple[int, ...]
+    num_layers: int
+    head_start: int
+    head_end: int
+    block_size: int
+    head_dim: int
+    dtype: torch.dtype
+    codec: str
+    header_len: int
+    payload_len: int
+    payload_checksum: int
+
+    @property
+    def key(self) -> BlockKey:
+        return BlockKey(self.namespace, self.block_hash, self.token_ids)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        """[num_layers, 2, head_end - head_start, block_size, head_dim]."""
+        return (self.num_layers, 2, self.head_end - self.head_start, self.block_size, self.head_dim)
+
+    @property
+    def raw_payload_bytes(self) -> int:
+        layers, kv, heads, tokens, dim = self.block_shape
+        return layers * kv * heads * tokens * dim * self.dtype.itemsize
+
+    @property
+    def object_bytes(self) -> int:
+        return self.header_len + self.payload_len
+
+
+@lru_cache(maxsize=64)
+def tokens_struct(num_tokens: int) -> struct.Struct:
+    return struct.Struct(f"<{num_tokens}I")
+
+
+def header_bytes_for(num_tokens: int) -> int:
+    """The header length of an object whose block carries `num_tokens` token ids."""
+    unpadded = _FIXED.size + 4 * num_tokens + _CHECKSUM.size
+    return -(-unpadded // HEADER_ALIGN) * HEADER_ALIGN
+
+
+def max_object_bytes(layout: KVLayout) -> int:
+    """The largest object a block of `layout` can be stored as (zstd may grow a payload a little)."""
+    return header_bytes_for(layout.block_size) + layout.page_size_bytes + ZSTD_SLACK_BYTES
+
+
+def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int, checksum: int,
+                  head_range: tuple[int, int] | None = None) -> bytes:
+    """The header of one object (see the module docstring). Raises ValueError on bad input."""
+    _check_key(key)
+    start, end = head_range if head_range is not None else (0, layout.num_kv_heads)
+    if not 0 <= start < end <= layout.num_kv_heads:
+        raise ValueError(f"head_range must satisfy 0 <= start < end <= {layout.num_kv_heads}, got {head_range}")
+    if codec not in CODEC_IDS:
+        raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
+    try:
+        buf = pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum)
+    except struct.error as exc:  # NOTE: struct range-checks every token id (cheaper than a loop here)
+        raise ValueError(f"token ids must be integers in [0, 2**32): {exc}") from exc
+    _CHECKSUM.pack_into(buf, len(buf) - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
+    return bytes(buf)
+
+
+def pack_header(key: BlockKey, layout: KVLayout, codec_id: int, start: int, end: int,
+                payload_len: int, checksum: int) -> bytearray:
+    """Every header byte but the trailing header checksum (left zero); inputs already valid."""
+    header_len = header_bytes_for(len(key.token_ids))
+    buf = bytearray(header_len)
+    _FIXED.pack_into(buf, 0, MAGIC, FORMAT_VERSION, header_len, key.namespace, key.block_hash,
+                     layout.num_layers, start, end, layout.block_size, layout.head_dim,
+                     DTYPE_IDS[layout.dtype], codec_id, 0, len(key.token_ids), payload_len, checksum)
+    tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
+    return buf
+
+
+def stored_header_checksum(buf: BufferLike) -> int:
+    """The header checksum field (a header's last 8 bytes), as stored; not verified here."""
+    view = memoryview(buf).cast("B")
+    return int(_CHECKSUM.unpack_from(view, view.nbytes - _CHECKSUM.size)[0])
+
+
+def checksum_of_header(buf: BufferLike) -> int:
+    """xxh3_64 of a header's bytes before its checksum field (what the field must hold)."""
+    return int(xxhash.xxh3_64_intdigest(memoryview(buf).cast("B")[:-_CHECKSUM.size]))
+
+
+def stored_payload_checksum(buf: BufferLike) -> int:
+    return int(_CHECKSUM.unpack_from(memoryview(buf).cast("B"), PAYLOAD_CHECKSUM_AT)[0])
+
+
+def stored_num_tokens(buf: BufferLike) -> int:
+    return int(_U32.unpack_from(memoryview(buf).cast("B"), NUM_TOKENS_AT)[0])
+
+
+def header_length(prefix: BufferLike) -> int:
+    """The total header length announced by the first FIXED_HEADER_BYTES of an object."""
+    view = memoryview(prefix)
+    if view.nbytes < _FIXED.size:
+        raise FormatError(f"object is {view.nbytes} bytes, shorter than the {_FIXED.size}-byte fixed header")
+    magic, version, header_len = struct.unpack_from("<8sHI", view, 0)
+    if magic != MAGIC:
+        raise FormatError(f"bad magic {bytes(magic)!r}: not a kvtier block object")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"format version {version} is not supported (this kvtier reads {FORMAT_VERSION})")
+    if header_len % HEADER_ALIGN or not _FIXED.size + 8 <= header_len <= MAX_HEADER_BYTES:
+        raise FormatError(f"header length {header_len} is invalid")
+    return int(header_len)
+
+
+def decode_header(buf: BufferLike) -> BlockHeader:
+    """Parse and verify the header at the start of `buf` (the payload may be absent).
+
+    Raises:
+        FormatError: the bytes are not a valid header (never any other exception).
+    """
+    view = memoryview(buf).cast("B")
+    header_len = header_length(view)
+    if view.nbytes < header_len:
+        raise FormatError(f"object is {view.nbytes} bytes, shorter than its {header_len}-byte header")
+    if checksum_of_header(view[:header_len]) != stored_header_checksum(view[:header_len]):
+        raise FormatError("header checksum mismatch: the header is corrupt")
+    fields = _FIXED.unpack_from(view, 0)
+    num_tokens = fields[13]
+    if header_bytes_for(num_tokens) != header_len:
+        raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids")
+    token_ids = tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
+    padding = view[_FIXED.size + 4 * num_tokens:header_len - 8]
+    if padding.nbytes and padding != bytes(padding.nbytes):
+        raise FormatError("header padding is not zero")
+    return _header_from_fields(fields, tuple(token_ids), header_len)
+
+
+def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], header_len: int) -> BlockHeader:
+    (_, _, _, namespace, block_hash, num_layers, head_start, head_end, block_size, head_dim,
+     dtype_id, codec_id, flags, _, payload_len, checksum) = fields
+    dims = (num_layers, block_size, head_dim, head_end)
+    if not all(1 <= d <= MAX_DIM for d in dims):
+        raise FormatError(f"layout dims out of range (layers, block_size, head_dim, head_end)={dims}")
+    if head_start >= head_end:
+        raise FormatError(f"empty KV-head range [{head_start}, {head_end})")
+    if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags != 0:
+        raise FormatError(f"unknown dtype {dtype_id}, codec {codec_id} or flags {flags}")
+    # NOTE: fields go in as plain bytes (no NewType calls): this runs on every slow-path read.
+    header = BlockHeader(namespace, block_hash, token_ids, num_layers, head_start,
+                         head_end, block_size, head_dim, DTYPES[dtype_id], CODEC_NAMES[codec_id],
+                         header_len, payload_len, checksum)
+    raw_bytes = header.raw_payload_bytes
+    if raw_bytes > MAX_PAYLOAD_BYTES:
+        raise FormatError(f"header announces a {raw_bytes}-byte block, above the {MAX_PAYLOAD_BYTES} any block can be")
+    if header.codec == "raw" and payload_len != raw_bytes:
+        raise FormatError(f"raw payload of {payload_len} bytes, the layout needs {raw_bytes}")
+    if payload_len > raw_bytes + ZSTD_SLACK_BYTES:
+        raise FormatError(f"payload of {payload_len} bytes is far above the {raw_bytes} it encodes")
+    return header
+
+
+def _check_key(key: BlockKey) -> None:
+    if len(key.namespace) != 32 or len(key.block_hash) != 32:
+        raise ValueError(f"namespace and block_hash must be 32 bytes, got {len(key.namespace)} "
+                         f"and {len(key.block_hash)}")
+    if len(key.token_ids) > MAX_TOKENS:
+        raise ValueError(f"a block holds at most {MAX_TOKENS} token ids, got {len(key.token_ids)}")

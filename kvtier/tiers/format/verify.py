@@ -1,0 +1,153 @@
+"""Whether an object is the block a reader asked for: key, layout, whole block, both checksums.
+
+Shared by every tier that stores objects (disk, shared folder, remote). A reader that knows the
+key knows every header byte but the payload checksum, so the fast check is a comparison with the
+header this kvtier writes for that key; anything else goes through full parsing once.
+"""
+from __future__ import annotations
+
+import struct
+
+import torch
+
+from kvtier.config import KVLayout
+from kvtier.errors import FormatError
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.format.checksum import BufferLike, payload_checksum
+from kvtier.tiers.format.codecs import CODEC_IDS, decode_payload
+from kvtier.tiers.format.header import (
+    BLOCK_HASH_AT,
+    FIXED_HEADER_BYTES,
+    NAMESPACE_AT,
+    PAYLOAD_CHECKSUM_AT,
+    BlockHeader,
+    checksum_of_header,
+    decode_header,
+    pack_header,
+    stored_header_checksum,
+    stored_num_tokens,
+    stored_payload_checksum,
+    tokens_struct,
+)
+
+
+def decode_block(buf: BufferLike, key: BlockKey | None = None,
+                 layout: KVLayout | None = None) -> tuple[BlockHeader, torch.Tensor]:
+    """Verify a whole object and decode its block.
+
+    Args:
+        buf: the object's bytes. A writable buffer is decoded without a copy for "raw" (the
+            tensor shares its memory); a read-only one is copied.
+        key: when given, the namespace, block hash and token ids must match it.
+        layout: when given, the stored layout must be a head range of it.
+
+    Returns:
+        The header and the block, `[num_layers, 2, heads, block_size, head_dim]`.
+
+    Raises:
+        FormatError: corrupt, truncated, foreign or mismatching bytes (never any other exception).
+    """
+    view = memoryview(buf).cast("B")
+    header = decode_header(view)
+    return header, _decode_verified(header, view, key, layout)
+
+
+def verify_object(buf: BufferLike, key: BlockKey | None, layout: KVLayout,
+                  header: BlockHeader | None = None) -> tuple[BlockHeader, torch.Tensor]:
+    """The header and block of a whole object that holds every KV head of `layout` (and is `key`'s).
+
+    `header`: the object's header when the caller decoded it already (it is not parsed again).
+
+    Raises:
+        FormatError: corrupt, foreign, of another layout, or only a head range.
+    """
+    view = memoryview(buf).cast("B")
+    header = header if header is not None else decode_header(view)
+    if (header.head_start, header.head_end) != (0, layout.num_kv_heads):
+        raise FormatError(f"object holds KV heads [{header.head_start}, {header.head_end}), "
+                          f"this tier serves whole blocks of {layout.num_kv_heads} heads")
+    return header, _decode_verified(header, view, key, layout)
+
+
+def _decode_verified(header: BlockHeader, view: memoryview, key: BlockKey | None,
+                     layout: KVLayout | None) -> torch.Tensor:
+    if key is not None or layout is not None:
+        check_identity(header, key, layout)
+    payload = payload_view(header, view)
+    return decode_payload(payload, header.codec, header.dtype, header.block_shape)
+
+
+def payload_view(header: BlockHeader, buf: BufferLike) -> memoryview:
+    """The payload of a verified header's object, its length and checksum verified."""
+    view = memoryview(buf).cast("B")
+    if view.nbytes != header.object_bytes:
+        raise FormatError(f"object is {view.nbytes} bytes, its header announces {header.object_bytes}")
+    payload = view[header.header_len:]
+    if payload_checksum(payload) != header.payload_checksum:
+        raise FormatError("payload checksum mismatch: the payload is corrupt")
+    return payload
+
+
+def check_identity(header: BlockHeader, key: BlockKey | None, layout: KVLayout | None) -> None:
+    """Raise FormatError unless the header belongs to `key` and fits `layout` (a head range of it)."""
+    if key is not None:
+        if header.namespace != key.namespace:
+            raise FormatError("namespace mismatch: the object belongs to another model or tenant")
+        if header.block_hash != key.block_hash:
+            raise FormatError("block hash mismatch: the object is stored under the wrong name")
+        if header.token_ids != tuple(key.token_ids):
+            raise FormatError("token ids mismatch: a hash collision or a corrupt writer")
+    if layout is not None:
+        stored = (header.num_layers, header.block_size, header.head_dim, header.dtype)
+        wanted = (layout.num_layers, layout.block_size, layout.head_dim, layout.dtype)
+        if stored != wanted or header.head_end > layout.num_kv_heads:
+            raise FormatError(f"layout mismatch: object has (layers, block_size, head_dim, dtype, heads)="
+                              f"{stored + ((header.head_start, header.head_end),)}, expected "
+                              f"{wanted + ((0, layout.num_kv_heads),)}")
+
+
+def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: int | None = None) -> int:
+    """The payload checksum stored in `buf`, which must be the header of a whole raw block of `key`.
+
+    `known` is the header checksum of the header the store wrote, or last verified, under this
+    block hash. If the stored checksum equals it and is the checksum of the bytes read, those
+    bytes are that header (bar a 64-bit xxh3 collision, the guarantee the payload checksum
+    gives), so only the key's own fields are compared and no expected header is built.
+
+    Raises:
+        FormatError: anything else, with the reason `decode_header`/`check_identity` give.
+    """
+    view = memoryview(buf)
+    if known is not None and len(buf) > FIXED_HEADER_BYTES and stored_header_checksum(buf) == known \
+            and checksum_of_header(view) == known and _holds_key(buf, key):
+        return stored_payload_checksum(buf)
+    try:
+        expected = pack_header(key, layout, CODEC_IDS["raw"], 0, layout.num_kv_heads, layout.page_size_bytes, 0)
+    except struct.error as exc:
+        raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
+    at, end = PAYLOAD_CHECKSUM_AT, FIXED_HEADER_BYTES
+    expected[at:end] = view[at:end]  # NOTE: the one field a reader cannot know
+    if (len(buf) == len(expected) and view[:-8] == memoryview(expected)[:-8]
+            and checksum_of_header(view) == stored_header_checksum(view)):
+        return stored_payload_checksum(buf)
+    header = decode_header(buf)  # raises the precise FormatError for most damage
+    check_identity(header, key, layout)
+    raise FormatError(f"header of codec {header.codec!r}, KV heads [{header.head_start}, {header.head_end}), "
+                      f"payload {header.payload_len} bytes: not a whole raw block of this layout")
+
+
+def _holds_key(buf: bytearray, key: BlockKey) -> bool:
+    """Whether a header's namespace, block hash and token ids are `key`'s (nothing else is read).
+
+    NOTE: `startswith` at an offset compares in place, without slicing.
+    """
+    num_tokens = len(key.token_ids)
+    if not (len(key.namespace) == 32 and buf.startswith(key.namespace, NAMESPACE_AT)
+            and len(key.block_hash) == 32 and buf.startswith(key.block_hash, BLOCK_HASH_AT)
+            and stored_num_tokens(buf) == num_tokens
+            and FIXED_HEADER_BYTES + 4 * num_tokens <= len(buf) - 8):
+        return False
+    try:
+        return buf.startswith(tokens_struct(num_tokens).pack(*key.token_ids), FIXED_HEADER_BYTES)
+    except struct.error:  # token ids no object can hold: the full check says why
+        return False
