@@ -9,7 +9,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
@@ -24,6 +24,14 @@ from kvtier.types import BlockHash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _log_failure(what: str, tier: TierStore, key: BlockKey, exc: Exception) -> None:
+    block = key.block_hash.hex()[:16]
+    if isinstance(exc, KVTierError):  # a fault the tier reports on purpose: a miss, no traceback
+        log.warning("%s of block %s on %s failed: %s", what, block, tier.kind.value, exc)
+    else:  # a bug, or a tier of another layout: keep the traceback
+        log.error("%s of block %s on %s failed", what, block, tier.kind.value, exc_info=exc)
 
 
 def _unpin_if_cancelled(tier: TierStore, block_hash: BlockHash, future: Future[Any]) -> None:
@@ -41,7 +49,9 @@ class TransferEngine:
         self._write_room = threading.Condition()
         self.latency: dict[str, LatencyStats] = {}
         self._latency_lock = threading.Lock()
-        self.failed_writes = 0
+        self.failed_reads = 0  # onloads that raised (each became a miss)
+        self.failed_writes = 0  # spills that raised (each block was not stored)
+        self._failures_lock = threading.Lock()
         self._pending: set[Future[Any]] = set()
         # NOTE: spilled blocks stay servable from the engine's copy until their write lands.
         self._inflight: dict[BlockHash, tuple[TierStore, BlockKey, torch.Tensor]] = {}
@@ -62,13 +72,26 @@ class TransferEngine:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+    def _timed(self, tier: TierStore, op: str, call: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
-            return tier.get(key)
+            return call()
+        finally:
+            self._latency(tier, op).record(time.perf_counter() - start)
+
+    def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._track(self._executor.submit(priority, fn, *args))
+
+    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+        try:
+            return self._timed(tier, "read", functools.partial(tier.get, key))
+        except Exception as exc:  # counted and logged here; OnloadHandle.wait makes it a miss
+            with self._failures_lock:
+                self.failed_reads += 1
+            _log_failure("onload", tier, key, exc)
+            raise
         finally:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
-            self._latency(tier, "read").record(time.perf_counter() - start)
 
     def onload(self, found: Sequence[LowerHit]) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
@@ -79,7 +102,7 @@ class TransferEngine:
                 future: Future[torch.Tensor | None] = Future()
                 future.set_result(data)
             else:
-                future = self._track(self._executor.submit(READ, self._read_and_unpin, tier, key))
+                future = self._submit(READ, self._read_and_unpin, tier, key)
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
             futures.append(future)
         return OnloadHandle(list(found), futures)
@@ -105,7 +128,7 @@ class TransferEngine:
         entry = (tier, key, data)
         with self._pending_lock:
             self._inflight[key.block_hash] = entry
-        future = self._track(self._executor.submit(WRITE, self._timed_put, tier, key, data))
+        future = self._submit(WRITE, self._timed_put, tier, key, data)
         future.add_done_callback(lambda _f: self._finish_write(entry, nbytes))
         return future
 
@@ -121,16 +144,14 @@ class TransferEngine:
             self._write_room.notify_all()
 
     def _timed_put(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> bool:
-        start = time.perf_counter()
         try:
-            tier.put(key, data)
+            self._timed(tier, "write", functools.partial(tier.put, key, data))
             return True
-        except KVTierError as exc:
-            self.failed_writes += 1
-            log.warning("spill of block %s to %s failed: %s", key.block_hash.hex()[:16], tier.kind.value, exc)
+        except Exception as exc:  # NOTE: nobody reads a spill's future; what is not counted here is lost
+            with self._failures_lock:
+                self.failed_writes += 1
+            _log_failure("spill", tier, key, exc)
             return False
-        finally:
-            self._latency(tier, "write").record(time.perf_counter() - start)
 
     def flush(self) -> None:
         """Wait until every read and write submitted so far has finished or been cancelled."""
