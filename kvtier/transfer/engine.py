@@ -1,7 +1,7 @@
 """TransferEngine: moves blocks between the host/disk/shared tiers off the scheduler's thread.
 
-Onloads (reads a request waits on) run ahead of spills (write-backs nobody waits on). Every block
-in flight is pinned in its tier; spills hold at most `max_inflight_write_bytes` (back-pressure).
+Reads (onloads, awaited reads) run ahead of writes (spills, awaited writes) on one worker pool.
+Onloaded blocks stay pinned until read; spills hold at most `max_inflight_write_bytes`.
 """
 from __future__ import annotations
 
@@ -114,6 +114,52 @@ class TransferEngine:
         if entry is None or entry[1] != key:  # another namespace or token ids: not this block
             return None
         return LowerHit(entry[0], key, entry[2])
+
+    def read(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None = None) -> Future[torch.Tensor | None]:
+        """Read one block at read priority, for a caller that waits on the result.
+
+        The future holds the block (`out` when given) or None on a miss, or raises what `tier.get`
+        raised. Nothing is pinned: a block evicted before the read runs is a miss.
+        """
+        return self._submit(READ, self._timed, tier, "read", functools.partial(tier.get, key, out))
+
+    def read_many(self, tier: TierStore, keys: Sequence[BlockKey],
+                  outs: Sequence[torch.Tensor | None] | None = None) -> Future[list[torch.Tensor | None]]:
+        """Read blocks in order as one job (one hand-off to a worker); see `read`."""
+        targets = list(outs) if outs is not None else [None] * len(keys)
+        if len(targets) != len(keys):
+            raise ValueError(f"read_many got {len(keys)} keys and {len(targets)} output tensors")
+        return self._submit(READ, self._get_run, tier, list(keys), targets)
+
+    def write(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[None]:
+        """Store one block at write priority; the future raises what `tier.put` raised
+        (TierFullError, TierIOError, ValueError). Unlike `spill`: no copy (keep `data` unchanged
+        until the future ends), no back-pressure wait, and a failure is the caller's, not counted."""
+        return self._submit(WRITE, self._timed, tier, "write", functools.partial(tier.put, key, data))
+
+    def write_many(self, tier: TierStore, keys: Sequence[BlockKey], datas: Sequence[torch.Tensor]) -> Future[None]:
+        """Store blocks in order as one job; every put is attempted, then the first failure is raised."""
+        if len(keys) != len(datas):
+            raise ValueError(f"write_many got {len(keys)} keys and {len(datas)} tensors")
+        return self._submit(WRITE, self._put_run, tier, list(keys), list(datas))
+
+    def contains(self, tier: TierStore, block_hash: BlockHash) -> Future[bool]:
+        """`tier.contains` at read priority (a lookup may touch the disk or the network)."""
+        return self._submit(READ, tier.contains, block_hash)
+
+    def _get_run(self, tier: TierStore, keys: list[BlockKey],
+                 outs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return [self._timed(tier, "read", functools.partial(tier.get, key, out)) for key, out in zip(keys, outs)]
+
+    def _put_run(self, tier: TierStore, keys: list[BlockKey], datas: list[torch.Tensor]) -> None:
+        first: Exception | None = None
+        for key, data in zip(keys, datas):
+            try:
+                self._timed(tier, "write", functools.partial(tier.put, key, data))
+            except Exception as exc:  # raised once the rest of the run has been attempted
+                first = first or exc
+        if first is not None:
+            raise first
 
     def spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[bool]:
         """Write a block the engine now owns (pass a copy); blocks the caller when too much is in flight.
