@@ -27,7 +27,6 @@ from kvtier.bench.report import build_report
 from kvtier.bench.round_stats import WARMUP_ROUNDS
 from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
 from kvtier.bench.tier_ops import (
-    AsyncTier,
     AsyncTierOps,
     TierOps,
     check_round_trip,
@@ -43,6 +42,7 @@ from kvtier.bench.workload import (
     written_blocks,
 )
 from kvtier.config import DiskTierConfig, KVLayout, check_positive_int
+from kvtier.transfer.aio import AsyncTier
 
 TierFactory = Callable[[KVLayout, DiskTierConfig], Any]  # returns a TierStore
 AsyncFactory = Callable[[Any, int], AsyncTier]  # (TierStore, concurrency) -> its asyncio API
@@ -112,9 +112,8 @@ def default_tier_factory(layout: KVLayout, config: DiskTierConfig) -> Any:
 
 
 def default_async_factory(store: Any, concurrency: int) -> AsyncTier:
-    from kvtier.tiers.disk_async import AsyncDiskStore
-
-    return AsyncDiskStore(store, max_concurrency=concurrency)
+    """The asyncio layer over the store: its own transfer engine with `concurrency` workers."""
+    return AsyncTier(store, max_concurrency=concurrency)
 
 
 def _object_path_fn(store: Any) -> Callable[[BlockOp], str] | None:
@@ -209,7 +208,7 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
         config: what to run.
         tier_factory: builds the TierStore under test (default: DiskStore; RawFileTier when
             `config.calibrate`).
-        async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncDiskStore).
+        async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncTier).
     """
     if not config.path.is_dir():
         raise ValueError(f"--path {config.path} is not an existing folder")

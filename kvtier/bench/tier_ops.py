@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any, Protocol
 
 import torch
 
@@ -11,6 +10,7 @@ from kvtier.bench.workload import BlockOp
 from kvtier.config import KVLayout
 from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.transfer.aio import AsyncTier
 from kvtier.types import BlockHash, Namespace
 
 NUM_DATA = 8  # distinct block payloads cycled through the writes
@@ -69,18 +69,8 @@ class TierOps:
         return self.store.get(op.key, out=self._out()) is not None
 
 
-class AsyncTier(Protocol):
-    """The asyncio API the bench drives (AsyncDiskStore has it)."""
-
-    async def put(self, key: BlockKey, data: torch.Tensor) -> None: ...
-
-    async def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None: ...
-
-    def close(self) -> Any: ...
-
-
 class AsyncTierOps:
-    """Block ops through a tier's asyncio API; each worker task reads into its own buffer."""
+    """Block ops through a tier's asyncio API (AsyncTier); each worker task reads into its own buffer."""
 
     def __init__(self, store: AsyncTier, pool: list[torch.Tensor], concurrency: int) -> None:
         self.store = store

@@ -1,7 +1,7 @@
 """TransferEngine: moves blocks between the host/disk/shared tiers off the scheduler's thread.
 
-Onloads (reads a request waits on) run ahead of spills (write-backs nobody waits on). Every block
-in flight is pinned in its tier; spills hold at most `max_inflight_write_bytes` (back-pressure).
+Reads (onloads, awaited reads) run ahead of writes (spills, awaited writes) on one worker pool.
+Onloaded blocks stay pinned until read; spills hold at most `max_inflight_write_bytes`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
@@ -24,6 +24,14 @@ from kvtier.types import BlockHash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _log_failure(what: str, tier: TierStore, key: BlockKey, exc: Exception) -> None:
+    block = key.block_hash.hex()[:16]
+    if isinstance(exc, KVTierError):  # a fault the tier reports on purpose: a miss, no traceback
+        log.warning("%s of block %s on %s failed: %s", what, block, tier.kind.value, exc)
+    else:  # a bug, or a tier of another layout: keep the traceback
+        log.error("%s of block %s on %s failed", what, block, tier.kind.value, exc_info=exc)
 
 
 def _unpin_if_cancelled(tier: TierStore, block_hash: BlockHash, future: Future[Any]) -> None:
@@ -41,7 +49,9 @@ class TransferEngine:
         self._write_room = threading.Condition()
         self.latency: dict[str, LatencyStats] = {}
         self._latency_lock = threading.Lock()
-        self.failed_writes = 0
+        self.failed_reads = 0  # onloads that raised (each became a miss)
+        self.failed_writes = 0  # spills that raised (each block was not stored)
+        self._failures_lock = threading.Lock()
         self._pending: set[Future[Any]] = set()
         # NOTE: spilled blocks stay servable from the engine's copy until their write lands.
         self._inflight: dict[BlockHash, tuple[TierStore, BlockKey, torch.Tensor]] = {}
@@ -62,13 +72,26 @@ class TransferEngine:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+    def _timed(self, tier: TierStore, op: str, call: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
-            return tier.get(key)
+            return call()
+        finally:
+            self._latency(tier, op).record(time.perf_counter() - start)
+
+    def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._track(self._executor.submit(priority, fn, *args))
+
+    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+        try:
+            return self._timed(tier, "read", functools.partial(tier.get, key))
+        except Exception as exc:  # counted and logged here; OnloadHandle.wait makes it a miss
+            with self._failures_lock:
+                self.failed_reads += 1
+            _log_failure("onload", tier, key, exc)
+            raise
         finally:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
-            self._latency(tier, "read").record(time.perf_counter() - start)
 
     def onload(self, found: Sequence[LowerHit]) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
@@ -79,7 +102,7 @@ class TransferEngine:
                 future: Future[torch.Tensor | None] = Future()
                 future.set_result(data)
             else:
-                future = self._track(self._executor.submit(READ, self._read_and_unpin, tier, key))
+                future = self._submit(READ, self._read_and_unpin, tier, key)
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
             futures.append(future)
         return OnloadHandle(list(found), futures)
@@ -91,6 +114,52 @@ class TransferEngine:
         if entry is None or entry[1] != key:  # another namespace or token ids: not this block
             return None
         return LowerHit(entry[0], key, entry[2])
+
+    def read(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None = None) -> Future[torch.Tensor | None]:
+        """Read one block at read priority, for a caller that waits on the result.
+
+        The future holds the block (`out` when given) or None on a miss, or raises what `tier.get`
+        raised. Nothing is pinned: a block evicted before the read runs is a miss.
+        """
+        return self._submit(READ, self._timed, tier, "read", functools.partial(tier.get, key, out))
+
+    def read_many(self, tier: TierStore, keys: Sequence[BlockKey],
+                  outs: Sequence[torch.Tensor | None] | None = None) -> Future[list[torch.Tensor | None]]:
+        """Read blocks in order as one job (one hand-off to a worker); see `read`."""
+        targets = list(outs) if outs is not None else [None] * len(keys)
+        if len(targets) != len(keys):
+            raise ValueError(f"read_many got {len(keys)} keys and {len(targets)} output tensors")
+        return self._submit(READ, self._get_run, tier, list(keys), targets)
+
+    def write(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[None]:
+        """Store one block at write priority; the future raises what `tier.put` raised
+        (TierFullError, TierIOError, ValueError). Unlike `spill`: no copy (keep `data` unchanged
+        until the future ends), no back-pressure wait, and a failure is the caller's, not counted."""
+        return self._submit(WRITE, self._timed, tier, "write", functools.partial(tier.put, key, data))
+
+    def write_many(self, tier: TierStore, keys: Sequence[BlockKey], datas: Sequence[torch.Tensor]) -> Future[None]:
+        """Store blocks in order as one job; every put is attempted, then the first failure is raised."""
+        if len(keys) != len(datas):
+            raise ValueError(f"write_many got {len(keys)} keys and {len(datas)} tensors")
+        return self._submit(WRITE, self._put_run, tier, list(keys), list(datas))
+
+    def contains(self, tier: TierStore, block_hash: BlockHash) -> Future[bool]:
+        """`tier.contains` at read priority (a lookup may touch the disk or the network)."""
+        return self._submit(READ, tier.contains, block_hash)
+
+    def _get_run(self, tier: TierStore, keys: list[BlockKey],
+                 outs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return [self._timed(tier, "read", functools.partial(tier.get, key, out)) for key, out in zip(keys, outs)]
+
+    def _put_run(self, tier: TierStore, keys: list[BlockKey], datas: list[torch.Tensor]) -> None:
+        first: Exception | None = None
+        for key, data in zip(keys, datas):
+            try:
+                self._timed(tier, "write", functools.partial(tier.put, key, data))
+            except Exception as exc:  # raised once the rest of the run has been attempted
+                first = first or exc
+        if first is not None:
+            raise first
 
     def spill(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> Future[bool]:
         """Write a block the engine now owns (pass a copy); blocks the caller when too much is in flight.
@@ -105,7 +174,7 @@ class TransferEngine:
         entry = (tier, key, data)
         with self._pending_lock:
             self._inflight[key.block_hash] = entry
-        future = self._track(self._executor.submit(WRITE, self._timed_put, tier, key, data))
+        future = self._submit(WRITE, self._timed_put, tier, key, data)
         future.add_done_callback(lambda _f: self._finish_write(entry, nbytes))
         return future
 
@@ -121,16 +190,14 @@ class TransferEngine:
             self._write_room.notify_all()
 
     def _timed_put(self, tier: TierStore, key: BlockKey, data: torch.Tensor) -> bool:
-        start = time.perf_counter()
         try:
-            tier.put(key, data)
+            self._timed(tier, "write", functools.partial(tier.put, key, data))
             return True
-        except KVTierError as exc:
-            self.failed_writes += 1
-            log.warning("spill of block %s to %s failed: %s", key.block_hash.hex()[:16], tier.kind.value, exc)
+        except Exception as exc:  # NOTE: nobody reads a spill's future; what is not counted here is lost
+            with self._failures_lock:
+                self.failed_writes += 1
+            _log_failure("spill", tier, key, exc)
             return False
-        finally:
-            self._latency(tier, "write").record(time.perf_counter() - start)
 
     def flush(self) -> None:
         """Wait until every read and write submitted so far has finished or been cancelled."""

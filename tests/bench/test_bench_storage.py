@@ -1,7 +1,6 @@
 """The storage bench: trace shape, report keys and sanity, raw ceiling, --keep (no timed assertions)."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import threading
@@ -30,6 +29,7 @@ from kvtier.bench.workload import (
 from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.transfer.aio import AsyncTier
 from kvtier.types import BlockHash, TierKind
 
 BLOCK_BYTES = 64 << 10
@@ -79,23 +79,6 @@ class ZeroStore(MemoryStore):
         return torch.zeros(self.layout.block_shape, dtype=self.layout.dtype)
 
 
-class AsyncMemory:
-    """The asyncio face of a MemoryStore (what AsyncDiskStore is to DiskStore)."""
-
-    def __init__(self, store: MemoryStore, concurrency: int) -> None:
-        self.store = store
-        self.closed = False
-
-    async def put(self, key: BlockKey, data: torch.Tensor) -> None:
-        await asyncio.to_thread(self.store.put, key, data)
-
-    async def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
-        return await asyncio.to_thread(self.store.get, key, out)
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def short_config(path: Path, **overrides: object) -> StorageBenchConfig:
     base: dict[str, object] = {"path": path, "layout": layout_for_block_bytes(BLOCK_BYTES), "duration_s": 0.4,
                                "fsync": False, "concurrency": 2, "max_bytes": 16 << 20}
@@ -126,14 +109,14 @@ def test_short_run_reports_every_key_with_sane_values(tmp_path: Path) -> None:
 
 
 def test_async_api_moves_the_same_ops_as_the_raw_side(tmp_path: Path) -> None:
-    wrappers: list[AsyncMemory] = []
+    wrappers: list[AsyncTier] = []
 
-    def wrap(store: MemoryStore, concurrency: int) -> AsyncMemory:
-        wrappers.append(AsyncMemory(store, concurrency))
+    def wrap(store: MemoryStore, concurrency: int) -> AsyncTier:
+        wrappers.append(AsyncTier(store, max_concurrency=concurrency))
         return wrappers[-1]
 
     report = run_storage_bench(short_config(tmp_path, api="async"), MemoryStore, wrap)
-    assert report["config"]["api"] == "async" and wrappers[0].closed
+    assert report["config"]["api"] == "async" and wrappers[0].is_closed
     assert report["write_ops"] == report["raw_write_ops"] > 0 and report["read_ops"] == report["raw_read_ops"] > 0
     assert report["misses"] == 0 and report["read_gbps"] > 0
 

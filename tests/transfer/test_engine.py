@@ -1,15 +1,18 @@
 import threading
 
+import pytest
 import torch
 
 from kvtier.block.hashing import hash_blocks, namespace_digest
 from kvtier.config import KVLayout
-from kvtier.errors import TierIOError
+from kvtier.errors import TierFullError, TierIOError
 from kvtier.synthetic import block_content
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.host import HostStore
 from kvtier.transfer.engine import TransferEngine
 from kvtier.transfer.onload import LowerHit
+from tests.transfer.fake_tier import LAYOUT as FAKE_LAYOUT
+from tests.transfer.fake_tier import FakeTier, make_block, make_key
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)
 NS = namespace_digest("m", None)
@@ -112,3 +115,50 @@ def test_spill_in_flight_is_served_from_the_engine_copy_until_it_lands():
     engine.flush()
     assert engine.inflight(KEYS[0]) is None and store.contains(KEYS[0].block_hash)
     engine.close()
+
+
+def test_awaitable_reads_and_writes_raise_the_tiers_own_errors_uncounted():
+    tier, engine = FakeTier(), TransferEngine(num_workers=2)
+    engine.write(tier, make_key(0), make_block(0)).result(timeout=10)
+    out = torch.empty(FAKE_LAYOUT.block_shape, dtype=FAKE_LAYOUT.dtype)
+    assert engine.read(tier, make_key(0), out).result(timeout=10) is out and torch.equal(out, make_block(0))
+    assert engine.read(tier, make_key(9)).result(timeout=10) is None
+    assert engine.contains(tier, make_key(0).block_hash).result(timeout=10)
+    with pytest.raises(ValueError, match="shape"):
+        engine.write(tier, make_key(1), torch.zeros(2)).result(timeout=10)
+    tier.get_faults[make_key(0).block_hash] = TierIOError("injected EIO")
+    with pytest.raises(TierIOError, match="injected EIO"):
+        engine.read(tier, make_key(0)).result(timeout=10)
+    engine.close()
+    assert engine.failed_reads == engine.failed_writes == 0  # the caller got them
+    assert engine.stats()["host.write"]["count"] == 2 and engine.stats()["host.read"]["count"] == 3
+
+
+def test_write_many_attempts_every_put_then_raises_the_first_failure():
+    tier, engine = FakeTier(), TransferEngine(num_workers=1)
+    keys = [make_key(i) for i in range(5)]
+    tier.put_faults[keys[1].block_hash] = TierFullError("first")
+    tier.put_faults[keys[3].block_hash] = TierIOError("second")
+    with pytest.raises(TierFullError, match="first"):
+        engine.write_many(tier, keys, [make_block(i) for i in range(5)]).result(timeout=10)
+    assert tier.calls == [("put", i) for i in range(5)] and tier.num_blocks == 3
+    got = engine.read_many(tier, keys).result(timeout=10)
+    assert [None if g is None else int(g.flatten()[0]) for g in got] == [0, None, 2, None, 4]
+    with pytest.raises(ValueError, match="2 keys and 1 tensors"):
+        engine.write_many(tier, keys[:2], [make_block(0)])
+    engine.close()
+
+
+def test_read_and_write_cancelled_before_they_start_never_run_and_free_their_place():
+    tier, engine = FakeTier(), TransferEngine(num_workers=1)
+    tier.put(make_key(0), make_block(0))
+    tier.gate.clear()
+    blocker = engine.read(tier, make_key(0))  # holds the only worker until the gate opens
+    read, write = engine.read(tier, make_key(1)), engine.write(tier, make_key(2), make_block(2))
+    cancelled = read.cancel(), write.cancel()
+    later = engine.write(tier, make_key(3), make_block(3))
+    tier.gate.set()
+    later.result(timeout=10)
+    engine.close()
+    assert cancelled == (True, True) and blocker.result() is not None
+    assert tier.calls == [("put", 0), ("get", 0), ("put", 3)]
