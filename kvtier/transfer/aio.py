@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-from kvtier.config import DiskTierConfig, KVLayout, check_positive_int
+from kvtier.config import KVLayout, TierConfig, check_positive_int
 from kvtier.tiers.base import BlockKey, TierStats, TierStore
 from kvtier.transfer.engine import TransferEngine
 from kvtier.types import BlockHash
@@ -46,12 +46,12 @@ class AsyncTier:
         self._closed = False
 
     @classmethod
-    def open(cls, layout: KVLayout, config: DiskTierConfig, *,
+    def open(cls, layout: KVLayout, config: TierConfig, *,
              max_concurrency: int = DEFAULT_CONCURRENCY) -> AsyncTier:
-        """A new DiskStore on `config.path` (warm restart included) with its asyncio API."""
-        from kvtier.tiers.disk import DiskStore  # NOTE: here, so the generic layer loads without the disk tier
+        """The tier `config` describes (a folder is warm-restarted from its files) with its asyncio API."""
+        from kvtier.tiers.build import open_tier
 
-        return cls(DiskStore(layout, config), max_concurrency=max_concurrency)
+        return cls(open_tier(layout, config), max_concurrency=max_concurrency)
 
     @property
     def stats(self) -> TierStats:
