@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kvtier.bench.raw_io import RawFiles, drop_cached
-from kvtier.bench.report import format_table, percentile_ms
+from kvtier.bench.report import format_table
 from kvtier.bench.round_stats import ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
 from kvtier.bench.storage import (
@@ -30,6 +30,7 @@ from kvtier.bench.workload import (
 from kvtier.config import DiskTierConfig, KVLayout
 from kvtier.errors import TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.transfer.latency import percentile_ms
 from kvtier.types import BlockHash, TierKind
 
 BLOCK_BYTES = 64 << 10
