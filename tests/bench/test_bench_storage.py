@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvtier.bench.raw_io import RawFiles, drop_cached
+from kvtier.bench.page_cache import drop_cached
+from kvtier.bench.raw_tier import RAW_SUFFIX, RawFileTier
 from kvtier.bench.report import format_table
 from kvtier.bench.round_stats import ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
@@ -195,13 +196,14 @@ def test_trace_is_deterministic_per_seed() -> None:
 def test_raw_ceiling_round_trips_and_reports_missing_files(tmp_path: Path) -> None:
     layout = layout_for_block_bytes(BLOCK_BYTES)
     pool = data_pool(layout, seed=0)
-    raw = RawFiles(tmp_path, pool, fsync=False)
+    raw = RawFileTier(layout, DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 30, fsync=False),
+                      suffix=RAW_SUFFIX, pool=pool)
     op = next(write_trace(PrefixChains(WorkloadConfig()), len(pool)))
     raw.write(op)
-    assert Path(raw.path(op)).read_bytes() == pool[0].view(torch.uint8).numpy().tobytes()
-    assert raw.path(op) == f"{tmp_path}/{op.key.block_hash.hex()[:2]}/{op.key.block_hash.hex()}.raw"
+    assert Path(raw.path_of(op.key.block_hash)).read_bytes() == pool[0].view(torch.uint8).numpy().tobytes()
+    assert raw.path_of(op.key.block_hash) == f"{tmp_path}/{op.key.block_hash.hex()[:2]}/{op.key.block_hash.hex()}.raw"
     raw.read(op)
-    Path(raw.path(op)).unlink()
+    Path(raw.path_of(op.key.block_hash)).unlink()
     with pytest.raises(TierIOError, match="missing"):
         raw.read(op)
 
@@ -328,8 +330,6 @@ def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path, api: str) 
 
 
 def test_raw_file_tier_round_trips_misses_and_evicts(tmp_path: Path) -> None:
-    from kvtier.bench.raw_tier import RawFileTier
-
     layout = layout_for_block_bytes(BLOCK_BYTES)
     tier = RawFileTier(layout, DiskTierConfig(path=str(tmp_path / "t"), capacity_bytes=1 << 30))
     pool = data_pool(layout, seed=1)
