@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the harness is benches.gpu, repository tooling, not installed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dry_run:  # the Triton code runs on CPU tensors; set before anything imports triton
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kvtier.bench.gpu_report import format_table, run_check, save_json
+    from benches.gpu.check import run_check, save_json
+    from benches.gpu.table import format_table
     report = run_check(dry_run=args.dry_run, repo=REPO, include_slow_tests=args.slow_tests,
                        run_tests=not args.skip_tests, sweep=args.sweep)
     save_json(report, args.out)

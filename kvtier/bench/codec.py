@@ -1,15 +1,14 @@
 """Codec throughput: compression ratio and encode/decode GB/s of the block format on normal KV data."""
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
 import torch
 
+from kvtier.block.hashing import hash_block_tokens, namespace_digest
 from kvtier.config import ModelConfig, dtype_name
 from kvtier.tiers.base import BlockKey
-from kvtier.types import BlockHash, Namespace
 
 DTYPES = (torch.float16, torch.bfloat16)
 
@@ -32,8 +31,9 @@ def codec_case(model: ModelConfig, block_size: int, dtype: torch.dtype, codec: s
 
     layout = model.kv_layout(block_size, dtype)
     data = torch.randn(layout.block_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
-    namespace = Namespace(hashlib.sha256(b"kvtier-bench/codec").digest())
-    key = BlockKey(namespace, BlockHash(hashlib.sha256(namespace).digest()), tuple(range(block_size)))
+    namespace = namespace_digest("kvtier-bench/codec")
+    token_ids = tuple(range(block_size))
+    key = BlockKey(namespace, hash_block_tokens(namespace, token_ids), token_ids)
     parts = encode_block(key, data, layout, codec)
     obj = bytearray(b"".join(bytes(p) for p in parts))
     _, back = decode_block(obj, key, layout)

@@ -1,37 +1,47 @@
-"""The raw ceiling behind the TierStore API, for `kvtier bench storage --calibrate`.
+"""Headerless block files by plain Python file I/O: the raw ceiling's side, and the tier under --calibrate.
 
-Run in the tier's place, both sides of the bench do the same plain file I/O (raw_io's
-write_file/read_file_into) in the same fan-out folders, so every ratio it reports would be 1.0
-on a perfectly steady disk: how far they land from 1.0 is the method's noise floor here.
+One file per block, `ab/<hex><suffix>` beside the tier's objects (the same folders and disk region: on
+a virtual disk placement alone moves a ratio); no header, checksum or rename: Python's cheapest I/O.
 """
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from kvtier.bench.raw_io import fanout_path, make_fanout, read_file_into, write_file
+from kvtier.bench.workload import BlockOp
 from kvtier.config import DiskTierConfig, KVLayout
+from kvtier.errors import TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.tiers.disk.names import FANOUT_DIRS, object_relpath
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.types import BlockHash, TierKind
 
-TIER_SUFFIX = ".tier"  # as long as raw_io.RAW_SUFFIX, so both sides' names are alike
+RAW_SUFFIX = ".raw"  # the raw ceiling's files
+TIER_SUFFIX = ".tier"  # --calibrate's tier files; as long as RAW_SUFFIX, so both sides' names are alike
 
 
 class RawFileTier(TierStore):
-    """One headerless file per block, `ab/<hex>.tier` like the raw side's; no checks, no eviction."""
+    """Block files `ab/<hex><suffix>` under `config.path`, no checks, no eviction of its own.
+
+    As the raw ceiling, `run(op)` writes one of `pool`'s payloads (op.data_index) or reads into a
+    per-thread buffer; as a tier (--calibrate), `put`/`get` do the same I/O behind the TierStore API.
+    """
 
     kind = TierKind.DISK
 
-    def __init__(self, layout: KVLayout, config: DiskTierConfig) -> None:
+    def __init__(self, layout: KVLayout, config: DiskTierConfig, *, suffix: str = TIER_SUFFIX,
+                 pool: Sequence[torch.Tensor] = ()) -> None:
         super().__init__(layout)
         self.config = config
         self.folder = config.path
-        make_fanout(self.folder)
-        self._lock = threading.Lock()
-        self._count = 0
+        self.suffix = suffix
+        self._payloads = [tensor_bytes(t) for t in pool]
+        self._local = threading.local()
+        for name in FANOUT_DIRS:  # the tier's fan-out, made here when --calibrate puts this class in its place
+            os.makedirs(os.path.join(self.folder, name), exist_ok=True)
 
     @property
     def capacity_bytes(self) -> int:
@@ -39,14 +49,40 @@ class RawFileTier(TierStore):
 
     @property
     def used_bytes(self) -> int:
-        return self._count * self.layout.page_size_bytes
+        return self.num_blocks * self.layout.page_size_bytes
 
     @property
     def num_blocks(self) -> int:
-        return self._count
+        """Counted from the folder (NOTE: no counter, so neither use pays a lock per op)."""
+        return sum(1 for _ in self._files())
 
     def path_of(self, block_hash: BlockHash) -> str:
-        return fanout_path(self.folder, block_hash, TIER_SUFFIX)
+        return f"{self.folder}/{object_relpath(block_hash, self.suffix)}"
+
+    def run(self, op: BlockOp) -> bool:
+        """Do one op of the raw ceiling; always True (a raw read never misses on purpose)."""
+        if op.kind == "write":
+            self.write(op)
+        else:
+            self.read(op)
+        return True
+
+    def write(self, op: BlockOp) -> None:
+        write_file(self.path_of(op.key.block_hash), self._payloads[op.data_index], self.config.fsync)
+
+    def read(self, op: BlockOp) -> None:
+        """Read the op's block into this thread's buffer; a missing or short file raises TierIOError."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(self.layout.page_size_bytes))
+        path = self.path_of(op.key.block_hash)
+        try:
+            got = read_file_into(path, buf)
+        except FileNotFoundError as exc:
+            raise TierIOError(f"raw ceiling: block file {path} is missing; "
+                              "the folder was changed during the run") from exc
+        if got != len(buf):
+            raise TierIOError(f"raw ceiling: {path} has {got} bytes, expected {len(buf)}")
 
     def contains(self, block_hash: BlockHash) -> bool:
         return os.path.exists(self.path_of(block_hash))
@@ -54,8 +90,6 @@ class RawFileTier(TierStore):
     def put(self, key: BlockKey, data: torch.Tensor) -> None:
         self.check_block(data)
         write_file(self.path_of(key.block_hash), tensor_bytes(data), self.config.fsync)
-        with self._lock:
-            self._count += 1
 
     def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
         direct = out is not None and out.is_contiguous() and out.dtype == self.layout.dtype
@@ -80,6 +114,38 @@ class RawFileTier(TierStore):
             os.unlink(self.path_of(block_hash))
         except FileNotFoundError:
             return False
-        with self._lock:
-            self._count -= 1
         return True
+
+    def remove_all(self) -> int:
+        """Delete every file of this suffix (the raw side's, for --keep); returns how many."""
+        removed = 0
+        for path in self._files():
+            os.unlink(path)
+            removed += 1
+        return removed
+
+    def _files(self) -> Iterator[str]:
+        for root, _dirs, files in os.walk(self.folder):
+            yield from (os.path.join(root, name) for name in files if name.endswith(self.suffix))
+
+
+def write_file(path: str, payload: memoryview, fsync: bool) -> None:
+    """open, write all, optional fsync, close: the cheapest durable write Python has."""
+    with open(path, "wb", buffering=0) as f:
+        written = 0
+        while written < len(payload):
+            written += f.write(payload[written:])
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def read_file_into(path: str, buf: memoryview) -> int:
+    """open, readinto until `buf` is full or the file ends, close; the bytes read."""
+    with open(path, "rb", buffering=0) as f:
+        got = 0
+        while got < len(buf):
+            n = f.readinto(buf[got:])
+            if not n:
+                break
+            got += n
+    return got

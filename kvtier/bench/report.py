@@ -1,7 +1,6 @@
 """Turn timed phases into the storage-bench report: GB/s, IOPS, latency, ratios, break-even, facts."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 import shutil
@@ -13,20 +12,12 @@ from typing import TYPE_CHECKING, Any
 from kvtier.bench.round_stats import WARMUP_ROUNDS, ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
 from kvtier.tiers.disk.fileio import native_built
+from kvtier.transfer.latency import percentile_ms
 
 if TYPE_CHECKING:
     from kvtier.bench.storage import StorageBenchConfig
 
 PREFIX_TOKENS = (1024, 8192, 32768)
-
-
-def percentile_ms(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile `q` (0-100) of latencies in seconds, in milliseconds."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1] * 1e3
 
 
 def direction(prefix: str, phase: PhaseResult, kind: str) -> dict[str, Any]:

@@ -2,10 +2,9 @@
 
 Two phases, each cut into rounds; in a round one side (tier or raw, alternating) runs time-boxed
 and the other replays exactly its ops: same bytes, same thread count, the same fan-out folders
-(raw files sit beside the tier's objects), and the page
-cache flushed and dropped for the files a slice touched after every slice (raw_io.drop_cached).
-Many short rounds rather than a few long ones: this disk's speed drifts by 2x over seconds, and
-only sides measured close together in time see the same disk.
+(raw files sit beside the tier's objects), and the page cache flushed and dropped for the files a
+slice touched after every slice (page_cache.drop_cached). Many short rounds rather than a few long
+ones: a disk's speed drifts over seconds, and only sides measured close together see the same disk.
 1. write: spill prefixes block by block;
 2. mixed: prefix-read bursts with Zipf reuse, interleaved with new spills at `read_ratio`.
 """
@@ -21,8 +20,8 @@ from typing import Any
 
 import torch
 
-from kvtier.bench.raw_io import RawFiles, drop_cached, settle
-from kvtier.bench.raw_tier import RawFileTier
+from kvtier.bench.page_cache import drop_cached, settle
+from kvtier.bench.raw_tier import RAW_SUFFIX, RawFileTier
 from kvtier.bench.report import build_report
 from kvtier.bench.round_stats import WARMUP_ROUNDS
 from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
@@ -170,8 +169,8 @@ class _Run:
 
         NOTE: the side that leads alternates (tier, raw, raw, tier, ...) so that neither always
         runs on a disk the other just left busy; slices of both sides add up to the phase.
-        A first, untimed round (WARMUP_ROUNDS) takes the cold start: in 4 A/A runs the leader of
-        the first write round took 1.3-2.8x the follower's time, and that leader is always the tier.
+        A first, untimed round (WARMUP_ROUNDS) takes the cold start, which would otherwise slow
+        the first round's leader, always the tier.
         """
         cfg, block_bytes = self.config, self.config.layout.page_size_bytes
         issued: list[BlockOp] = []
@@ -234,9 +233,9 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
                          path_of=tier_path)
         else:
             tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run, path_of=tier_path)
-        raw = RawFiles(tier_dir, pool, fsync=config.fsync)
+        raw = RawFileTier(config.layout, disk_config, suffix=RAW_SUFFIX, pool=pool)
         closers.append(raw.remove_all)
-        run = _Run(config, (tier, _Side("raw", tier_dir, op_fn=raw.run, path_of=raw.path)))
+        run = _Run(config, (tier, _Side("raw", tier_dir, op_fn=raw.run, path_of=_object_path_fn(raw))))
         chains = PrefixChains(config.workload)
         written = run.pair("write", write_trace(chains, len(pool)), budget // 2)
         spare = budget - len(written) * config.layout.page_size_bytes

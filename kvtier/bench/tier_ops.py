@@ -1,17 +1,16 @@
 """Block ops through a tier's public sync API (put / get into a reused buffer) and the data they move."""
 from __future__ import annotations
 
-import hashlib
 import threading
 
 import torch
 
 from kvtier.bench.workload import BlockOp
+from kvtier.block.hashing import hash_block_tokens, namespace_digest
 from kvtier.config import KVLayout
 from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.transfer.aio import AsyncTier
-from kvtier.types import BlockHash, Namespace
 
 NUM_DATA = 8  # distinct block payloads cycled through the writes
 
@@ -33,9 +32,9 @@ def check_round_trip(store: TierStore, layout: KVLayout, pool: list[torch.Tensor
     Raises:
         BenchCheckError: the block came back missing or different.
     """
-    namespace = Namespace(hashlib.sha256(b"kvtier-bench/check").digest())
+    namespace = namespace_digest("kvtier-bench/check")
     token_ids = tuple(range(layout.block_size))
-    key = BlockKey(namespace, BlockHash(hashlib.sha256(namespace + b"check").digest()), token_ids)
+    key = BlockKey(namespace, hash_block_tokens(namespace, token_ids), token_ids)
     store.put(key, pool[0])
     out = torch.empty(layout.block_shape, dtype=layout.dtype)
     got = store.get(key, out=out)

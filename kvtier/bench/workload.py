@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
+from kvtier.block.hashing import hash_block_tokens, namespace_digest
 from kvtier.config import check_positive_int
 from kvtier.tiers.base import BlockKey
-from kvtier.types import BlockHash, Namespace
 
 OpKind = Literal["write", "read"]
 VOCAB_SIZE = 128256  # Llama-3's; token ids only feed the hashes
@@ -59,11 +59,11 @@ class BlockOp:
 
 
 class PrefixChains:
-    """Deterministic keys of every prefix's blocks: token ids from SHAKE-256, chained SHA-256."""
+    """Deterministic keys of every prefix's blocks: token ids from SHAKE-256, hashed as the cache hashes."""
 
     def __init__(self, config: WorkloadConfig) -> None:
         self.config = config
-        self.namespace = Namespace(hashlib.sha256(f"kvtier-bench/{config.seed}".encode()).digest())
+        self.namespace = namespace_digest(f"kvtier-bench/{config.seed}")
         self._rng = np.random.default_rng(config.seed)
         self._lengths: list[int] = []
         self._chains: dict[int, list[BlockKey]] = {}
@@ -83,9 +83,7 @@ class PrefixChains:
             raw = hashlib.shake_256(seed).digest(4 * self.config.block_size)
             token_ids = tuple(int.from_bytes(raw[i:i + 4], "little") % VOCAB_SIZE
                               for i in range(0, len(raw), 4))
-            payload = b"".join(t.to_bytes(4, "little") for t in token_ids)
-            block_hash = BlockHash(hashlib.sha256(parent + payload).digest())
-            chain.append(BlockKey(self.namespace, block_hash, token_ids))
+            chain.append(BlockKey(self.namespace, hash_block_tokens(parent, token_ids), token_ids))
         return chain[block_index]
 
 

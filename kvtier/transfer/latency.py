@@ -1,8 +1,19 @@
-"""LatencyStats: recent operation latencies per tier, reported as p50/p99 in milliseconds."""
+"""Latency percentiles: the one nearest-rank `percentile_ms`, and LatencyStats, a tier's recent samples."""
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
+from collections.abc import Iterable
+
+
+def percentile_ms(values_s: Iterable[float], q: float) -> float | None:
+    """The nearest-rank percentile `q` (0..100) of latencies in seconds, in milliseconds; None if empty."""
+    ordered = sorted(values_s)
+    if not ordered:
+        return None
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) / 100)))  # q * n first: exact for whole q
+    return ordered[rank - 1] * 1e3
 
 
 class LatencyStats:
@@ -21,11 +32,8 @@ class LatencyStats:
     def percentile_ms(self, q: float) -> float | None:
         """The q-th percentile (0..100, nearest rank) of the kept samples, or None with no samples."""
         with self._lock:
-            ordered = sorted(self._samples)
-        if not ordered:
-            return None
-        rank = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank] * 1000.0
+            samples = list(self._samples)
+        return percentile_ms(samples, q)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"count": self.count, "p50_ms": self.percentile_ms(50), "p99_ms": self.percentile_ms(99)}

@@ -10,13 +10,9 @@ import pytest
 import torch
 from kvtier.kernels.reference import paged_decode_attention_ref
 
-from kvtier.bench import gpu
-from kvtier.bench.gpu_cases import (
-    DecodeCase,
-    cpu_timer,
-    decode_inputs,
-    torch_decode_baseline,
-)
+from benches.gpu import measure
+from benches.gpu.cases import DecodeCase, decode_inputs, torch_decode_baseline
+from benches.gpu.measure import cpu_timer
 from tests.kernels.paged_inputs import INTERPRETING
 from tests.tolerances import tol
 
@@ -37,7 +33,7 @@ def test_bench_decode_refuses_to_time_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr("kvtier.kernels.paged_attention.paged_decode_attention",
                         lambda q, *args: torch.zeros_like(q))
     with pytest.raises(AssertionError, match="tiny: result differs from the reference"):
-        gpu.bench_decode(CASE, torch.device("cpu"), cpu_timer, d2d_gbps=1.0)
+        measure.bench_decode(CASE, torch.device("cpu"), cpu_timer, d2d_gbps=1.0)
 
 
 def test_dry_run_writes_json_and_prints_the_table_last(tmp_path):
@@ -55,7 +51,7 @@ def test_dry_run_writes_json_and_prints_the_table_last(tmp_path):
 
 
 def test_kernels_digest_names_the_sources_on_disk(tmp_path):
-    from kvtier.bench.gpu_report import kernels_digest
+    from benches.gpu.check import kernels_digest
     (tmp_path / "kernels").mkdir()
     source = tmp_path / "kernels" / "paged.py"
     source.write_text("BLOCK = 64\n")

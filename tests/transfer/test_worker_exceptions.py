@@ -10,7 +10,7 @@ from kvtier.config import KVLayout
 from kvtier.errors import TierIOError
 from kvtier.transfer.engine import TransferEngine
 from kvtier.transfer.onload import LowerHit
-from tests.transfer.fake_tier import LAYOUT, FakeTier, make_block, make_key
+from tests.transfer.fake_tier import FakeTier, make_block, make_key
 
 ENGINE_LOG = "kvtier.transfer.engine"
 OTHER_LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=4, block_size=2, dtype=torch.float16)

@@ -1,4 +1,4 @@
-"""The GPU check of issue 3: gpu tests, copy bandwidths, paged decode and block-transfer throughput.
+"""The GPU check's measurements: copy bandwidths, paged decode and block transfers, and their timers.
 
 Every kernel result is checked against its reference before it is timed. Throughputs are stated
 as GB/s and as a fraction of the bandwidth the same card reaches with a plain copy.
@@ -6,24 +6,17 @@ as GB/s and as a fraction of the bandwidth the same card reaches with a plain co
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
-import os
-import subprocess
-import sys
-from pathlib import Path
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from kvtier.bench.gpu_cases import (
-    DecodeCase,
-    Timer,
-    TransferCase,
-    decode_inputs,
-    torch_decode_baseline,
-)
+from benches.gpu.cases import DecodeCase, TransferCase, decode_inputs, torch_decode_baseline
 
+Timer = Callable[[Callable[[], object]], float]  # runs fn, returns milliseconds (median)
 # Bench-time sanity tolerance by dtype (the test suite has its own table in tests/tolerances.py).
 CHECK_TOL = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 TARGETS = {"decode": 0.80, "transfer": 0.85}  # fraction of the measured copy bandwidth
@@ -31,6 +24,22 @@ TARGETS = {"decode": 0.80, "transfer": 0.85}  # fraction of the measured copy ba
 
 def _gbps(nbytes: int, ms: float) -> float:
     return nbytes / (ms * 1e-3) / 1e9
+
+
+def cuda_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds from triton.testing.do_bench (warm-up, L2 flush, CUDA events)."""
+    from triton.testing import do_bench  # only on the GPU path
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def cpu_timer(fn: Callable[[], object], reps: int = 3) -> float:
+    """Median wall milliseconds; the dry run's stand-in for do_bench."""
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
 
 
 def copy_bandwidths(nbytes: int, device: torch.device, timer: Timer) -> dict[str, float]:
@@ -147,24 +156,3 @@ def bench_transfer(case: TransferCase, device: torch.device, timer: Timer,
             "offload_fraction_of_d2h": out_gbps / bandwidth["d2h_gbps"],
             "onload_ms": in_ms, "onload_gbps": in_gbps,
             "onload_fraction_of_h2d": in_gbps / bandwidth["h2d_gbps"], "target": TARGETS["transfer"]}
-
-
-def run_gpu_tests(tests_dir: Path, include_slow: bool, timeout_s: float) -> dict[str, Any]:
-    """Run the `gpu`-marked kernel tests in a subprocess; returns its summary line and code."""
-    if not tests_dir.is_dir():
-        return {"ran": False, "summary": f"no tests at {tests_dir}", "returncode": None}
-    marker = "gpu" if include_slow else "gpu and not slow"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
-           str(tests_dir)]
-    if importlib.util.find_spec("xdist") is not None:  # compiling every variant is CPU-bound
-        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=tests_dir.parents[1])
-    except subprocess.TimeoutExpired:
-        return {"ran": True, "command": " ".join(cmd), "returncode": None,
-                "summary": f"timed out after {timeout_s:.0f} s (first runs compile every kernel "
-                           "variant; rerun, or pass --skip-tests and run pytest -m gpu apart)"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    return {"ran": True, "command": " ".join(cmd), "returncode": done.returncode,
-            "summary": lines[-1] if lines else done.stderr[-500:]}

@@ -1,20 +1,14 @@
-"""Shapes and inputs of the GPU check: paged decode cases, block-transfer cases, and timers.
+"""Shapes and inputs of the GPU check: paged decode cases, block-transfer cases, the SDPA baseline.
 
 Inputs use shuffled block ids so the kernels read through real, non-contiguous block tables.
 """
 from __future__ import annotations
 
-import functools
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from kvtier.config import KVLayout
-
-Timer = Callable[[Callable[[], object]], float]  # runs fn, returns milliseconds (median)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,42 +42,25 @@ class TransferCase:
     pool_blocks: int  # blocks in the device pool
 
 
-def full_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
-    """The shapes of issue 3: Llama-3-8B-like decode, and 2 MiB blocks (32 layers x 8 heads)."""
-    case = functools.partial(DecodeCase, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
-                             dtype=torch.bfloat16)
-    decode = [case(name="decode b64 ctx4096", batch=64, context=4096),
-              case(name="decode b4 ctx32768", batch=4, context=32768)]
-    layout = KVLayout(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
-    transfer = [TransferCase(name="2MiB blocks x128", layout=layout, num_blocks=128, pool_blocks=512)]
+def check_cases(dry_run: bool) -> tuple[list[DecodeCase], list[TransferCase]]:
+    """Issue 3's shapes (Llama-3-8B-like decode, 2 MiB blocks of 32 layers x 8 heads), or for a dry
+    run tiny ones of the same structure, which the Triton interpreter runs on CPU in seconds."""
+    if dry_run:
+        (num_heads, num_kv_heads, head_dim), runs = (4, 2, 64), ((3, 37), (1, 131))
+        layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=32, block_size=8, dtype=torch.bfloat16)
+        num_blocks, pool_blocks = 3, 9
+    else:
+        (num_heads, num_kv_heads, head_dim), runs = (32, 8, 128), ((64, 4096), (4, 32768))
+        layout = KVLayout(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+        num_blocks, pool_blocks = 128, 512
+    decode = [DecodeCase(name=f"decode b{batch} ctx{context}", batch=batch, context=context,
+                         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                         block_size=16, dtype=torch.bfloat16) for batch, context in runs]
+    size = layout.page_size_bytes
+    label = f"{size >> 20}MiB" if size >= 1 << 20 else f"{size >> 10}KiB"
+    transfer = [TransferCase(name=f"{label} blocks x{num_blocks}", layout=layout, num_blocks=num_blocks,
+                             pool_blocks=pool_blocks)]
     return decode, transfer
-
-
-def dry_run_cases() -> tuple[list[DecodeCase], list[TransferCase]]:
-    """Tiny shapes with the same structure, for a CPU run under the Triton interpreter."""
-    case = functools.partial(DecodeCase, num_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
-                             dtype=torch.bfloat16)
-    decode = [case(name="decode b3 ctx37", batch=3, context=37),
-              case(name="decode b1 ctx131", batch=1, context=131)]
-    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=32, block_size=8, dtype=torch.bfloat16)
-    transfer = [TransferCase(name="4KiB blocks x3", layout=layout, num_blocks=3, pool_blocks=9)]
-    return decode, transfer
-
-
-def cuda_timer(fn: Callable[[], object]) -> float:
-    """Median milliseconds from triton.testing.do_bench (warm-up, L2 flush, CUDA events)."""
-    from triton.testing import do_bench  # only on the GPU path
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-def cpu_timer(fn: Callable[[], object], reps: int = 3) -> float:
-    """Median wall milliseconds; the dry run's stand-in for do_bench."""
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def decode_inputs(case: DecodeCase, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -1,8 +1,13 @@
-"""Run the whole GPU check, save it as JSON, and format its table (benches/gpu_check.py's logic)."""
+"""Run the whole GPU check as one JSON-ready dict: gpu tests, bandwidths, decode, transfers, environment.
+
+The environment names the code that ran: git SHA plus a digest of the kernel sources on disk.
+"""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -12,15 +17,16 @@ from typing import Any
 
 import torch
 
-from kvtier.bench.gpu import (
+from benches.gpu.cases import check_cases
+from benches.gpu.measure import (
     bench_decode,
     bench_transfer,
     copy_bandwidths,
+    cpu_timer,
+    cuda_timer,
     decode_tunings,
-    run_gpu_tests,
     sweep_decode,
 )
-from kvtier.bench.gpu_cases import cpu_timer, cuda_timer, dry_run_cases, full_cases
 
 
 def kernels_digest(repo: Path) -> str:
@@ -51,6 +57,27 @@ def environment(repo: Path) -> dict[str, Any]:
             "git_sha": sha, "kernels_sha256": kernels_digest(repo), "python": platform.python_version()}
 
 
+def run_gpu_tests(tests_dir: Path, include_slow: bool, timeout_s: float) -> dict[str, Any]:
+    """Run the `gpu`-marked kernel tests in a subprocess; returns its summary line and code."""
+    if not tests_dir.is_dir():
+        return {"ran": False, "summary": f"no tests at {tests_dir}", "returncode": None}
+    marker = "gpu" if include_slow else "gpu and not slow"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+           str(tests_dir)]
+    if importlib.util.find_spec("xdist") is not None:  # compiling every variant is CPU-bound
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              cwd=tests_dir.parents[1])
+    except subprocess.TimeoutExpired:
+        return {"ran": True, "command": " ".join(cmd), "returncode": None,
+                "summary": f"timed out after {timeout_s:.0f} s (first runs compile every kernel "
+                           "variant; rerun, or pass --skip-tests and run pytest -m gpu apart)"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    return {"ran": True, "command": " ".join(cmd), "returncode": done.returncode,
+            "summary": lines[-1] if lines else done.stderr[-500:]}
+
+
 def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
               run_tests: bool = True, sweep: bool = False,
               tests_timeout_s: float = 300.0) -> dict[str, Any]:
@@ -64,7 +91,7 @@ def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
     started = time.perf_counter()
     device = torch.device("cpu" if dry_run else "cuda")
     timer = cpu_timer if dry_run else cuda_timer
-    decode_cases, transfer_cases = dry_run_cases() if dry_run else full_cases()
+    decode_cases, transfer_cases = check_cases(dry_run)
     report: dict[str, Any] = {"dry_run": dry_run, "env": environment(repo)}
     _progress("running the gpu-marked kernel tests" if run_tests else "skipping the gpu tests")
     report["gpu_tests"] = (run_gpu_tests(repo / "tests" / "kernels", include_slow_tests,
@@ -94,53 +121,3 @@ def _progress(message: str) -> None:
 def save_json(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-
-def _verdict(fraction: float, target: float, dry_run: bool) -> str:
-    if dry_run:
-        return "(dry run: not a measurement)"
-    return "ok" if fraction >= target else "BELOW"
-
-
-def _sweep_lines(rows: list[dict[str, Any]], best: int = 4) -> list[str]:
-    """The fastest few launch variants of each decode case, and how many failed to build."""
-    lines = []
-    for name in dict.fromkeys(r["name"] for r in rows):
-        ok = sorted((r for r in rows if r["name"] == name and "error" not in r),
-                    key=lambda r: r["kernel_ms"])
-        failed = [r for r in rows if r["name"] == name and "error" in r]
-        wrong = sum(1 for r in failed if r.get("wrong"))
-        lines.append(f"sweep {name}: {len(ok)} variants ran, {len(failed) - wrong} did not build, "
-                     f"{wrong} WRONG; fastest:")
-        lines += [f"  block_n={r['block_n']} warps={r['num_warps']} stages={r['num_stages']} "
-                  f"programs/SM={r['programs_per_sm']}: {r['kernel_ms']:.3f} ms "
-                  f"{r['kernel_gbps']:.1f} GB/s {r['fraction_of_d2d']:.0%} of copy" for r in ok[:best]]
-    return lines
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """A fixed-width table: one row per measurement, napkin-math fraction beside the raw GB/s."""
-    bw = report["bandwidth"]
-    rows = [("what", "ms", "GB/s", "vs copy", "target", ""),
-            ("copy D2D (read+write)", "", f"{bw['d2d_gbps']:.1f}", "", "", ""),
-            ("copy H2D pinned", "", f"{bw['h2d_gbps']:.1f}", "", "", ""),
-            ("copy D2H pinned", "", f"{bw['d2h_gbps']:.1f}", "", "", "")]
-    for d in report["decode"]:
-        rows.append((d["name"] + " triton", f"{d['kernel_ms']:.3f}", f"{d['kernel_gbps']:.1f}",
-                     f"{d['fraction_of_d2d']:.0%}", f"{d['target']:.0%}",
-                     _verdict(d["fraction_of_d2d"], d["target"], report["dry_run"])))
-        rows.append((d["name"] + " gather+SDPA", f"{d['baseline_ms']:.3f}",
-                     f"{d['baseline_gbps']:.1f}", f"{d['baseline_gbps'] / bw['d2d_gbps']:.0%}", "", ""))
-    for t in report["transfer"]:
-        for way, key in (("gather+D2H", "offload"), ("H2D+scatter", "onload")):
-            frac = t[f"{key}_fraction_of_{'d2h' if key == 'offload' else 'h2d'}"]
-            rows.append((f"{t['name']} {way}", f"{t[key + '_ms']:.3f}", f"{t[key + '_gbps']:.1f}",
-                         f"{frac:.0%}", f"{t['target']:.0%}", _verdict(frac, t["target"], report["dry_run"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines += _sweep_lines(report.get("decode_sweep", []))
-    tests = report["gpu_tests"]
-    head = (f"device: {report['env']['device']}  torch {report['env']['torch']}  "
-            f"triton {report['env']['triton']}  dry_run={report['dry_run']}  "
-            f"took {report['elapsed_s']:.0f} s")
-    return "\n".join([head, f"gpu tests: {tests.get('summary', 'not run')}", *lines])
