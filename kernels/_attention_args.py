@@ -19,7 +19,7 @@ MAX_HEAD_DIM = 256  # one head's row is one register tile; 64, 80, 96, 128 and 2
 # the tests fast while still crossing tile and split boundaries at short lengths.
 INTERPRETER_BLOCK = 16
 INTERPRETER_TARGET_PROGRAMS = 16
-PROGRAMS_PER_SM = 4  # batch 4, 32k context: 0.91 of copy on H100 and H200 (2 gave 0.89, 0.78)
+PROGRAMS_PER_SM = 4  # the best of the sweep at batch 4, 32k context on H100 and H200 (README: GPU figures)
 
 
 def check_attention_args(op: str, query: torch.Tensor, k_cache: torch.Tensor,

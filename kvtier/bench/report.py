@@ -151,8 +151,10 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
     report["tier_stats"] = tier_stats
     report["tier_path"] = str(tier_dir) if config.keep else None
     report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every slice, both sides"
-    report["method"] = ("CALIBRATION: the tier side is plain files too, so every ratio would be 1.0 on a steady "
-                        "disk; its distance from 1.0 is the noise floor of the ratios. " if config.calibrate else "") + ("write_*: the write phase (spills only); read_*: read bytes / wall time of the mixed phase, "
+    calibration = ("CALIBRATION: the tier side is plain files too, so every ratio would be 1.0 on a steady "
+                   "disk; its distance from 1.0 is the noise floor of the ratios. ")
+    report["method"] = (calibration if config.calibrate else "") + (
+                        "write_*: the write phase (spills only); read_*: read bytes / wall time of the mixed phase, "
                         "which also spills at 1 - read_ratio (use --read-ratio 1 for reads alone); GB/s are 1e9 "
                         "bytes of uncompressed block payload; raw_* replay exactly the same ops; each phase starts with "
                         "an untimed warm-up round")

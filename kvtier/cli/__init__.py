@@ -1,1 +1,2 @@
-"""kvtier."""
+"""The `kvtier` command: one module per command, parsing and printing only (the work lives in the
+package); importing it does not load torch."""

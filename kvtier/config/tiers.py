@@ -63,7 +63,8 @@ class FolderTierConfig:
         check_mode(owner, "file_mode", self.file_mode)
         check_mode(owner, "dir_mode", self.dir_mode)
         if self.dir_mode & 0o700 != 0o700:
-            raise ValueError(f"{owner}.dir_mode must let the owner enter the folder (0o700 set), got {oct(self.dir_mode)}")
+            raise ValueError(f"{owner}.dir_mode must let the owner enter the folder (0o700 set), "
+                             f"got {oct(self.dir_mode)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -202,11 +202,11 @@ def test_resealed_zstd_garbage_payload_is_format_error() -> None:
 def test_checksum_in_pieces_is_xxh3_of_the_whole(size: int) -> None:
     import xxhash
 
-    from kvtier.tiers.format import CHECKSUM_CHUNK, checksum_pieces, payload_checksum, pieces_checksum
+    from kvtier.tiers.format import CHECKSUM_CHUNK_BYTES, checksum_pieces, payload_checksum, pieces_checksum
 
     blob = bytes(range(256)) * (size // 256 + 1)
     pieces = checksum_pieces(blob[:size])
-    assert all(piece.nbytes <= CHECKSUM_CHUNK for piece in pieces)  # python-xxhash keeps the GIL for these
+    assert all(piece.nbytes <= CHECKSUM_CHUNK_BYTES for piece in pieces)  # python-xxhash keeps the GIL for these
     assert payload_checksum(blob[:size]) == pieces_checksum(pieces) == xxhash.xxh3_64_intdigest(blob[:size])
 
 

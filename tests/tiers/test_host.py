@@ -70,11 +70,13 @@ def test_put_of_wrong_shape_or_dtype_raises(bad):
         HostStore(LAYOUT, 2).put(KEYS[0], bad)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.float16), torch.zeros(LAYOUT.block_shape, dtype=torch.float32)])
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.float16),
+                                 torch.zeros(LAYOUT.block_shape, dtype=torch.float32)])
 def test_get_into_an_output_of_another_shape_or_dtype_raises(bad):
     store = HostStore(LAYOUT, 2)
     store.put(KEYS[0], block(0))
-    with pytest.raises(ValueError, match=r"HostStore.get expects an output block of shape \[2, 2, 2, 4, 4\] and dtype torch.float16"):
+    with pytest.raises(ValueError, match=r"HostStore.get expects an output block of shape \[2, 2, 2, 4, 4\] "
+                                         r"and dtype torch.float16"):
         store.get(KEYS[0], out=bad)
 
 

@@ -8,6 +8,7 @@
  * The Python twin is pyfileio.py: same names, signatures and syscalls in the same order, same
  * cleanup (nothing left behind on any failure). Every call enters the fan-out folder with
  * O_NOFOLLOW | O_DIRECTORY relative to the root's descriptor, so a link cannot lead it outside.
+ * Names are plain strings ("s"): the store builds them from hex digests only.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -133,18 +134,13 @@ PyDoc_STRVAR(publish_unnamed_doc,
 
 static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *fanout_obj = NULL, *name_obj = NULL, *parts_obj;
+    const char *fanout, *name;
+    PyObject *parts_obj;
     int root_fd, do_fsync, via_proc, mode;
-    if (!PyArg_ParseTuple(args, "iO&O&Oppi:publish_unnamed", &root_fd, PyUnicode_FSConverter, &fanout_obj,
-                          PyUnicode_FSConverter, &name_obj, &parts_obj, &do_fsync, &via_proc, &mode))
-        return NULL;  /* NOTE: PyUnicode_FSConverter releases what it converted when a later argument fails */
-    const char *fanout = PyBytes_AS_STRING(fanout_obj), *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
-    if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
-        Py_DECREF(fanout_obj);
-        Py_DECREF(name_obj);
+    if (!PyArg_ParseTuple(args, "issOppi:publish_unnamed", &root_fd, &fanout, &name, &parts_obj, &do_fsync,
+                          &via_proc, &mode) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
         return NULL;
-    }
 
     int err = 0;
     const char *err_path = name;
@@ -174,10 +170,7 @@ static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
-    PyObject *result = err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
-    Py_DECREF(fanout_obj);
-    Py_DECREF(name_obj);
-    return result;
+    return err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
 }
 
 PyDoc_STRVAR(write_renamed_doc,
@@ -187,21 +180,13 @@ PyDoc_STRVAR(write_renamed_doc,
 
 static PyObject *write_renamed(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *fanout_obj = NULL, *temp_obj = NULL, *name_obj = NULL, *parts_obj;
+    const char *fanout, *temp, *name;
+    PyObject *parts_obj;
     int root_fd, do_fsync, mode;
-    if (!PyArg_ParseTuple(args, "iO&O&O&Opi:write_renamed", &root_fd, PyUnicode_FSConverter, &fanout_obj,
-                          PyUnicode_FSConverter, &temp_obj, PyUnicode_FSConverter, &name_obj, &parts_obj,
-                          &do_fsync, &mode))
-        return NULL;
-    const char *fanout = PyBytes_AS_STRING(fanout_obj), *temp = PyBytes_AS_STRING(temp_obj);
-    const char *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
-    if (parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0) {
-        Py_DECREF(fanout_obj);
-        Py_DECREF(temp_obj);
-        Py_DECREF(name_obj);
+    if (!PyArg_ParseTuple(args, "isssOpi:write_renamed", &root_fd, &fanout, &temp, &name, &parts_obj, &do_fsync,
+                          &mode) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
         return NULL;
-    }
 
     int err = 0;
     const char *err_path = temp;
@@ -225,11 +210,7 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
-    PyObject *result = err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
-    Py_DECREF(fanout_obj);
-    Py_DECREF(temp_obj);
-    Py_DECREF(name_obj);
-    return result;
+    return err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
 }
 
 PyDoc_STRVAR(read_into_doc,
@@ -241,19 +222,14 @@ PyDoc_STRVAR(read_into_doc,
 
 static PyObject *read_into(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *fanout_obj = NULL, *name_obj = NULL, *parts_obj;
+    const char *fanout, *name;
+    PyObject *parts_obj;
     int root_fd;
     Py_ssize_t want;
-    if (!PyArg_ParseTuple(args, "iO&O&On:read_into", &root_fd, PyUnicode_FSConverter, &fanout_obj,
-                          PyUnicode_FSConverter, &name_obj, &parts_obj, &want))
-        return NULL;
-    const char *fanout = PyBytes_AS_STRING(fanout_obj), *name = PyBytes_AS_STRING(name_obj);
     Parts parts;
-    if (parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0) {
-        Py_DECREF(fanout_obj);
-        Py_DECREF(name_obj);
+    if (!PyArg_ParseTuple(args, "issOn:read_into", &root_fd, &fanout, &name, &parts_obj, &want)
+            || parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0)
         return NULL;
-    }
 
     int err = 0, regular = 0;
     Py_ssize_t total = 0;
@@ -295,17 +271,8 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 
     parts_release(&parts);
-    PyObject *result;
-    if (err) {
-        result = raise_errno(err, err_path);
-    } else if (regular) {
-        result = Py_BuildValue("nLK", total, size, inode);
-    } else {
-        result = Py_BuildValue("nOK", total, Py_None, inode);
-    }
-    Py_DECREF(fanout_obj);
-    Py_DECREF(name_obj);
-    return result;
+    if (err) return raise_errno(err, err_path);
+    return regular ? Py_BuildValue("nLK", total, size, inode) : Py_BuildValue("nOK", total, Py_None, inode);
 }
 
 static PyMethodDef fileio_methods[] = {

@@ -53,4 +53,5 @@ def routines(native: bool) -> FileIO:
 @functools.cache
 def _log_not_built() -> None:
     logger.info("kvtier.tiers.disk._fileio is not built (no C compiler at install?); disk tiers read and write "
-                "with the Python twin, which is slower under concurrency; reinstall with a C compiler (gcc) to build it")
+                "with the Python twin, which is slower under concurrency; reinstall with a C compiler (gcc) "
+                "to build it")

@@ -1,9 +1,9 @@
 """Free bytes of the filesystem under a disk tier, for its `min_free_bytes` floor, without a
 `statvfs` per put.
 
-`statvfs` is a syscall (on NFS an FSSTAT round trip to the server) that each put used to make
-while holding the store's lock. Now it runs at most every `max_age_s`, outside that lock, and
-what this store wrote and removed since is added in, rounded up to whole filesystem blocks.
+`statvfs` is a syscall (on NFS an FSSTAT round trip to the server), too slow for every put under
+the store's lock: it runs at most every `max_age_s`, outside that lock, and what this store
+wrote and removed since is added in, rounded up to whole filesystem blocks.
 Other processes' writes are seen within `max_age_s`; a removed file that someone still holds
 open frees its space only at close, so until the next reading the estimate may run that far
 ahead.

@@ -26,9 +26,9 @@ from kvtier.tiers.disk.pyfileio import READ_FLAGS
 from kvtier.tiers.disk.scan import FoundFile, scan_folder
 from kvtier.tiers.format import FIXED_HEADER_BYTES, MAX_OBJECT_BYTES, BlockHeader, decode_header, header_length
 
-VERIFY_THREADS = 4
-MAX_LISTED = 20  # paths named in a report
-READ_CHUNK = 1 << 20  # a payload is checksummed in pieces: memory stays bounded whatever the object's size
+NUM_VERIFY_THREADS = 4
+MAX_LISTED_PATHS = 20  # paths named in a report
+READ_CHUNK_BYTES = 1 << 20  # a payload is checksummed in pieces: memory stays bounded whatever the object's size
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
     with contextlib.closing(TierFolder(root, 0o700, existing=True)) as folder:
         scan = scan_folder(folder, MAX_OBJECT_BYTES)
         objects = scan.objects + scan.oversized + scan.misplaced
-        with ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="kvtier-verify") as pool:
+        with ThreadPoolExecutor(max_workers=NUM_VERIFY_THREADS, thread_name_prefix="kvtier-verify") as pool:
             verdicts = list(pool.map(lambda f: check_object(folder, f), objects))
         damaged = [(f, v) for f, v in zip(objects, verdicts) if v is not None and not v.unreadable]
         unreadable = [(f, v) for f, v in zip(objects, verdicts) if v is not None and v.unreadable]
@@ -101,8 +101,8 @@ def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
             "corrupt": len(damaged), "unreadable": len(unreadable), "ignored": scan.num_ignored,
             "bytes": sum(f.size for f in objects), "repaired": repaired,
             "reasons": dict(Counter(v.why.split(":")[0] for _, v in damaged)),
-            "corrupt_paths": [f"{folder.path}/{f.relpath}" for f, _ in damaged[:MAX_LISTED]],
-            "unreadable_paths": [f"{folder.path}/{f.relpath}" for f, _ in unreadable[:MAX_LISTED]]}
+            "corrupt_paths": [f"{folder.path}/{f.relpath}" for f, _ in damaged[:MAX_LISTED_PATHS]],
+            "unreadable_paths": [f"{folder.path}/{f.relpath}" for f, _ in unreadable[:MAX_LISTED_PATHS]]}
 
 
 def gc_folder(root: str, to_bytes: int) -> dict[str, Any]:
@@ -167,8 +167,8 @@ def _open_checked(folder: TierFolder, found: FoundFile) -> tuple[int, BlockHeade
 
 def _payload_checksum(fd: int, header: BlockHeader) -> int:
     state = xxhash.xxh3_64()
-    for offset in range(header.header_len, header.object_bytes, READ_CHUNK):
-        state.update(os.pread(fd, min(READ_CHUNK, header.object_bytes - offset), offset))
+    for offset in range(header.header_len, header.object_bytes, READ_CHUNK_BYTES):
+        state.update(os.pread(fd, min(READ_CHUNK_BYTES, header.object_bytes - offset), offset))
     return int(state.intdigest())
 
 

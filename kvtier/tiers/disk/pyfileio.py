@@ -79,7 +79,8 @@ def write_renamed(root_fd: int, fanout: str, temp_name: str, name: str, parts: S
         os.close(dir_fd)
 
 
-def read_into(root_fd: int, fanout: str, name: str, parts: Sequence[memoryview], want: int) -> tuple[int, int | None, int]:
+def read_into(root_fd: int, fanout: str, name: str, parts: Sequence[memoryview],
+              want: int) -> tuple[int, int | None, int]:
     """Open `name` in the fan-out folder and, if it is a regular file of exactly `want` bytes, fill
     `parts` in order from it.
 

@@ -19,7 +19,7 @@ from kvtier.tiers.disk.folder import TierFolder
 from kvtier.tiers.disk.names import FANOUT_DIRS, is_temp_name, parse_object_name
 from kvtier.types import BlockHash
 
-SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide NFS round trips
+NUM_SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide NFS round trips
 FileKind = Literal["object", "temp", "oversized", "misplaced", "ignored"]
 
 
@@ -46,25 +46,20 @@ class FoundFile:
 class FolderScan:
     """Everything found in the fan-out, by kind; `num_ignored` also counts links or files at fan-out names."""
 
-    found: dict[FileKind, list[FoundFile]] = field(
-        default_factory=lambda: {"object": [], "temp": [], "oversized": [], "misplaced": [], "ignored": []})
+    objects: list[FoundFile] = field(default_factory=list)
+    temps: list[FoundFile] = field(default_factory=list)
+    oversized: list[FoundFile] = field(default_factory=list)
+    misplaced: list[FoundFile] = field(default_factory=list)
     num_ignored: int = 0
 
-    @property
-    def objects(self) -> list[FoundFile]:
-        return self.found["object"]
+    def add(self, found: FoundFile) -> None:
+        if found.kind == "ignored":
+            self.num_ignored += 1
+        else:
+            getattr(self, _LISTS[found.kind]).append(found)
 
-    @property
-    def temps(self) -> list[FoundFile]:
-        return self.found["temp"]
 
-    @property
-    def oversized(self) -> list[FoundFile]:
-        return self.found["oversized"]
-
-    @property
-    def misplaced(self) -> list[FoundFile]:
-        return self.found["misplaced"]
+_LISTS = {"object": "objects", "temp": "temps", "oversized": "oversized", "misplaced": "misplaced"}
 
 
 def scan_folder(folder: TierFolder, max_object_bytes: int) -> FolderScan:
@@ -74,14 +69,13 @@ def scan_folder(folder: TierFolder, max_object_bytes: int) -> FolderScan:
         OSError: a fan-out folder exists but cannot be read (EACCES, EIO): an empty answer would lie.
     """
     scan = FolderScan()
-    with ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="kvtier-scan") as pool:
+    with ThreadPoolExecutor(max_workers=NUM_SCAN_THREADS, thread_name_prefix="kvtier-scan") as pool:
         for leaf in pool.map(lambda name: _scan_leaf(folder, name, max_object_bytes), FANOUT_DIRS):
             if leaf is None:
                 scan.num_ignored += 1
                 continue
             for found in leaf:
-                scan.found[found.kind].append(found)
-                scan.num_ignored += found.kind == "ignored"
+                scan.add(found)
     return scan
 
 

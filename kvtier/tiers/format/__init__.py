@@ -4,7 +4,7 @@ Pure bytes, no I/O: the disk, shared-folder and remote tiers write `encode_block
 check what they read back with `verify`.
 """
 from kvtier.tiers.format.checksum import (
-    CHECKSUM_CHUNK,
+    CHECKSUM_CHUNK_BYTES,
     BufferLike,
     checksum_pieces,
     payload_checksum,
@@ -34,7 +34,8 @@ from kvtier.tiers.format.verify import (
 )
 
 __all__ = [
-    "CHECKSUM_CHUNK", "FIXED_HEADER_BYTES", "MAX_HEADER_BYTES", "MAX_OBJECT_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOKENS", "BlockHeader",
+    "CHECKSUM_CHUNK_BYTES", "FIXED_HEADER_BYTES", "MAX_HEADER_BYTES", "MAX_OBJECT_BYTES", "MAX_PAYLOAD_BYTES",
+    "MAX_TOKENS", "BlockHeader",
     "BufferLike", "check_identity", "checksum_pieces", "decode_block", "decode_header", "encode_block",
     "encode_header", "header_bytes_for", "header_length", "max_object_bytes", "payload_checksum", "payload_view",
     "pieces_checksum", "stored_header_checksum", "verify_object", "verify_raw_header",
