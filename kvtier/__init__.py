@@ -76,7 +76,14 @@ if TYPE_CHECKING:
         SharedTierConfig,
         TransferConfig,
     )
-    from kvtier.errors import FormatError, KVTierError, OutOfBlocksError, TierFullError, TierIOError, TransferError
+    from kvtier.errors import (
+        FormatError,
+        KVTierError,
+        OutOfBlocksError,
+        TierFullError,
+        TierIOError,
+        TransferError,
+    )
     from kvtier.tiers.base import BlockKey, TierStore
     from kvtier.tiers.disk import DiskStore
     from kvtier.tiers.host import HostStore

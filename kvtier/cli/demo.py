@@ -27,7 +27,13 @@ def register(commands: Any) -> None:
 
 def flags_config(args: argparse.Namespace, scratch: str) -> KVTierConfig:
     """The cache the flags describe: the tiny model's layout, a device pool, a host tier, a disk tier."""
-    from kvtier.config import DeviceTierConfig, DiskTierConfig, HostTierConfig, KVTierConfig, ModelConfig
+    from kvtier.config import (
+        DeviceTierConfig,
+        DiskTierConfig,
+        HostTierConfig,
+        KVTierConfig,
+        ModelConfig,
+    )
 
     tiers: list[Any] = [HostTierConfig(num_blocks=args.host_blocks)]
     if not args.no_disk:

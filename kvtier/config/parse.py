@@ -28,7 +28,12 @@ from typing import Any
 from kvtier.config.cache import KVTierConfig, TransferConfig
 from kvtier.config.checks import parse_dtype
 from kvtier.config.model import KVLayout, ModelConfig
-from kvtier.config.tiers import DeviceTierConfig, DiskTierConfig, HostTierConfig, SharedTierConfig
+from kvtier.config.tiers import (
+    DeviceTierConfig,
+    DiskTierConfig,
+    HostTierConfig,
+    SharedTierConfig,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvtier.config.checks import check_bool, check_mode, check_nonnegative_int, check_positive_int
+from kvtier.config.checks import (
+    check_bool,
+    check_mode,
+    check_nonnegative_int,
+    check_positive_int,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,13 @@
 """The tier a TierConfig describes: the one place a config becomes a HostStore or a DiskStore."""
 from __future__ import annotations
 
-from kvtier.config import DiskTierConfig, HostTierConfig, KVLayout, SharedTierConfig, TierConfig
+from kvtier.config import (
+    DiskTierConfig,
+    HostTierConfig,
+    KVLayout,
+    SharedTierConfig,
+    TierConfig,
+)
 from kvtier.tiers.base import TierStore
 
 

@@ -24,7 +24,13 @@ from kvtier.tiers.disk.folder import TierFolder
 from kvtier.tiers.disk.names import QUARANTINE_DIR, object_name
 from kvtier.tiers.disk.pyfileio import READ_FLAGS
 from kvtier.tiers.disk.scan import FoundFile, scan_folder
-from kvtier.tiers.format import FIXED_HEADER_BYTES, MAX_OBJECT_BYTES, BlockHeader, decode_header, header_length
+from kvtier.tiers.format import (
+    FIXED_HEADER_BYTES,
+    MAX_OBJECT_BYTES,
+    BlockHeader,
+    decode_header,
+    header_length,
+)
 
 NUM_VERIFY_THREADS = 4
 MAX_LISTED_PATHS = 20  # paths named in a report

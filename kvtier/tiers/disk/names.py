@@ -22,7 +22,6 @@ OBJECT_SUFFIX = ".kvb"
 TEMP_SUFFIX = ".tmp"
 QUARANTINE_DIR = "quarantine"
 FANOUT_DIRS = tuple(f"{i:02x}" for i in range(256))
-_OBJECT_NAME = re.compile(r"[0-9a-f]{64}\.kvb")  # NOTE: exactly what object_name builds; fromhex alone skips spaces
 _counter = itertools.count()  # NOTE: next() on itertools.count is atomic under the GIL
 
 
@@ -39,10 +38,20 @@ def object_relpath(block_hash: bytes, suffix: str = OBJECT_SUFFIX) -> str:
 
 
 def parse_object_name(name: str) -> BlockHash | None:
-    """The block hash an object file name stands for, or None unless it is exactly 64 lowercase hex + .kvb."""
-    if _OBJECT_NAME.fullmatch(name) is None:
+    """The block hash an object file name stands for, or None unless it is exactly 64 lowercase hex + .kvb.
+
+    NOTE: `bytes.fromhex` alone skips spaces, so ASCII letters and digits only are let through to
+    it; string methods, not a regex, since a restart parses every name in the folder.
+    """
+    if len(name) != 64 + len(OBJECT_SUFFIX) or not name.endswith(OBJECT_SUFFIX):
         return None
-    return BlockHash(bytes.fromhex(name[:64]))
+    digest = name[:64]
+    if not (digest.isascii() and digest.isalnum()) or digest != digest.lower():
+        return None
+    try:
+        return BlockHash(bytes.fromhex(digest))
+    except ValueError:  # letters beyond f
+        return None
 
 
 def is_temp_name(name: str) -> bool:

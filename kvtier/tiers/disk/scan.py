@@ -13,7 +13,7 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from kvtier.tiers.disk.folder import TierFolder
 from kvtier.tiers.disk.names import FANOUT_DIRS, is_temp_name, parse_object_name
@@ -23,9 +23,8 @@ NUM_SCAN_THREADS = 8  # os.scandir and stat release the GIL; a few threads hide 
 FileKind = Literal["object", "temp", "oversized", "misplaced", "ignored"]
 
 
-@dataclass(frozen=True, slots=True)
-class FoundFile:
-    """An entry of a fan-out folder and what it is."""
+class FoundFile(NamedTuple):
+    """An entry of a fan-out folder and what it is (a NamedTuple: a restart builds one per object)."""
 
     fanout: str
     name: str
@@ -53,10 +52,17 @@ class FolderScan:
     num_ignored: int = 0
 
     def add(self, found: FoundFile) -> None:
-        if found.kind == "ignored":
+        if found.kind == "object":
+            self.objects.append(found)
+        elif found.kind == "ignored":
             self.num_ignored += 1
         else:
             getattr(self, _LISTS[found.kind]).append(found)
+
+    def merge(self, other: FolderScan) -> None:
+        for name in _LISTS.values():
+            getattr(self, name).extend(getattr(other, name))
+        self.num_ignored += other.num_ignored
 
 
 _LISTS = {"object": "objects", "temp": "temps", "oversized": "oversized", "misplaced": "misplaced"}
@@ -71,25 +77,25 @@ def scan_folder(folder: TierFolder, max_object_bytes: int) -> FolderScan:
     scan = FolderScan()
     with ThreadPoolExecutor(max_workers=NUM_SCAN_THREADS, thread_name_prefix="kvtier-scan") as pool:
         for leaf in pool.map(lambda name: _scan_leaf(folder, name, max_object_bytes), FANOUT_DIRS):
-            if leaf is None:
-                scan.num_ignored += 1
-                continue
-            for found in leaf:
-                scan.add(found)
+            scan.merge(leaf)
     return scan
 
 
-def _scan_leaf(folder: TierFolder, fanout: str, max_object_bytes: int) -> list[FoundFile] | None:
-    """The entries of one fan-out folder; [] when it does not exist, None when a link or file sits at its name."""
+def _scan_leaf(folder: TierFolder, fanout: str, max_object_bytes: int) -> FolderScan:
+    """The entries of one fan-out folder: none when it does not exist, one ignored entry when a
+    link or a file sits at its name."""
+    leaf = FolderScan()
     try:
         with folder.subdir(fanout, listing=True) as fd, os.scandir(fd) as entries:
-            return [_classify(fanout, entry, max_object_bytes) for entry in entries]
+            for entry in entries:
+                leaf.add(_classify(fanout, entry, max_object_bytes))
     except FileNotFoundError:
-        return []
+        pass
     except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-            return None
-        raise
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        leaf.num_ignored += 1
+    return leaf
 
 
 def _classify(fanout: str, entry: os.DirEntry[str], max_object_bytes: int) -> FoundFile:

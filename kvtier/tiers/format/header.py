@@ -38,8 +38,8 @@ DTYPE_IDS: dict[torch.dtype, int] = {torch.float16: 1, torch.bfloat16: 2, torch.
 DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_IDS.items()}
 
 _FIXED = struct.Struct("<8sHI32s32sIIIIIBBHIQQ")
-_CHECKSUM = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
+_CHECKSUM = U64 = struct.Struct("<Q")
+_U32 = U32 = struct.Struct("<I")
 NAMESPACE_AT = struct.calcsize("<8sHI")  # offsets of the key's fields in the fixed part
 BLOCK_HASH_AT = NAMESPACE_AT + 32
 NUM_TOKENS_AT = struct.calcsize("<8sHI32s32sIIIIIBBH")
@@ -144,10 +144,6 @@ def checksum_of_header(buf: BufferLike) -> int:
 
 def stored_payload_checksum(buf: BufferLike) -> int:
     return int(_CHECKSUM.unpack_from(memoryview(buf).cast("B"), PAYLOAD_CHECKSUM_AT)[0])
-
-
-def stored_num_tokens(buf: BufferLike) -> int:
-    return int(_U32.unpack_from(memoryview(buf).cast("B"), NUM_TOKENS_AT)[0])
 
 
 def header_length(prefix: BufferLike) -> int:

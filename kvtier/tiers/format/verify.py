@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 
 import torch
+import xxhash
 
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
@@ -19,13 +20,15 @@ from kvtier.tiers.format.header import (
     BLOCK_HASH_AT,
     FIXED_HEADER_BYTES,
     NAMESPACE_AT,
+    NUM_TOKENS_AT,
     PAYLOAD_CHECKSUM_AT,
+    U32,
+    U64,
     BlockHeader,
     checksum_of_header,
     decode_header,
     pack_header,
     stored_header_checksum,
-    stored_num_tokens,
     stored_payload_checksum,
     tokens_struct,
 )
@@ -118,9 +121,10 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
         FormatError: anything else, with the reason `decode_header`/`check_identity` give.
     """
     view = memoryview(buf)
-    if known is not None and len(buf) > FIXED_HEADER_BYTES and stored_header_checksum(buf) == known \
-            and checksum_of_header(view) == known and _holds_key(buf, key):
-        return stored_payload_checksum(buf)
+    # NOTE: struct on the bytearray itself, no casts or helper calls: this runs on every fast-path read
+    if known is not None and len(buf) > FIXED_HEADER_BYTES and U64.unpack_from(buf, len(buf) - 8)[0] == known \
+            and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
+        return int(U64.unpack_from(buf, PAYLOAD_CHECKSUM_AT)[0])
     try:
         expected = pack_header(key, layout, CODEC_IDS["raw"], 0, layout.num_kv_heads, layout.page_size_bytes, 0)
     except struct.error as exc:
@@ -144,7 +148,7 @@ def _holds_key(buf: bytearray, key: BlockKey) -> bool:
     num_tokens = len(key.token_ids)
     if not (len(key.namespace) == 32 and buf.startswith(key.namespace, NAMESPACE_AT)
             and len(key.block_hash) == 32 and buf.startswith(key.block_hash, BLOCK_HASH_AT)
-            and stored_num_tokens(buf) == num_tokens
+            and U32.unpack_from(buf, NUM_TOKENS_AT)[0] == num_tokens
             and FIXED_HEADER_BYTES + 4 * num_tokens <= len(buf) - 8):
         return False
     try:
