@@ -33,14 +33,17 @@ _REMEDIES = {
                    "follows inside its root); remove it and kvtier recreates the folder",
     errno.ELOOP: "{path} or a folder in it is a link, which a tier never follows inside its root; "
                  "remove it and kvtier recreates the folder",
-    errno.EEXIST: "{path} exists and is not a folder: choose a folder path",
+    errno.EISDIR: "a folder sits at an object's name in {path}; remove it",
+    errno.EEXIST: "a folder sits at an object's name in {path}; remove it",
 }
+_NOT_A_FOLDER = "choose the path of a folder, or of one to create"
 
 
-def io_error(what: str, path: str, exc: OSError, consequence: str = "") -> TierIOError:
-    """A TierIOError naming what failed, where, the errno, and the remedy for that errno."""
+def io_error(what: str, path: str, exc: OSError, consequence: str = "", remedy: str | None = None) -> TierIOError:
+    """A TierIOError naming what failed, where, the errno, and the remedy (by default, the errno's)."""
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-    remedy = _REMEDIES.get(exc.errno or 0, "check the device and the mount ({path})").format(path=path)
+    if remedy is None:
+        remedy = _REMEDIES.get(exc.errno or 0, "check the device and the mount ({path})").format(path=path)
     return TierIOError(f"{what} failed ({name}: {exc.strerror or exc}){consequence}; {remedy}")
 
 
@@ -120,10 +123,8 @@ def _open_root(path: str, dir_mode: int) -> int:
     try:
         os.makedirs(path, mode=dir_mode, exist_ok=True)
         fd = os.open(path, ROOT_FLAGS)
-    except FileExistsError as exc:
-        raise io_error(f"opening disk tier folder {path}", path, exc, ": it is not a folder") from exc
-    except NotADirectoryError as exc:
-        raise io_error(f"opening disk tier folder {path}", path, exc, ": it is not a folder") from exc
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise io_error(f"opening disk tier folder {path}", path, exc, ": it is not a folder", _NOT_A_FOLDER) from exc
     except OSError as exc:
         raise io_error(f"opening disk tier folder {path}", path, exc) from exc
     try:

@@ -124,7 +124,8 @@ def gc_folder(root: str, to_bytes: int) -> dict[str, Any]:
         if quarantined and left > to_bytes:
             with folder.subdir(QUARANTINE_DIR) as q_fd:
                 for _, name, size in quarantined:
-                    os.unlink(name, dir_fd=q_fd)
+                    with contextlib.suppress(FileNotFoundError):  # gone already: its bytes are freed all the same
+                        os.unlink(name, dir_fd=q_fd)
                     left, q_removed = left - size, q_removed + 1
         removed = 0
         for obj in objects:
