@@ -24,3 +24,7 @@ class TransferError(KVTierError):
 
 class FormatError(KVTierError):
     """Bytes that claim to be a block object are malformed, corrupt or foreign."""
+
+
+class UnsupportedModelError(KVTierError):
+    """A model or checkpoint the reference decoder cannot run (named, before any compute)."""

@@ -11,7 +11,7 @@ from kvtier.config.checks import (
     dtype_name,
     parse_dtype,
 )
-from kvtier.config.model import KVLayout, ModelConfig, model_fingerprint
+from kvtier.config.model import KVLayout, ModelConfig, RopeScaling, model_fingerprint
 from kvtier.config.tiers import (
     DeviceTierConfig,
     DiskTierConfig,
@@ -24,7 +24,8 @@ from kvtier.presets import MODEL_PRESET_NAMES
 
 __all__ = [
     "MODEL_PRESET_NAMES", "SUPPORTED_DTYPES", "DeviceTierConfig", "DiskTierConfig", "FolderTierConfig",
-    "HostTierConfig", "KVLayout", "KVTierConfig", "ModelConfig", "SharedTierConfig", "TierConfig", "TransferConfig",
+    "HostTierConfig", "KVLayout", "KVTierConfig", "ModelConfig", "RopeScaling", "SharedTierConfig", "TierConfig",
+    "TransferConfig",
     "check_bool", "check_mode", "check_nonnegative_int", "check_positive_int", "dtype_name", "model_fingerprint",
     "parse_dtype",
 ]

@@ -74,8 +74,29 @@ class KVLayout:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RopeScaling:
+    """Llama-3's RoPE frequency scaling (`rope_scaling.rope_type == "llama3"` in a HF config)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        check_positive_int("RopeScaling", "original_max_position_embeddings", self.original_max_position_embeddings)
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"RopeScaling.{name} must be a number > 0, got {value!r}")
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise ValueError(f"RopeScaling.high_freq_factor ({self.high_freq_factor}) must exceed "
+                             f"low_freq_factor ({self.low_freq_factor})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
-    """Shape of a Llama-family decoder; enough to size its KV cache and to build the reference model."""
+    """Shape of a Llama-family decoder (Llama, Qwen2 with q/k/v bias, tied or untied embeddings):
+    enough to size its KV cache and to build the reference model."""
 
     name: str
     num_layers: int
@@ -89,6 +110,10 @@ class ModelConfig:
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
     dtype: torch.dtype = torch.bfloat16
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = False  # Qwen2: biases on the q, k and v projections
+    tie_word_embeddings: bool = False  # the LM head is the embedding matrix
+    eos_token_ids: tuple[int, ...] = ()  # tokens that end a generation ("stop")
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size",
@@ -98,6 +123,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
                              f"num_kv_heads ({self.num_kv_heads})")
         dtype_name(self.dtype)
+        for name in ("qkv_bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in self.eos_token_ids):
+            raise ValueError(f"ModelConfig.eos_token_ids must be token ids in [0, {self.vocab_size}), "
+                             f"got {self.eos_token_ids!r}")
 
     def kv_layout(self, block_size: int = 16, dtype: torch.dtype | None = None) -> KVLayout:
         """The KV layout this model needs at `block_size` tokens per block."""
@@ -124,5 +155,5 @@ def model_fingerprint(model: ModelConfig, weights_id: str) -> str:
         raise ValueError("weights_id must be a non-empty string naming the exact weights (e.g. their sha256)")
     dims = ",".join(f"{name}={getattr(model, name)}" for name in (
         "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size",
-        "vocab_size", "rope_theta", "norm_eps"))
+        "vocab_size", "rope_theta", "norm_eps", "rope_scaling", "qkv_bias", "tie_word_embeddings"))
     return f"llama;{dims};dtype={dtype_name(model.dtype)};weights={weights_id}"
