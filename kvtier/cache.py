@@ -58,6 +58,7 @@ class TieredKVCache:
         for upper, lower in zip(self.tiers, self.tiers[1:]):
             upper.set_eviction_hook(functools.partial(self._spill_copy, lower))
         self._onloads: dict[SeqId, OnloadHandle] = {}
+        self._hits: dict[SeqId, dict[TierKind, int]] = {}  # per live sequence: cached blocks by tier
         self.stats = CacheStats()
 
     @classmethod
@@ -112,6 +113,7 @@ class TieredKVCache:
             raise
         self.stats.lookup_blocks += max_hits
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
+        self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
             self._onloads[seq_id] = self.engine.onload(found)
             if wait:
@@ -144,6 +146,15 @@ class TieredKVCache:
     def is_onloading(self, seq_id: SeqId) -> bool:
         return seq_id in self._onloads
 
+    def onload_ready(self, seq_id: SeqId) -> bool:
+        """Whether `finish_onload(seq_id)` would return without waiting (no reads, or all done)."""
+        handle = self._onloads.get(seq_id)
+        return handle is None or handle.done()
+
+    def cached_blocks_by_tier(self, seq_id: SeqId) -> dict[TierKind, int]:
+        """How many of a live sequence's leading blocks each tier served at allocation."""
+        return dict(self._hits.get(seq_id, {}))
+
     def finish_onload(self, seq_id: SeqId, timeout_s: float | None = None) -> int:
         """Wait for a sequence's lower-tier reads, place them on the device; returns blocks onloaded.
 
@@ -158,8 +169,10 @@ class TieredKVCache:
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
         self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], torch.stack(loaded))
+        hits = self._hits.setdefault(seq_id, {})
         for hit in handle.found[:len(loaded)]:
             self.stats.hit_blocks[hit.tier.kind] += 1
+            hits[hit.tier.kind] = hits.get(hit.tier.kind, 0) + 1
         self.stats.onloaded_bytes += len(loaded) * self.layout.page_size_bytes
         self.manager.mark_computed(seq_id, (start + len(loaded)) * self.layout.block_size)
         seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size
@@ -208,6 +221,7 @@ class TieredKVCache:
         handle = self._onloads.pop(seq_id, None)
         if handle is not None:
             handle.cancel()
+        self._hits.pop(seq_id, None)
         self.manager.free(seq_id)
 
     def flush(self) -> None:
