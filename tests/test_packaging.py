@@ -30,7 +30,7 @@ def test_import_and_help_do_not_load_torch(tmp_path):
     code = ("import sys, contextlib, io, kvtier, kvtier.cli.main as cli\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "    cli.main(['--help'])\n"
-            "for command in ('demo', 'info', 'bench', 'cache'):\n"
+            "for command in ('demo', 'generate', 'info', 'bench', 'cache'):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "        cli.main([command, '--help'])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'triton')))")

@@ -5,51 +5,28 @@ import argparse
 import json
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from kvtier.config import KVTierConfig
+from kvtier.cli.cache_flags import add_cache_flags, cache_config
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("demo", help="replay a synthetic multi-turn chat trace and print hit rates per tier")
-    parser.add_argument("--config", metavar="FILE", help="a TOML file describing the cache (kvtier/config/parse.py); "
-                        "replaces --device-blocks, --host-blocks, --disk and --no-disk")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--device-blocks", type=int, default=64)
-    parser.add_argument("--host-blocks", type=int, default=48)
-    parser.add_argument("--disk", metavar="DIR", help="disk tier folder (default: a temporary folder)")
-    parser.add_argument("--no-disk", action="store_true", help="device and host tiers only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_cache_flags(parser, device_blocks=64, host_blocks=48)
     parser.set_defaults(func=run, parser=parser)
 
 
-def flags_config(args: argparse.Namespace, scratch: str) -> KVTierConfig:
-    """The cache the flags describe: the tiny model's layout, a device pool, a host tier, a disk tier."""
-    from kvtier.config import (
-        DeviceTierConfig,
-        DiskTierConfig,
-        HostTierConfig,
-        KVTierConfig,
-        ModelConfig,
-    )
-
-    tiers: list[Any] = [HostTierConfig(num_blocks=args.host_blocks)]
-    if not args.no_disk:
-        tiers.append(DiskTierConfig(path=args.disk or scratch, capacity_bytes=256 << 20, fsync=False))
-    return KVTierConfig(layout=ModelConfig.preset("tiny").kv_layout(block_size=16),
-                        device=DeviceTierConfig(num_blocks=args.device_blocks), tiers=tuple(tiers))
-
-
 def run(args: argparse.Namespace) -> int:
-    from kvtier.config import KVTierConfig
+    from kvtier.config import ModelConfig
     from kvtier.demo import run_demo
     from kvtier.errors import KVTierError
 
     with tempfile.TemporaryDirectory(prefix="kvtier-demo-") as scratch:
         try:
-            config = KVTierConfig.from_toml(args.config) if args.config else flags_config(args, scratch)
+            config = cache_config(args, ModelConfig.preset("tiny").kv_layout(block_size=16), scratch)
         except (ValueError, OSError) as exc:
             args.parser.error(str(exc))
         try:

@@ -5,9 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kvtier.cli import bench, cache, demo, info
+from kvtier.cli import bench, cache, demo, generate, info
 
-COMMAND_MODULES = [demo, info, bench, cache]
+COMMAND_MODULES = [demo, generate, info, bench, cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

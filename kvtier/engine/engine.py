@@ -54,26 +54,25 @@ class LLMEngine:
         self.running: list[EngineSequence] = []
         self.num_recomputed_tokens = 0  # a preempted prefix that no tier kept (should stay 0 with lower tiers)
 
-    def add_request(self, request: Request) -> None:
-        """Queue a request; one that can never run finishes at once with `error` set."""
+    def add_request(self, request: Request) -> RequestOutput:
+        """Queue a request; its output fills in as it runs. One that can never run finishes at
+        once with `error` set."""
         seq = EngineSequence.start(request, namespace_digest(self._fingerprint, request.cache_salt))
         error = self._refusal(request)
         if error is not None:
             seq.output.error, seq.status = error, SeqStatus.FINISHED
         self.waiting.append(seq)
+        return seq.output
 
     def has_unfinished(self) -> bool:
         return any(s.status is not SeqStatus.FINISHED for s in self.waiting) or bool(self.running)
 
     def generate(self, requests: Iterable[Request]) -> list[RequestOutput]:
         """Every request's output, in the order given."""
-        seqs = []
-        for request in requests:
-            self.add_request(request)
-            seqs.append(self.waiting[-1])
+        outputs = [self.add_request(request) for request in requests]
         while self.has_unfinished():
             self.step()
-        return [s.output for s in seqs]
+        return outputs
 
     def step(self) -> list[RequestOutput]:
         """Admit, compute one step, sample; the outputs of the requests that finished in it."""

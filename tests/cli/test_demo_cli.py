@@ -19,7 +19,7 @@ def test_demo_json_reports_hits_in_every_tier_and_verifies_blocks(capsys, tmp_pa
 
 def test_module_entry_point_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "kvtier", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("demo", "info", "bench", "cache"):
+    for command in ("demo", "generate", "info", "bench", "cache"):
         assert command in out
 
 

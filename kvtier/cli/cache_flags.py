@@ -1,0 +1,42 @@
+"""The cache flags `demo` and `generate` share, and the one place they map onto a KVTierConfig."""
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvtier.config import KVLayout, KVTierConfig
+
+
+def add_cache_flags(parser: argparse.ArgumentParser, *, device_blocks: int, host_blocks: int) -> None:
+    from kvtier.cli.cache import byte_count
+
+    parser.add_argument("--config", metavar="FILE", help="a TOML file describing the cache (kvtier/config/parse.py); "
+                        "replaces the cache flags below")
+    parser.add_argument("--device-blocks", type=int, default=device_blocks, help=f"default {device_blocks}")
+    parser.add_argument("--host-blocks", type=int, default=host_blocks, help=f"0: no host tier (default {host_blocks})")
+    parser.add_argument("--disk", metavar="DIR", help="disk tier folder (default: a temporary folder)")
+    parser.add_argument("--disk-bytes", type=byte_count, default=256 << 20, metavar="BYTES",
+                        help="disk tier budget (default 256MiB)")
+    parser.add_argument("--no-disk", action="store_true", help="no disk tier")
+    parser.add_argument("--device", default="cpu", help="where the device pool lives (default cpu)")
+
+
+def cache_config(args: argparse.Namespace, layout: KVLayout, scratch: str) -> KVTierConfig:
+    """The KVTierConfig of `--config FILE` (its layout must be `layout`), or of the cache flags.
+
+    Raises:
+        ValueError, OSError: the file or a flag breaks a rule (the message names it).
+    """
+    from kvtier.config import DeviceTierConfig, DiskTierConfig, HostTierConfig, KVTierConfig
+
+    if args.config:
+        config = KVTierConfig.from_toml(args.config)
+        if config.layout != layout:
+            raise ValueError(f"{args.config}: [layout] is {config.layout}, the model needs {layout}")
+        return config
+    tiers: list[Any] = [HostTierConfig(num_blocks=args.host_blocks)] if args.host_blocks else []
+    if not args.no_disk:
+        tiers.append(DiskTierConfig(path=args.disk or scratch, capacity_bytes=args.disk_bytes, fsync=False))
+    return KVTierConfig(layout=layout, device=DeviceTierConfig(num_blocks=args.device_blocks, device=args.device),
+                        tiers=tuple(tiers))

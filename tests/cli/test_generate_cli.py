@@ -1,0 +1,82 @@
+"""`kvtier generate`: JSONL in, JSONL out; bad lines get error lines and the rest run; prompt text
+in and text out with a tokenizer; the cache from flags or a config file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvtier.cli.main import main
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def write_lines(path: Path, lines: list[object]) -> str:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, object]]:
+    assert main(["generate", *argv]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_requests_run_and_bad_lines_get_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_lines(tmp_path / "in.jsonl", [
+        {"id": "a", "prompt_token_ids": list(range(1, 40)), "max_tokens": 4},
+        "{not json",
+        {"id": "vocab", "prompt_token_ids": [1, 300], "max_tokens": 2},
+        {"id": "typo", "prompt_token_ids": [1], "max_token": 2},
+        {"id": "b", "prompt_token_ids": list(range(1, 40)), "max_tokens": 4},  # a's prefix: cached
+    ])
+    results = run(capsys, "--model", "tiny", "--prompts", prompts, "--device-blocks", "32", "--no-disk",
+                  "--max-seqs", "1")  # one at a time: b finds a's blocks registered
+    by_id = {r["id"]: r for r in results}
+    assert [r["id"] for r in results] == ["a", "line-2", "vocab", "typo", "b"]
+    assert by_id["a"]["finish_reason"] == "length" and len(by_id["a"]["token_ids"]) == 4  # type: ignore[arg-type]
+    assert by_id["b"]["token_ids"] == by_id["a"]["token_ids"] and by_id["b"]["num_cached_tokens"] == 32
+    assert "line 2" in by_id["line-2"]["error"] and "outside the vocabulary" in by_id["vocab"]["error"]  # type: ignore[operator]
+    assert "unknown key 'max_token'" in by_id["typo"]["error"]  # type: ignore[operator]
+
+
+def test_output_file_and_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt_token_ids": [5, 6, 7], "max_tokens": 3}])
+    config = tmp_path / "cache.toml"
+    config.write_text(f'[layout]\nmodel = "tiny"\nblock_size = 8\n[device]\nnum_blocks = 16\n'
+                      f'[[tiers]]\nkind = "disk"\npath = "{tmp_path}/disk"\ncapacity_bytes = "1MiB"\n')
+    assert main(["generate", "--model", "tiny", "--prompts", prompts, "--output", str(tmp_path / "out.jsonl"),
+                 "--config", str(config), "--block-size", "8"]) == 0
+    (result,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(result["token_ids"]) == 3 and (tmp_path / "disk").is_dir()
+    with pytest.raises(SystemExit):  # the file's layout (block_size 8) is not the one asked for
+        main(["generate", "--model", "tiny", "--prompts", prompts, "--config", str(config)])
+    assert "the model needs" in capsys.readouterr().err
+
+
+def tokenizer_folder(path: Path) -> Path:
+    """A random-weight Llama saved with a word-level tokenizer of its 64-word vocabulary."""
+    words = [f"w{i}" for i in range(63)]
+    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    backend.decoder = tokenizers.decoders.WordPiece(prefix="##")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=None,
+                                      eos_token_id=None, pad_token_id=None)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_prompt_text_in_and_text_out_with_a_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tokenizer_folder(tmp_path / "model")
+    prompts = write_lines(tmp_path / "in.jsonl", [{"id": "t", "prompt": "w1 w2 w3 w4 w5", "max_tokens": 3}])
+    (result,) = run(capsys, "--model", str(folder), "--prompts", prompts, "--no-disk", "--dtype", "float32")
+    assert len(result["token_ids"]) == 3  # type: ignore[arg-type]
+    assert result["text"] == " ".join(f"w{t - 1}" if t else "<unk>" for t in result["token_ids"])  # type: ignore[union-attr]
+    no_tokenizer = write_lines(tmp_path / "in2.jsonl", [{"id": "t", "prompt": "w1 w2", "max_tokens": 1}])
+    (result,) = run(capsys, "--model", "tiny", "--prompts", no_tokenizer, "--no-disk")
+    assert "needs a model folder with a tokenizer" in result["error"]  # type: ignore[operator]
