@@ -47,16 +47,32 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
 def paged_decode_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, seq_lens: torch.Tensor,
                                scale: float) -> torch.Tensor:
-    """One new token per sequence: query/out [batch, num_heads, head_dim]. seq_len 0 gives zeros."""
-    out = torch.zeros_like(query)
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        if seq_len == 0:
-            continue
-        k = _gather_seq(k_cache, block_tables[b], seq_len)
-        v = _gather_seq(v_cache, block_tables[b], seq_len)
-        positions = torch.tensor([seq_len - 1], device=query.device)
-        out[b] = _attend(query[b:b + 1], k, v, scale, positions)[0].to(out.dtype)
-    return out
+    """One new token per sequence: query/out [batch, num_heads, head_dim]. seq_len 0 gives zeros.
+
+    The whole batch at once: every sequence's blocks gathered to the longest one's length, the
+    positions past each sequence's length masked, each query head grouped with its KV head.
+    """
+    batch, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    max_len = int(seq_lens.max()) if batch else 0
+    if max_len == 0:
+        return torch.zeros_like(query)
+    num_blocks = -(-max_len // block_size)
+    tables = block_tables[:, :num_blocks].long()
+    needed = torch.arange(num_blocks, device=query.device)[None, :] < (-(-seq_lens.long() // block_size))[:, None]
+    if bool(((tables < 0) & needed).any()):
+        raise ValueError(f"block table has PAD_SLOT_ID within seq_lens {seq_lens.tolist()}: {tables.tolist()}")
+    tables = tables.clamp(min=0)  # padding past a sequence's end: read block 0, masked below
+    k = k_cache[tables].flatten(1, 2)[:, :max_len].float()  # [batch, max_len, num_kv_heads, head_dim]
+    v = v_cache[tables].flatten(1, 2)[:, :max_len].float()
+    q = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", q, k) * scale  # [batch, num_kv_heads, group, max_len]
+    past_end = torch.arange(max_len, device=query.device)[None, :] >= seq_lens.long()[:, None]  # [batch, max_len]
+    scores = scores.masked_fill(past_end[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a sequence of length 0: every score -inf
+    v = v.masked_fill(past_end[:, :, None, None], 0.0)  # NOTE: padding may hold NaN, and 0 * NaN is NaN
+    out = torch.einsum("bhgl,blhd->bhgd", probs, v)  # [batch, num_kv_heads, group, head_dim]
+    return out.reshape(batch, num_heads, head_dim).to(query.dtype)
 
 
 def paged_prefill_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
