@@ -26,12 +26,14 @@ def hf_twin(model: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c: ModelConfig = model.config
-    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                         num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, head_dim=c.head_dim,
-                         num_key_value_heads=c.num_kv_heads, max_position_embeddings=c.max_position_embeddings,
-                         rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_word_embeddings,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = LlamaForCausalLM(config).eval().to(c.dtype)
+    fields: dict[str, Any] = dict(  # NOTE: rope_theta is accepted by transformers 4 and 5 alike
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, head_dim=c.head_dim,
+        num_key_value_heads=c.num_kv_heads, max_position_embeddings=c.max_position_embeddings,
+        rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_word_embeddings,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = LlamaForCausalLM(LlamaConfig(**fields)).to(c.dtype)
+    hf.eval()  # type: ignore[no-untyped-call]
     hf.load_state_dict(model.state_dict(), strict=False)
     return hf
 
