@@ -32,8 +32,8 @@ def hf_twin(model: Any) -> Any:
         num_key_value_heads=c.num_kv_heads, max_position_embeddings=c.max_position_embeddings,
         rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_word_embeddings,
         bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = LlamaForCausalLM(LlamaConfig(**fields)).to(c.dtype)
-    hf.eval()  # type: ignore[no-untyped-call]
+    hf: Any = LlamaForCausalLM(LlamaConfig(**fields))  # NOTE: Any: transformers' own stubs mistype .to()
+    hf = hf.to(c.dtype).eval()
     hf.load_state_dict(model.state_dict(), strict=False)
     return hf
 
