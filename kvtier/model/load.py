@@ -31,7 +31,11 @@ def load_model(spec: str, *, dtype: torch.dtype | str | None = None, device: tor
     if path.is_dir():
         return load_hf_folder(path, dtype=dtype, device=device)
     if path.is_file() and path.suffix == ".gguf":
-        from kvtier.model.gguf import load_gguf_model  # NOTE: needs the optional gguf package
+        try:
+            from kvtier.model.gguf import load_gguf_model  # TODO(issue 12): the GGUF loader lands here
+        except ImportError as exc:
+            raise UnsupportedModelError(f"cannot load {path}: GGUF loading is not available here ({exc}); "
+                                        "convert it to a HuggingFace folder") from exc
         model: Transformer = load_gguf_model(path, dtype=dtype, device=device)
         return model
     raise UnsupportedModelError(f"--model {spec!r} is neither a preset ({sorted(MODEL_PRESETS)}), a HuggingFace "
