@@ -20,6 +20,7 @@ from kvtier.config import KVLayout, KVTierConfig, SharedTierConfig
 from kvtier.errors import KVTierError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.device import DevicePool
+from kvtier.tiers.host import HostStore
 from kvtier.transfer.engine import TransferEngine
 from kvtier.transfer.onload import LowerHit, OnloadHandle
 from kvtier.transfer.staging import DeviceToHost
@@ -223,6 +224,33 @@ class TieredKVCache:
             handle.cancel()
         self._hits.pop(seq_id, None)
         self.manager.free(seq_id)
+
+    def persist(self, chunk_blocks: int = 64) -> int:
+        """Copy every block only memory holds (device pool, host RAM) into the first tier that outlives
+        this process (disk, shared or remote), and wait for the writes: a restart over the same tiers
+        then finds all of it. A graceful shutdown calls this before `close`. Returns blocks written.
+        """
+        durable = [tier for tier in self.tiers if tier.kind is not TierKind.HOST]
+        if not durable:
+            return 0
+        written: set[BlockHash] = set()
+
+        def write(key: BlockKey, data: torch.Tensor) -> None:
+            if key.block_hash not in written and not any(t.contains(key.block_hash) for t in durable):
+                self.engine.spill(durable[0], key, data)
+                written.add(key.block_hash)
+
+        for tier in self.tiers:
+            if isinstance(tier, HostStore):
+                for key, data in tier.entries():
+                    write(key, data)
+        blocks = [b for b in self.manager.allocator.cached.values() if b.block_hash not in written]
+        for start in range(0, len(blocks), chunk_blocks):
+            chunk = blocks[start:start + chunk_blocks]
+            for block, data in zip(chunk, self._staging.copy_out([b.block_id for b in chunk])):
+                write(self.key_of(block), data)
+        self.flush()
+        return len(written)
 
     def flush(self) -> None:
         """Wait for every write-back and write-through submitted so far."""

@@ -1,4 +1,5 @@
-"""The one place that chooses a kernel implementation: Triton on CUDA, the torch reference elsewhere.
+"""The one place that chooses a kernel implementation: Triton on CUDA, the torch reference elsewhere
+(paged prefill elsewhere: torch's fused SDPA, kernels/sdpa.py, whose twin is the reference).
 
 Triton modules are imported lazily, only on the CUDA path, so importing kvtier on a CPU-only
 machine never imports triton. Every function has the signature of its kernel launcher.
@@ -13,8 +14,9 @@ from typing import cast
 
 import torch
 
-from kvtier.kernels import (
-    reference,  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+from kvtier.kernels import (  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+    reference,
+    sdpa,
 )
 
 
@@ -61,8 +63,8 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
         launcher = _kernel_module("paged_prefill").paged_prefill_attention
         return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, query_start_loc,
                                            seq_lens, scale))
-    return cast(torch.Tensor, reference.paged_prefill_attention_ref(query, k_cache, v_cache, block_tables,
-                                                                    query_start_loc, seq_lens, scale))
+    return cast(torch.Tensor, sdpa.paged_prefill_attention_sdpa(query, k_cache, v_cache, block_tables,
+                                                                query_start_loc, seq_lens, scale))
 
 
 def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor,

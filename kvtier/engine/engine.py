@@ -11,6 +11,7 @@ onloaded back and the tail restored, not recomputed.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -120,19 +121,28 @@ class LLMEngine:
                 return  # NOTE: it waits for running sequences to finish; _refusal caught the impossible
             self.waiting.popleft()
             seq.status, seq.num_computed = SeqStatus.ONLOADING, state.num_cached_tokens
+            seq.admitted_s = time.perf_counter()
             self.running.append(seq)
 
     def _finish_onloads(self) -> None:
-        for seq in self.running:
-            if seq.status is SeqStatus.ONLOADING and self.cache.onload_ready(seq.seq_id):
-                self.cache.finish_onload(seq.seq_id)
-                seq.num_computed = self.cache.manager.seq(seq.seq_id).num_cached_tokens
-                if not seq.output.num_preemptions:  # NOTE: a resume's hits are its own blocks coming back
-                    seq.output.num_cached_tokens = seq.num_computed
-                    seq.output.cached_blocks_by_tier = {k.value: n for k, n in
-                                                         self.cache.cached_blocks_by_tier(seq.seq_id).items()}
-                _restore_tail(self.cache, seq, self)
-                seq.status = SeqStatus.RUNNING
+        """Place the reads that are done; when nothing else could run this step, wait for the oldest
+        (blocking, so the readers get the CPU instead of a polling loop)."""
+        onloading = [s for s in self.running if s.status is SeqStatus.ONLOADING]
+        ready = [s for s in onloading if self.cache.onload_ready(s.seq_id)]
+        if onloading and not ready and len(onloading) == len(self.running):
+            ready = onloading[:1]  # NOTE: nothing else can run this step: wait for the oldest read
+        for seq in ready:
+            reads = self.cache.is_onloading(seq.seq_id)
+            self.cache.finish_onload(seq.seq_id)
+            seq.num_computed = self.cache.manager.seq(seq.seq_id).num_cached_tokens
+            if not seq.output.num_preemptions:  # NOTE: a resume's hits are its own blocks coming back
+                if reads and seq.admitted_s is not None:
+                    seq.output.onload_s = time.perf_counter() - seq.admitted_s
+                seq.output.num_cached_tokens = seq.num_computed
+                seq.output.cached_blocks_by_tier = {k.value: n for k, n in
+                                                     self.cache.cached_blocks_by_tier(seq.seq_id).items()}
+            _restore_tail(self.cache, seq, self)
+            seq.status = SeqStatus.RUNNING
 
     def _plan(self) -> list[tuple[EngineSequence, Chunk]]:
         """Decode tokens first (one per decoding sequence), then prefill chunks, under the token budget.

@@ -59,6 +59,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     cached_blocks_by_tier: dict[str, int] = field(default_factory=dict)
     ttft_s: float | None = None
+    onload_s: float | None = None  # admission to its lower-tier hits placed on the device (None: no reads)
     itl_s: list[float] = field(default_factory=list)  # between consecutive tokens
     num_preemptions: int = 0
     error: str | None = None  # set instead of tokens for a request that cannot run

@@ -27,6 +27,7 @@ class EngineSequence:
     tokens: list[int]  # prompt and every token generated so far
     output: RequestOutput
     arrival_s: float = field(default_factory=time.perf_counter)
+    admitted_s: float | None = None  # when the cache allocated it (its onload starts then)
     status: SeqStatus = SeqStatus.WAITING
     num_computed: int = 0  # leading tokens whose K/V are in the pool
     saved_tail: torch.Tensor | None = None  # a preempted sequence's partial last block, kept in host memory

@@ -96,6 +96,11 @@ class HostStore(TierStore):
                 return self.slab[slot].clone()
             return out.copy_(self.slab[slot])
 
+    def entries(self) -> list[tuple[BlockKey, torch.Tensor]]:
+        """A copy of every block held, LRU first, with its key (for `TieredKVCache.persist`)."""
+        with self._lock:
+            return [(self._keys[slot], self.slab[slot].clone()) for slot in self._slots.values()]
+
     def pin(self, block_hash: BlockHash) -> None:
         with self._lock:
             if block_hash not in self._slots:

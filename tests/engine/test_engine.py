@@ -132,3 +132,19 @@ def test_a_requests_onload_overlaps_the_others_compute() -> None:
         engine.step()
     assert onload.output.token_ids == reference([long_prompt], 3)[0]
     assert onload.output.cached_blocks_by_tier.get("host", 0) > 0
+    assert onload.output.onload_s is not None and onload.output.onload_s > 0  # admission to blocks in place
+    assert other.output.onload_s is None  # nothing of its prompt was below the device
+
+
+def test_a_lone_onloading_request_is_waited_for_not_polled() -> None:
+    slow = FakeTier(LAYOUT)
+    cache = TieredKVCache(LAYOUT, 12, [slow])
+    engine = LLMEngine(MODEL, cache)
+    long_prompt = [(5 * i) % 250 for i in range(33)]
+    engine.generate(requests([long_prompt], 1))
+    engine.generate(requests([[(3 * i + 1) % 250 for i in range(44)]], 1))  # pushes its blocks out to the slow tier
+    cache.flush()
+    output = engine.add_request(Request(request_id="onload", prompt_token_ids=tuple(long_prompt), max_tokens=3))
+    engine.step()  # nothing else to run: the step waits for the reads, then computes the rest of the prompt
+    assert engine.running[0].status is SeqStatus.RUNNING and len(output.token_ids) == 1
+    assert output.onload_s is not None and output.cached_blocks_by_tier.get("host", 0) > 0
