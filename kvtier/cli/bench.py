@@ -1,4 +1,4 @@
-"""`kvtier bench storage|codec`: argument parsing and printing; the measuring lives in kvtier.bench."""
+"""`kvtier bench storage|codec|replay`: argument parsing and printing; the measuring lives in kvtier.bench."""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("bench", help="measure storage tiers and codecs (see `kvtier bench -h`)")
+    parser = commands.add_parser("bench", help="measure storage tiers, codecs and a synthetic replay "
+                                 "(see `kvtier bench -h`)")
     benches = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _register_storage(benches)
     _register_codec(benches)
+    from kvtier.cli import replay
+
+    replay.register(benches)
 
 
 def _register_storage(benches: Any) -> None:

@@ -8,12 +8,14 @@ if TYPE_CHECKING:
     from kvtier.config import KVLayout, KVTierConfig
 
 
-def add_cache_flags(parser: argparse.ArgumentParser, *, device_blocks: int, host_blocks: int) -> None:
+def add_cache_flags(parser: argparse.ArgumentParser, *, device_blocks: int | None, host_blocks: int) -> None:
+    """The cache flags; `device_blocks` None: the command sizes the pool (set args.device_blocks first)."""
     from kvtier.cli.cache import byte_count
 
     parser.add_argument("--config", metavar="FILE", help="a TOML file describing the cache (kvtier/config/parse.py); "
                         "replaces the cache flags below")
-    parser.add_argument("--device-blocks", type=int, default=device_blocks, help=f"default {device_blocks}")
+    parser.add_argument("--device-blocks", type=int, default=device_blocks,
+                        help=f"default {device_blocks if device_blocks is not None else 'just enough for one prompt'}")
     parser.add_argument("--host-blocks", type=int, default=host_blocks, help=f"0: no host tier (default {host_blocks})")
     parser.add_argument("--disk", metavar="DIR", help="disk tier folder (default: a temporary folder)")
     parser.add_argument("--disk-bytes", type=byte_count, default=256 << 20, metavar="BYTES",

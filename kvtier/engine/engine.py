@@ -53,6 +53,7 @@ class LLMEngine:
         self._fingerprint = fingerprint(model)
         self.waiting: deque[EngineSequence] = deque()
         self.running: list[EngineSequence] = []
+        self._failed: list[RequestOutput] = []  # ended by _fail during a step, reported by it
         self.num_recomputed_tokens = 0  # a preempted prefix that no tier kept (should stay 0 with lower tiers)
 
     def add_request(self, request: Request) -> RequestOutput:
@@ -81,6 +82,8 @@ class LLMEngine:
         self._admit()
         self._finish_onloads()
         plan = self._plan()
+        finished += self._failed
+        self._failed = []
         if not plan:
             return finished
         batch = ForwardBatch.build([chunk for _, chunk in plan], self.cache.layout.block_size, self.cache.pool.device)
@@ -175,6 +178,11 @@ class LLMEngine:
                 return True
             except OutOfBlocksError:
                 victim = next((s for s in reversed(self.running) if s is not seq), seq)
+                if victim is seq and len(self.running) == 1:  # alone and still too big: it can never fit
+                    self._fail(seq, f"the sequence outgrew the device pool: {len(seq.tokens)} tokens need "
+                                    f"{-(-len(seq.tokens) // self.cache.layout.block_size)} blocks, the pool has "
+                                    f"{self.cache.pool.num_blocks}; raise the device blocks or lower max_tokens")
+                    return False
                 self._preempt(victim)
                 if victim is seq:
                     return False
@@ -189,6 +197,13 @@ class LLMEngine:
         self.running.remove(seq)
         self.cache.free(seq.seq_id)
         return [seq.output]
+
+    def _fail(self, seq: EngineSequence, error: str) -> None:
+        """End a running sequence that cannot go on; its tokens so far stay in the output."""
+        seq.output.error, seq.status = error, SeqStatus.FINISHED
+        self.running.remove(seq)
+        self.cache.free(seq.seq_id)
+        self._failed.append(seq.output)
 
     def _preempt(self, seq: EngineSequence) -> None:
         """Offload a running sequence: full blocks to the eviction path, the partial tail to host memory.

@@ -44,6 +44,7 @@ class TransferEngine:
 
     def __init__(self, num_workers: int = 4, max_inflight_write_bytes: int = 256 << 20) -> None:
         self._executor = PriorityExecutor(num_workers, name="kvtier-transfer")
+        self.num_workers = num_workers
         self.max_inflight_write_bytes = max_inflight_write_bytes
         self._inflight_write_bytes = 0
         self._write_room = threading.Condition()

@@ -100,13 +100,13 @@ def test_every_mistake_names_where_it_is_and_the_rule(tmp_path: Path, change: tu
     assert path in str(refused.value)
 
 
-def test_demo_runs_from_a_config_file_and_refuses_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_runs_from_a_config_file_and_refuses_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = TOML.replace('model = "llama-3-8b"\nblock_size = 32', 'model = "tiny"\nblock_size = 16')
-    assert main(["demo", "--json", "--config", write_toml(tmp_path, text), "--conversations", "3", "--turns", "2"]) == 0
+    assert main(["bench", "replay", "--json", "--config", write_toml(tmp_path, text), "--conversations", "3", "--turns", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["tiers"]) == {"host", "disk", "shared"} and report["verified_blocks"] > 0
     with pytest.raises(SystemExit) as exited:
-        main(["demo", "--config", write_toml(tmp_path, TOML.replace("[device]", "[devices]"))])
+        main(["bench", "replay", "--config", write_toml(tmp_path, TOML.replace("[device]", "[devices]"))])
     assert exited.value.code == 2 and "unknown key 'devices'" in capsys.readouterr().err
 
 

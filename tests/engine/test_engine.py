@@ -148,3 +148,12 @@ def test_a_lone_onloading_request_is_waited_for_not_polled() -> None:
     engine.step()  # nothing else to run: the step waits for the reads, then computes the rest of the prompt
     assert engine.running[0].status is SeqStatus.RUNNING and len(output.token_ids) == 1
     assert output.onload_s is not None and output.cached_blocks_by_tier.get("host", 0) > 0
+
+
+def test_a_sequence_that_outgrows_the_whole_pool_ends_with_an_error_not_a_loop() -> None:
+    engine = LLMEngine(MODEL, TieredKVCache(LAYOUT, 3))  # 3 blocks of LAYOUT.block_size tokens
+    prompt = list(range(1, 3 * LAYOUT.block_size - 1))  # fits, with room for one generated token
+    (output,) = engine.generate([Request(request_id="big", prompt_token_ids=tuple(prompt), max_tokens=8)])
+    assert output.error is not None and "outgrew the device pool" in output.error and output.finish_reason is None
+    assert 1 <= len(output.token_ids) < 8 and not engine.has_unfinished()
+    assert engine.cache.manager.num_free_blocks == 3

@@ -13,7 +13,6 @@ from kvtier.engine.engine import EngineConfig, LLMEngine
 from kvtier.engine.request import Request
 from kvtier.errors import UnsupportedModelError
 from kvtier.model.bundled import DEMO_MODEL, bundled_gguf
-from kvtier.model.gguf_folder import converted_folder
 from kvtier.model.load import load_model, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -30,8 +29,8 @@ CHAT = [{"role": "system", "content": "You are a concise assistant."},
 NEW_TOKENS = 40
 
 
-def test_greedy_tokens_equal_transformers_gguf_loading(tmp_path: Path) -> None:
-    folder = converted_folder(GGUF_FILE, tmp_path / "cache")
+def test_greedy_tokens_equal_transformers_gguf_loading(smollm2_folder: Path) -> None:
+    folder = smollm2_folder
     model, tokenizer = load_model(str(folder)), load_tokenizer(str(folder))
     assert tokenizer is not None and model.config.tie_word_embeddings and model.config.eos_token_ids == (2,)
     theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(str(GGUF_FILE.parent), gguf_file=GGUF_FILE.name)

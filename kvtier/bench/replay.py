@@ -1,7 +1,7 @@
-"""The demo: replay a synthetic multi-turn chat trace through a tiered cache and report hit rates.
+"""Replay a synthetic multi-turn chat trace through a tiered cache and report hit rates.
 
-Every block served from any tier is compared with the content it was written with, so the demo
-also shows that what comes back up is bit-identical to what went down.
+Every block served from any tier is compared with the content it was written with, so the replay
+also shows that what comes back up is bit-identical to what went down (no model runs).
 """
 from __future__ import annotations
 
