@@ -116,7 +116,9 @@ class TieredKVCache:
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
         self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
-            self._onloads[seq_id] = self.engine.onload(found)
+            buffer = torch.empty((len(found), *self.layout.block_shape), dtype=self.layout.dtype,
+                                 pin_memory=self.pool.device.type == "cuda")
+            self._onloads[seq_id] = self.engine.onload(found, buffer)
             if wait:
                 self.finish_onload(seq_id)
         return seq
@@ -169,7 +171,10 @@ class TieredKVCache:
             return 0
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
-        self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], torch.stack(loaded))
+        buffer = handle.buffer
+        in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
+        data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
+        self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)
         hits = self._hits.setdefault(seq_id, {})
         for hit in handle.found[:len(loaded)]:
             self.stats.hit_blocks[hit.tier.kind] += 1

@@ -83,9 +83,9 @@ class TransferEngine:
     def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._track(self._executor.submit(priority, fn, *args))
 
-    def _read_and_unpin(self, tier: TierStore, key: BlockKey) -> torch.Tensor | None:
+    def _read_and_unpin(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
         try:
-            return self._timed(tier, "read", functools.partial(tier.get, key))
+            return self._timed(tier, "read", functools.partial(tier.get, key, out))
         except Exception as exc:  # counted and logged here; OnloadHandle.wait makes it a miss
             with self._failures_lock:
                 self.failed_reads += 1
@@ -94,19 +94,25 @@ class TransferEngine:
         finally:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
 
-    def onload(self, found: Sequence[LowerHit]) -> OnloadHandle:
+    def onload(self, found: Sequence[LowerHit], out: torch.Tensor | None = None) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
-        or when it is cancelled before it starts. In-flight spills are served from their copy."""
+        or when it is cancelled before it starts. In-flight spills are served from their copy.
+
+        `out` `[len(found), *block_shape]`: block i is read into `out[i]` (one buffer for the
+        request, so placing the blocks on the device needs no gathering copy); else each read
+        allocates its own tensor.
+        """
         futures: list[Future[torch.Tensor | None]] = []
-        for tier, key, data in found:
+        for i, (tier, key, data) in enumerate(found):
+            slot = out[i] if out is not None else None
             if data is not None:
                 future: Future[torch.Tensor | None] = Future()
-                future.set_result(data)
+                future.set_result(data if slot is None else slot.copy_(data))
             else:
-                future = self._submit(READ, self._read_and_unpin, tier, key)
+                future = self._submit(READ, self._read_and_unpin, tier, key, slot)
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
             futures.append(future)
-        return OnloadHandle(list(found), futures)
+        return OnloadHandle(list(found), futures, out)
 
     def inflight(self, key: BlockKey) -> LowerHit | None:
         """The block if a spill of it is queued or running (its tier cannot serve it yet)."""

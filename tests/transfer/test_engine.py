@@ -162,3 +162,19 @@ def test_read_and_write_cancelled_before_they_start_never_run_and_free_their_pla
     engine.close()
     assert cancelled == (True, True) and blocker.result() is not None
     assert tier.calls == [("put", 0), ("get", 0), ("put", 3)]
+
+
+def test_onload_reads_each_block_into_its_row_of_one_buffer():
+    store, engine = HostStore(LAYOUT, 8), TransferEngine(num_workers=2)
+    for key in KEYS[:3]:
+        store.put(key, block_content(LAYOUT, key.block_hash))
+        store.pin(key.block_hash)
+    spilled = block_content(LAYOUT, KEYS[3].block_hash)  # a block whose spill is in flight: served from its copy
+    found = [LowerHit(store, k) for k in KEYS[:3]] + [LowerHit(store, KEYS[3], spilled)]
+    buffer = torch.zeros((4, *LAYOUT.block_shape), dtype=LAYOUT.dtype)
+    loaded = engine.onload(found, buffer).wait()
+    assert [t.data_ptr() for t in loaded] == [buffer[i].data_ptr() for i in range(4)]
+    for i, key in enumerate(KEYS[:4]):
+        assert torch.equal(buffer[i], block_content(LAYOUT, key.block_hash))
+    assert all(store.evict(k.block_hash) for k in KEYS[:3])  # unpinned after their reads (evict refuses pinned)
+    engine.close()
