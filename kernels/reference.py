@@ -105,6 +105,17 @@ def gather_blocks_ref(kv_cache: torch.Tensor, block_ids: torch.Tensor,
 
 def scatter_blocks_ref(staging: torch.Tensor, block_ids: torch.Tensor,
                        kv_cache: torch.Tensor) -> torch.Tensor:
-    """The inverse of gather_blocks_ref: staging [n, L, 2, Hkv, block_size, D] into kv_cache."""
-    kv_cache[:, :, block_ids.long()] = staging.permute(1, 2, 0, 4, 3, 5).to(kv_cache.dtype)
+    """The inverse of gather_blocks_ref: staging [n, L, 2, Hkv, block_size, D] into kv_cache.
+
+    Runs of consecutive block ids (a fresh allocation usually is one) are copied into slices of the
+    pool, which on CPU is about twice as fast as the indexed assignment used for scattered ids.
+    """
+    source = staging.permute(1, 2, 0, 4, 3, 5)  # [L, 2, n, block_size, Hkv, D]
+    ids = block_ids.tolist()
+    runs = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1] + 1]
+    if len(runs) >= 8:
+        kv_cache[:, :, block_ids.long()] = source.to(kv_cache.dtype)
+        return kv_cache
+    for start, stop in zip([0, *runs], [*runs, len(ids)]):
+        kv_cache[:, :, ids[start]:ids[start] + stop - start].copy_(source[:, :, start:stop])
     return kv_cache

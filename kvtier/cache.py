@@ -22,6 +22,7 @@ from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.device import DevicePool
 from kvtier.tiers.host import HostStore
 from kvtier.transfer.engine import TransferEngine
+from kvtier.transfer.landing import LandingBuffers
 from kvtier.transfer.onload import LowerHit, OnloadHandle
 from kvtier.transfer.staging import DeviceToHost
 from kvtier.types import BlockHash, Namespace, SeqId, TierKind
@@ -38,6 +39,7 @@ class TieredKVCache:
         write_through: tiers (usually shared ones) that get every newly computed block at once,
             so other hosts can hit it, instead of only on eviction.
         engine: the transfer engine to use (one is made and owned otherwise).
+        landing_bytes: host memory for onloads to land in, allocated and touched now (see TransferConfig).
 
     Raises:
         ValueError: a tier stores blocks of another layout.
@@ -45,12 +47,14 @@ class TieredKVCache:
 
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
                  device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
-                 engine: TransferEngine | None = None) -> None:
+                 engine: TransferEngine | None = None, landing_bytes: int = 0) -> None:
         _check_layouts(layout, "tier", lower_tiers)
         _check_layouts(layout, "write_through tier", write_through)
         self.layout = layout
         self.pool = DevicePool(layout, num_device_blocks, device)
         self._staging = DeviceToHost(self.pool)
+        self._landing = LandingBuffers(layout, pin=self.pool.device.type == "cuda",
+                                       prefault_blocks=landing_bytes // layout.page_size_bytes)
         self.manager = BlockManager(num_device_blocks, layout.block_size, eviction_hook=self._offload)
         self.tiers = list(lower_tiers)
         self.write_through = list(write_through)
@@ -82,7 +86,7 @@ class TieredKVCache:
         write_through = [t for t, c in zip(tiers, config.tiers) if isinstance(c, SharedTierConfig) and c.write_through]
         engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
         cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
-                    write_through=write_through, engine=engine)
+                    write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes)
         cache._owns_engine = True
         return cache
 
@@ -116,9 +120,8 @@ class TieredKVCache:
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
         self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
-            buffer = torch.empty((len(found), *self.layout.block_shape), dtype=self.layout.dtype,
-                                 pin_memory=self.pool.device.type == "cuda")
-            self._onloads[seq_id] = self.engine.onload(found, buffer)
+            buffer = self._landing.take(len(found))
+            self._onloads[seq_id] = self.engine.onload(found, buffer[:len(found)], buffer)
             if wait:
                 self.finish_onload(seq_id)
         return seq
@@ -168,6 +171,7 @@ class TieredKVCache:
             return 0
         loaded = handle.wait(timeout_s)
         if not loaded:
+            self._give_back(handle)
             return 0
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
@@ -175,6 +179,7 @@ class TieredKVCache:
         in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
         data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
         self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)
+        self._give_back(handle)
         hits = self._hits.setdefault(seq_id, {})
         for hit in handle.found[:len(loaded)]:
             self.stats.hit_blocks[hit.tier.kind] += 1
@@ -183,6 +188,11 @@ class TieredKVCache:
         self.manager.mark_computed(seq_id, (start + len(loaded)) * self.layout.block_size)
         seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size
         return len(loaded)
+
+    def _give_back(self, handle: OnloadHandle) -> None:
+        """Recycle a handle's landing buffer once no read can still write into it."""
+        if handle.landing is not None and handle.done():
+            self._landing.give_back(handle.landing, self.pool.device)
 
     def _offload(self, blocks: list[Block]) -> None:
         """Eviction hook of the device pool: copy the blocks out before they are reused."""
@@ -227,6 +237,7 @@ class TieredKVCache:
         handle = self._onloads.pop(seq_id, None)
         if handle is not None:
             handle.cancel()
+            self._give_back(handle)
         self._hits.pop(seq_id, None)
         self.manager.free(seq_id)
 

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtier.config.checks import check_positive_int
+from kvtier.config.checks import check_nonnegative_int, check_positive_int
 from kvtier.config.model import KVLayout
 from kvtier.config.tiers import (
     DeviceTierConfig,
@@ -19,14 +19,18 @@ from kvtier.config.tiers import (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransferConfig:
-    """The transfer engine: I/O worker threads, and how many bytes of spills may be in flight."""
+    """The transfer engine: I/O worker threads, how many bytes of spills may be in flight, and the
+    host memory onloads land in that is allocated and touched when the cache opens (`landing_bytes`,
+    0: none), so that the first restore after a start pays no page faults."""
 
     num_workers: int = 4
     max_inflight_write_bytes: int = 256 << 20
+    landing_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         check_positive_int("TransferConfig", "num_workers", self.num_workers)
         check_positive_int("TransferConfig", "max_inflight_write_bytes", self.max_inflight_write_bytes)
+        check_nonnegative_int("TransferConfig", "landing_bytes", self.landing_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,7 +41,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 TIER_KINDS: dict[str, type] = {"host": HostTierConfig, "disk": DiskTierConfig, "shared": SharedTierConfig}
-BYTE_FIELDS = {"capacity_bytes", "min_free_bytes", "max_inflight_write_bytes"}
+BYTE_FIELDS = {"capacity_bytes", "min_free_bytes", "max_inflight_write_bytes", "landing_bytes"}
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
 

@@ -94,13 +94,15 @@ class TransferEngine:
         finally:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
 
-    def onload(self, found: Sequence[LowerHit], out: torch.Tensor | None = None) -> OnloadHandle:
+    def onload(self, found: Sequence[LowerHit], out: torch.Tensor | None = None,
+               landing: torch.Tensor | None = None) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
         or when it is cancelled before it starts. In-flight spills are served from their copy.
 
         `out` `[len(found), *block_shape]`: block i is read into `out[i]` (one buffer for the
         request, so placing the blocks on the device needs no gathering copy); else each read
-        allocates its own tensor.
+        allocates its own tensor. `landing`: the buffer `out` is a view of, kept on the handle
+        for whoever recycles it.
         """
         futures: list[Future[torch.Tensor | None]] = []
         for i, (tier, key, data) in enumerate(found):
@@ -112,7 +114,7 @@ class TransferEngine:
                 future = self._submit(READ, self._read_and_unpin, tier, key, slot)
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
             futures.append(future)
-        return OnloadHandle(list(found), futures, out)
+        return OnloadHandle(list(found), futures, out, landing)
 
     def inflight(self, key: BlockKey) -> LowerHit | None:
         """The block if a spill of it is queued or running (its tier cannot serve it yet)."""

@@ -178,3 +178,18 @@ def test_onload_reads_each_block_into_its_row_of_one_buffer():
         assert torch.equal(buffer[i], block_content(LAYOUT, key.block_hash))
     assert all(store.evict(k.block_hash) for k in KEYS[:3])  # unpinned after their reads (evict refuses pinned)
     engine.close()
+
+
+def test_landing_buffers_are_reused_smallest_fit_first_and_prefaulted():
+    from kvtier.transfer.landing import LandingBuffers
+
+    buffers = LandingBuffers(LAYOUT, pin=False, prefault_blocks=8, min_blocks=2)
+    first = buffers.take(3)
+    assert first.shape[0] == 8 and int(first.abs().sum()) == 0  # the prefaulted one, zero-filled
+    other = buffers.take(5)  # the first is in use: a new one
+    assert other.shape[0] == 5 and other.data_ptr() != first.data_ptr()
+    buffers.give_back(first, torch.device("cpu"))
+    buffers.give_back(other, torch.device("cpu"))
+    assert buffers.take(4).data_ptr() == other.data_ptr()  # 5 fits 4 better than 8
+    assert buffers.take(4).data_ptr() == first.data_ptr()
+    assert buffers.take(9).shape[0] == 9  # none fits: a new one
