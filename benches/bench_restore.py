@@ -23,7 +23,8 @@ def main() -> None:
     layout = ModelConfig.preset(args.preset).kv_layout(16)
     row = restore_bench(layout, args.tokens, args.rounds, args.folder, args.workers, args.cold)
     print(json.dumps(row) if args.json else
-          f"{row['page_cache']} page cache, {row['prefix_tokens']} tokens ({row['bytes'] / 1e6:.0f} MB, {row['blocks']} objects): restore "
+          f"{row['page_cache']} page cache, {row['prefix_tokens']} tokens ({row['bytes'] / 1e6:.0f} MB, "
+          f"{row['blocks']} objects): restore "
           f"{[round(x * 1e3, 1) for x in row['restore_s']]} ms, floor {[round(x * 1e3, 1) for x in row['floor_s']]} "
           f"ms, ratio median {row['ratio_median']:.2f} (range {row['ratio_range'][0]:.2f}-{row['ratio_range'][1]:.2f})")
 

@@ -68,7 +68,8 @@ def restore_bench(layout: KVLayout, prefix_tokens: int, rounds: int, folder: str
         shutil.rmtree(path, ignore_errors=True)
     ratios = [a / b for a, b in zip(restore_s, floor_s)]
     return {"prefix_tokens": blocks * layout.block_size, "blocks": blocks, "bytes": blocks * layout.page_size_bytes,
-            "num_workers": num_workers, "page_cache": "cold" if cold else "warm", "restore_s": restore_s, "floor_s": floor_s,
+            "num_workers": num_workers, "page_cache": "cold" if cold else "warm", "restore_s": restore_s,
+            "floor_s": floor_s,
             "ratio_median": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
             "restore_gb_s_median": blocks * layout.page_size_bytes / statistics.median(restore_s) / 1e9,
             "torch_threads": torch.get_num_threads()}

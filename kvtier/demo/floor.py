@@ -16,6 +16,7 @@ import torch
 from kvtier.block.hashing import hash_blocks
 from kvtier.tiers.base import TierStore
 from kvtier.tiers.disk import DiskStore
+from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.types import Namespace
 
 
@@ -41,7 +42,8 @@ def plain_read_s(paths: list[str], num_threads: int) -> float:
     sizes = [os.stat(p).st_size for p in paths]
     memory = torch.zeros(sum(sizes), dtype=torch.uint8)  # NOTE: zeros, not empty: every page faulted in now
     offsets = [0, *itertools.accumulate(sizes)]
-    buffers = [memoryview(memory[offsets[i]:offsets[i + 1]].numpy()) for i in range(len(paths))]
+    flat = tensor_bytes(memory)
+    buffers = [flat[offsets[i]:offsets[i + 1]] for i in range(len(paths))]
 
     def read(index: int) -> None:
         fd = os.open(paths[index], os.O_RDONLY)
