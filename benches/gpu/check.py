@@ -27,6 +27,7 @@ from benches.gpu.measure import (
     decode_tunings,
     sweep_decode,
 )
+from benches.gpu.model_step import bench_model_step, model_step_case
 
 
 def kernels_digest(repo: Path) -> str:
@@ -107,6 +108,8 @@ def run_check(*, dry_run: bool, repo: Path, include_slow_tests: bool = False,
         tunings = decode_tunings(dry_run)
         report["decode_sweep"] = [row for case in decode_cases
                                   for row in sweep_decode(case, device, timer, d2d, tunings)]
+    _progress("one decode step of the demo model's shape")
+    report["model_step"] = bench_model_step(model_step_case(dry_run), device, timer, d2d)
     _progress("block transfers: checking, then timing")
     report["transfer"] = [bench_transfer(case, device, timer, report["bandwidth"])
                           for case in transfer_cases]

@@ -44,6 +44,10 @@ def format_table(report: dict[str, Any]) -> str:
             frac = t[f"{key}_fraction_of_{'d2h' if key == 'offload' else 'h2d'}"]
             rows.append((f"{t['name']} {way}", f"{t[key + '_ms']:.3f}", f"{t[key + '_gbps']:.1f}",
                          f"{frac:.0%}", f"{t['target']:.0%}", _verdict(frac, t["target"], report["dry_run"])))
+    step = report.get("model_step")
+    if step:
+        rows.append((step["name"], f"{step['step_ms']:.3f}", "", f"{step['fraction_of_roofline']:.0%} of roofline",
+                     "", f"roofline {step['roofline_ms']:.3f} ms"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines += _sweep_lines(report.get("decode_sweep", []))

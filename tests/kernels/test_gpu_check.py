@@ -47,7 +47,10 @@ def test_dry_run_writes_json_and_prints_the_table_last(tmp_path):
     assert [d["batch"] for d in report["decode"]] == [3, 1]
     assert all(d["kernel_ms"] > 0 and d["baseline_ms"] > 0 for d in report["decode"])
     assert report["transfer"][0]["bytes"] == 3 * report["transfer"][0]["page_size_bytes"]
-    assert done.stdout.rstrip().splitlines()[-1].startswith("4KiB blocks x3 H2D+scatter")
+    step = report["model_step"]
+    assert step["step_ms"] > 0 and step["kv_bytes"] == 2 * 40 * 2 * 2 * 2 * 16 * 4  # b2, ctx40, tiny, float32
+    assert 0 < step["fraction_of_roofline"] and step["roofline_ms"] > 0
+    assert done.stdout.rstrip().splitlines()[-1].startswith("tiny decode step b2 ctx40")
 
 
 def test_kernels_digest_names_the_sources_on_disk(tmp_path):
