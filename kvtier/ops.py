@@ -1,7 +1,9 @@
-"""The one place that chooses a kernel implementation: Triton on CUDA, the torch reference elsewhere.
+"""The one place that chooses a kernel implementation: Triton on CUDA, torch elsewhere.
 
 Triton modules are imported lazily, only on the CUDA path, so importing kvtier on a CPU-only
-machine never imports triton. Every function has the signature of its kernel launcher.
+machine never imports triton. Every function has the signature of its kernel launcher. Off CUDA,
+store_kv and decode attention run the fast torch twins of kernels/cpu.py (checked against the
+references), the rest the references themselves.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import cast
 
 import torch
 
-from kvtier.kernels import (
-    reference,  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+from kvtier.kernels import (  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+    cpu,
+    reference,
 )
 
 
@@ -39,7 +42,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
     if uses_triton(k_cache):
         _kernel_module("store_kv").store_kv(key, value, k_cache, v_cache, slot_mapping)
     else:
-        reference.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
+        cpu.store_kv_cpu(key, value, k_cache, v_cache, slot_mapping)
 
 
 def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -49,8 +52,8 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     if uses_triton(query):
         launcher = _kernel_module("paged_attention").paged_decode_attention
         return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, seq_lens, scale))
-    return cast(torch.Tensor, reference.paged_decode_attention_ref(query, k_cache, v_cache, block_tables,
-                                                                   seq_lens, scale))
+    return cast(torch.Tensor, cpu.paged_decode_attention_cpu(query, k_cache, v_cache, block_tables,
+                                                             seq_lens, scale))
 
 
 def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
