@@ -8,7 +8,7 @@ from torch import nn
 from kvtier.config import ModelConfig
 from kvtier.model.attention import PagedAttention
 from kvtier.model.batch import ForwardBatch
-from kvtier.model.layers import MLP, RMSNorm, Rotary
+from kvtier.model.layers import MLP, Linear, RMSNorm, Rotary
 from kvtier.tiers.device import DevicePool
 
 
@@ -43,7 +43,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -72,3 +72,13 @@ def test_cuda_tensors_run_the_triton_kernels():
     torch.testing.assert_close(ops.paged_decode_attention(*args),
                                reference.paged_decode_attention_ref(*args), **tol(torch.bfloat16))
     assert "kvtier.kernels.paged_attention" in sys.modules
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, ops.SMALL_LINEAR_ROWS, ops.SMALL_LINEAR_ROWS + 1])
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_linear_matches_functional_linear_and_is_contiguous(rows, has_bias):
+    x, weight = randn((rows, 96), torch.float32, "cpu", seed=5), randn((40, 96), torch.float32, "cpu", seed=6)
+    bias = randn((40,), torch.float32, "cpu", seed=7) if has_bias else None
+    out = ops.linear(x, weight, bias)
+    assert out.shape == (rows, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, bias), **tol(torch.float32))
