@@ -42,11 +42,12 @@ SMALL_LINEAR_ROWS = 128  # NOTE: up to here, measured faster on this project's C
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`x [tokens, in] @ weight[out, in].T + bias`, as torch.nn.functional.linear.
 
-    On CPU, a few rows (decode steps, short chunks) go as `weight @ x.T`: the BLAS then streams
-    the weight's rows in order, and measured several times faster at 2 rows and about 1.3x at 8,
-    than `x @ weight.T`. The sum is the same, taken in another order (float rounding may differ).
+    On CPU, a few rows (batched decode steps, short chunks) go as `weight @ x.T`: the BLAS then
+    streams the weight's rows in order, and measured several times faster at 2 rows and about 1.3x
+    at 8 than `x @ weight.T` (one row: no faster, so left alone). The sum is the same, taken in
+    another order (float rounding may differ).
     """
-    if x.is_cuda or x.dim() != 2 or x.shape[0] > SMALL_LINEAR_ROWS:
+    if x.is_cuda or x.dim() != 2 or not 2 <= x.shape[0] <= SMALL_LINEAR_ROWS:
         return torch.nn.functional.linear(x, weight, bias)
     out = (weight @ x.t()).t()  # [tokens, out], a transposed view
     return (out + bias if bias is not None else out).contiguous()
