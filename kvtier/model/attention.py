@@ -8,32 +8,32 @@ from torch import nn
 from kvtier import ops
 from kvtier.config import ModelConfig
 from kvtier.model.batch import ForwardBatch
-from kvtier.model.layers import Rotary
+from kvtier.model.layers import Linear, apply_rotary
 
 
 class PagedAttention(nn.Module):
     """q/k/v projections (biased for Qwen2), RoPE, store_kv, paged attention, output projection."""
 
-    def __init__(self, config: ModelConfig, rotary: Rotary) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.scale = config.head_dim ** -0.5
         hidden, bias = config.hidden_size, config.qkv_bias
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
-        self.rotary = rotary  # NOTE: shared by every layer; not a parameter, so not in the state dict
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, k_cache: torch.Tensor,
-                v_cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x `[num_tokens, hidden]` -> `[num_tokens, hidden]`; this step's K/V land in the caches
-        `[num_blocks, block_size, num_kv_heads, head_dim]` first."""
+        `[num_blocks, block_size, num_kv_heads, head_dim]` first. `rope` is `Rotary.cos_sin` of the
+        batch's positions."""
         tokens = x.shape[0]
         q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(q, k, batch.positions)
+        q, k = apply_rotary(q, k, rope)
         ops.store_kv(k.contiguous(), v.contiguous(), k_cache, v_cache, batch.slot_mapping)
         q = q.contiguous()
         if batch.is_decode:

@@ -1,4 +1,4 @@
-"""kvtier.ops: the reference on CPU, the kernels on CUDA, and no triton import on the CPU path."""
+"""kvtier.ops: the fast torch twins on CPU, the kernels on CUDA, and no triton import on the CPU path."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from kvtier.kernels import reference
+from kvtier.kernels import cpu, reference
 
 from kvtier import ops
 from tests.kernels.paged_inputs import HAS_CUDA, make_paged_cache, randn
@@ -26,12 +26,14 @@ def test_importing_kvtier_and_using_ops_on_cpu_never_imports_triton():
     assert result.stdout.strip() == "False"
 
 
-def test_cpu_tensors_run_the_reference():
+def test_cpu_tensors_run_the_fast_twin_which_matches_the_reference():
     assert not ops.uses_triton(torch.zeros(1))
     paged = make_paged_cache([5, 17], 16, 2, 64, torch.float32, "cpu")
     query = randn((2, 4, 64), torch.float32, "cpu", seed=0)
     args = (query, paged.k_cache, paged.v_cache, paged.block_tables, paged.seq_lens, 0.125)
-    assert torch.equal(ops.paged_decode_attention(*args), reference.paged_decode_attention_ref(*args))
+    assert torch.equal(ops.paged_decode_attention(*args), cpu.paged_decode_attention_cpu(*args))
+    torch.testing.assert_close(ops.paged_decode_attention(*args), reference.paged_decode_attention_ref(*args),
+                               **tol(torch.float32))
 
 
 def test_prefill_reference_of_last_token_equals_decode_reference():
@@ -70,3 +72,13 @@ def test_cuda_tensors_run_the_triton_kernels():
     torch.testing.assert_close(ops.paged_decode_attention(*args),
                                reference.paged_decode_attention_ref(*args), **tol(torch.bfloat16))
     assert "kvtier.kernels.paged_attention" in sys.modules
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, ops.SMALL_LINEAR_ROWS, ops.SMALL_LINEAR_ROWS + 1])
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_linear_matches_functional_linear_and_is_contiguous(rows, has_bias):
+    x, weight = randn((rows, 96), torch.float32, "cpu", seed=5), randn((40, 96), torch.float32, "cpu", seed=6)
+    bias = randn((40,), torch.float32, "cpu", seed=7) if has_bias else None
+    out = ops.linear(x, weight, bias)
+    assert out.shape == (rows, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, bias), **tol(torch.float32))
