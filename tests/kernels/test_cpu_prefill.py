@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvtier.kernels.reference import paged_prefill_attention_ref
 from kvtier.kernels.cpu import paged_prefill_attention_cpu
+from kvtier.kernels.reference import paged_prefill_attention_ref
 
 from tests.kernels.paged_inputs import make_paged_cache, randn
 from tests.kernels.test_paged_random import _config
