@@ -39,6 +39,16 @@ def _unpin_if_cancelled(tier: TierStore, block_hash: BlockHash, future: Future[A
         tier.unpin(block_hash)
 
 
+_Read = tuple[TierStore, BlockKey, "torch.Tensor | None", "Future[torch.Tensor | None]"]
+
+
+def _cancel_run(run: list[_Read], job: Future[Any]) -> None:
+    """A run's job cancelled before it started (the engine closing): cancel its blocks, which unpins them."""
+    if job.cancelled():
+        for *_, future in run:
+            future.cancel()
+
+
 class TransferEngine:
     """Asynchronous reads and writes of whole blocks against TierStores, with per-tier latency stats."""
 
@@ -94,6 +104,19 @@ class TransferEngine:
         finally:
             tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
 
+    def _read_run(self, run: list[_Read]) -> None:
+        """Read each block of a run in order into its future; a block cancelled before its turn is
+        skipped (its done-callback already released the pin)."""
+        for tier, key, slot, future in run:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                data = self._read_and_unpin(tier, key, slot)
+            except Exception as exc:  # counted and logged by _read_and_unpin; the handle makes it a miss
+                future.set_exception(exc)
+            else:
+                future.set_result(data)
+
     def onload(self, found: Sequence[LowerHit], out: torch.Tensor | None = None,
                landing: torch.Tensor | None = None) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
@@ -105,15 +128,22 @@ class TransferEngine:
         for whoever recycles it.
         """
         futures: list[Future[torch.Tensor | None]] = []
+        reads: list[_Read] = []
         for i, (tier, key, data) in enumerate(found):
             slot = out[i] if out is not None else None
+            future: Future[torch.Tensor | None] = Future()
             if data is not None:
-                future: Future[torch.Tensor | None] = Future()
                 future.set_result(data if slot is None else slot.copy_(data))
             else:
-                future = self._submit(READ, self._read_and_unpin, tier, key, slot)
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
+                reads.append((tier, key, slot, future))
             futures.append(future)
+        # NOTE: one job per worker, each reading a run of the prefix in order: a job per block cost
+        # the scheduler's thread about 35 us of Python each (9 ms for a 4k-token SmolLM2 prefix).
+        per_job = -(-len(reads) // self.num_workers) if reads else 1
+        for start in range(0, len(reads), per_job):
+            run = reads[start:start + per_job]
+            self._submit(READ, self._read_run, run).add_done_callback(functools.partial(_cancel_run, run))
         return OnloadHandle(list(found), futures, out, landing)
 
     def inflight(self, key: BlockKey) -> LowerHit | None:
