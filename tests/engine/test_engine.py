@@ -103,7 +103,8 @@ def test_sampling_follows_its_seed() -> None:
     assert run(7, top_k=1) == reference(PROMPTS[:3], 12) == run(3, top_p=1e-6)
 
 
-def test_a_requests_onload_overlaps_the_others_compute() -> None:
+def spilled_to_a_slow_tier() -> tuple[FakeTier, LLMEngine, list[int]]:
+    """An engine over 12 device blocks and a gated tier that now holds a 33-token prompt's blocks."""
     slow = FakeTier(LAYOUT)
     cache = TieredKVCache(LAYOUT, 12, [slow])
     engine = LLMEngine(MODEL, cache)
@@ -111,6 +112,11 @@ def test_a_requests_onload_overlaps_the_others_compute() -> None:
     engine.generate(requests([long_prompt], 1))
     engine.generate(requests([[(3 * i + 1) % 250 for i in range(44)]], 1))  # pushes its blocks out to the slow tier
     cache.flush()
+    return slow, engine, long_prompt
+
+
+def test_a_requests_onload_overlaps_the_others_compute() -> None:
+    slow, engine, long_prompt = spilled_to_a_slow_tier()
     slow.gate.clear()  # from now on the slow tier's reads wait
     engine.add_request(Request(request_id="onload", prompt_token_ids=tuple(long_prompt), max_tokens=3))
     engine.add_request(Request(request_id="other", prompt_token_ids=tuple(PROMPTS[0]), max_tokens=3))
@@ -137,13 +143,7 @@ def test_a_requests_onload_overlaps_the_others_compute() -> None:
 
 
 def test_a_lone_onloading_request_is_waited_for_not_polled() -> None:
-    slow = FakeTier(LAYOUT)
-    cache = TieredKVCache(LAYOUT, 12, [slow])
-    engine = LLMEngine(MODEL, cache)
-    long_prompt = [(5 * i) % 250 for i in range(33)]
-    engine.generate(requests([long_prompt], 1))
-    engine.generate(requests([[(3 * i + 1) % 250 for i in range(44)]], 1))  # pushes its blocks out to the slow tier
-    cache.flush()
+    _, engine, long_prompt = spilled_to_a_slow_tier()
     output = engine.add_request(Request(request_id="onload", prompt_token_ids=tuple(long_prompt), max_tokens=3))
     engine.step()  # nothing else to run: the step waits for the reads, then computes the rest of the prompt
     assert engine.running[0].status is SeqStatus.RUNNING and len(output.token_ids) == 1
