@@ -93,15 +93,9 @@ def paged_prefill_attention_cpu(query: torch.Tensor, k_cache: torch.Tensor, v_ca
     prefill 80 -> 41 s (both under load), about half of it that matrix.
     """
     out = torch.empty_like(query)
-    starts = query_start_loc.tolist()
     group = query.shape[1] // k_cache.shape[2]
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        q_start, q_end = starts[b], starts[b + 1]
+    for b, q_start, q_end, seq_len in reference.prefill_spans(query_start_loc, seq_lens):
         q_len = q_end - q_start
-        if q_len == 0:
-            continue
-        if q_len > seq_len:
-            raise ValueError(f"sequence {b} has {q_len} new tokens but seq_len {seq_len}")
         k = reference._gather_seq(k_cache, block_tables[b], seq_len).to(query.dtype).transpose(0, 1)  # [Hkv, L, D]
         v = reference._gather_seq(v_cache, block_tables[b], seq_len).to(query.dtype).transpose(0, 1)
         if not _HAS_GQA and group > 1:

@@ -1,9 +1,12 @@
 """Pure-torch references for every kernel: same signatures as the launchers, float32 math.
 
-Written for clarity rather than speed. They serve the CPU path of the library (`kvtier.ops`)
-and are the oracles of the kernel tests. This module never imports triton.
+Written for clarity rather than speed. They are the oracles of the kernel tests and serve the CPU
+path of the library (`kvtier.ops`) where kernels/cpu.py has no faster twin. This module never
+imports triton.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -75,19 +78,28 @@ def paged_decode_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cac
     return out.reshape(batch, num_heads, head_dim).to(query.dtype)
 
 
+def prefill_spans(query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> Iterator[tuple[int, int, int, int]]:
+    """`(sequence, first row, end row, seq_len)` of each sequence with new tokens in a varlen batch.
+
+    Raises:
+        ValueError: a sequence has more new tokens than its length.
+    """
+    starts = query_start_loc.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = starts[b], starts[b + 1]
+        if q_end - q_start > seq_len:
+            raise ValueError(f"sequence {b} has {q_end - q_start} new tokens but seq_len {seq_len}")
+        if q_end > q_start:
+            yield b, q_start, q_end, seq_len
+
+
 def paged_prefill_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 block_tables: torch.Tensor, query_start_loc: torch.Tensor,
                                 seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal varlen attention of new tokens [total_new_tokens, num_heads, head_dim] over the cache."""
     out = torch.zeros_like(query)
-    starts = query_start_loc.tolist()
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        q_start, q_end = starts[b], starts[b + 1]
+    for b, q_start, q_end, seq_len in prefill_spans(query_start_loc, seq_lens):
         q_len = q_end - q_start
-        if q_len == 0:
-            continue
-        if q_len > seq_len:
-            raise ValueError(f"sequence {b} has {q_len} new tokens but seq_len {seq_len}")
         k = _gather_seq(k_cache, block_tables[b], seq_len)
         v = _gather_seq(v_cache, block_tables[b], seq_len)
         positions = torch.arange(seq_len - q_len, seq_len, device=query.device)
