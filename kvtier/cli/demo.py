@@ -72,12 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, progress: Any) -> tuple[Any, Any]:
-    from kvtier.cli.model_flags import resolve_model
-    from kvtier.model.load import load_model, load_tokenizer
+    from kvtier.cli.model_flags import load_model_flags
 
     progress(f"loading {args.model} (a GGUF file is converted once, then loaded from the cache folder)")
-    spec = resolve_model(args.model, args.dtype)
-    model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device), load_tokenizer(spec)
+    model, tokenizer = load_model_flags(args)
     progress(f"loaded {model.config.name}: {model.config.num_layers} layers, {model.config.dtype}, "
              f"{'with' if tokenizer is not None else 'no'} tokenizer")
     return model, tokenizer

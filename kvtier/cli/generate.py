@@ -26,10 +26,11 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvtier.cli.model_flags import load_model_flags
     from kvtier.errors import KVTierError
 
     try:
-        model, tokenizer = _load(args)
+        model, tokenizer = load_model_flags(args)
     except (ValueError, OSError) as exc:
         args.parser.error(str(exc))
     except KVTierError as exc:
@@ -45,14 +46,6 @@ def run(args: argparse.Namespace) -> int:
         except KVTierError as exc:
             print(f"kvtier generate: error: {exc}", file=sys.stderr)
             return 1
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from kvtier.cli.model_flags import resolve_model
-    from kvtier.model.load import load_model, load_tokenizer
-
-    spec = resolve_model(args.model, args.dtype)
-    return load_model(spec, dtype=args.dtype, device=args.device), load_tokenizer(spec)
 
 
 def _serve(args: argparse.Namespace, model: Any, tokenizer: Any, config: Any) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def user_cache_dir() -> Path:
@@ -31,3 +32,15 @@ def resolve_model(spec: str, dtype: str | None) -> str:
     from kvtier.model.gguf_folder import converted_folder
 
     return str(converted_folder(path, user_cache_dir(), dtype=dtype or "float32", progress=sys.stderr.isatty()))
+
+
+def load_model_flags(args: Any) -> tuple[Any, Any]:
+    """The model and tokenizer (None without one) that `--model`, `--dtype` and `--device` name.
+
+    Raises:
+        UnsupportedModelError: see `resolve_model` and `kvtier.model.load.load_model`.
+    """
+    from kvtier.model.load import load_model, load_tokenizer
+
+    spec = resolve_model(args.model, args.dtype)
+    return load_model(spec, dtype=args.dtype, device=args.device), load_tokenizer(spec)
