@@ -90,14 +90,15 @@ class TurnResult:
 
 def play(model: Transformer, chat: ChatTokens, settings: DemoSettings, open_cache: Callable[[], TieredKVCache],
          *, restart_at: int | None, measure_floor: bool = False,
-         progress: Callable[[str], None] = lambda _: None) -> list[TurnResult]:
-    """Every turn of the schedule on caches from `open_cache` (a new one after `restart_at`)."""
+         progress: Callable[[str], None] = lambda _: None) -> tuple[list[TurnResult], list[list[int]]]:
+    """Every turn of the schedule on caches from `open_cache` (a new one after `restart_at`), and
+    the prompt each turn played."""
     engine_config = EngineConfig(max_num_seqs=1, max_num_batched_tokens=settings.max_batched_tokens)
     namespace = namespace_digest(fingerprint(model), None)
     cache = open_cache()
     engine = LLMEngine(model, cache, engine_config)
     history: dict[int, list[Turn]] = {}
-    results = []
+    results, prompts = [], []
     try:
         for n, (c, t) in enumerate(settings.schedule()):
             if n == restart_at:
@@ -108,6 +109,7 @@ def play(model: Transformer, chat: ChatTokens, settings: DemoSettings, open_cach
                 engine = LLMEngine(model, cache, engine_config)
             question = QUESTIONS[c][t]
             prompt = chat.first(question, c) if t == 0 else chat.next(history[c], question)
+            prompts.append(prompt)
             floor_s = None
             if measure_floor and n == restart_at:
                 paths = restored_paths(cache.tiers, namespace, prompt, cache.layout.block_size)
@@ -129,22 +131,27 @@ def play(model: Transformer, chat: ChatTokens, settings: DemoSettings, open_cach
                      f"cached, TTFT {out.ttft_s:.2f} s")
     finally:
         cache.close()
-    return results
+    return results, prompts
 
 
-def recompute_ttft(model: Transformer, layout: KVLayout, settings: DemoSettings, prompt: list[int],
-                   salt: str) -> float:
-    """TTFT of `prompt` prefilled from nothing (a salt no other request shares), same chunking."""
-    cache = TieredKVCache(layout, -(-(len(prompt) + 1) // layout.block_size) + 1)
+def recompute_ttfts(model: Transformer, layout: KVLayout, settings: DemoSettings,
+                    prompts: dict[int, list[int]]) -> dict[int, float]:
+    """TTFT of each prompt prefilled from nothing (a salt no other request shares), same chunking;
+    one engine over a pool that holds the longest, whose earlier blocks are simply dropped."""
+    longest = max(len(p) for p in prompts.values())
+    cache = TieredKVCache(layout, -(-(longest + 1) // layout.block_size) + 1)
+    engine = LLMEngine(model, cache, EngineConfig(max_num_seqs=1, max_num_batched_tokens=settings.max_batched_tokens))
+    ttfts = {}
     try:
-        engine = LLMEngine(model, cache, EngineConfig(max_num_seqs=1,
-                                                      max_num_batched_tokens=settings.max_batched_tokens))
-        out = engine.generate([Request(request_id=salt, prompt_token_ids=tuple(prompt), max_tokens=1,
-                                       cache_salt=salt)])[0]
+        for n, prompt in prompts.items():
+            salt = f"kvtier-demo-recompute-{n}"
+            out = engine.generate([Request(request_id=salt, prompt_token_ids=tuple(prompt), max_tokens=1,
+                                           cache_salt=salt)])[0]
+            assert out.ttft_s is not None and out.num_cached_tokens == 0
+            ttfts[n] = out.ttft_s
     finally:
         cache.close()
-    assert out.ttft_s is not None and out.num_cached_tokens == 0
-    return out.ttft_s
+    return ttfts
 
 
 def run_demo(model: Transformer, chat: ChatTokens, config: KVTierConfig, settings: DemoSettings,
@@ -152,32 +159,18 @@ def run_demo(model: Transformer, chat: ChatTokens, config: KVTierConfig, setting
     """The three runs and the report (see the module docstring)."""
     started = time.perf_counter()
     progress("run 1 of 3: the chat on the tiered cache")
-    turns = play(model, chat, settings, lambda: TieredKVCache.from_config(config), restart_at=settings.restart_at,
-                 measure_floor=True, progress=progress)
+    turns, prompts = play(model, chat, settings, lambda: TieredKVCache.from_config(config),
+                          restart_at=settings.restart_at, measure_floor=True, progress=progress)
     progress("run 2 of 3: the same chat with every block resident on the device")
     everything = settings.device_blocks(chat, config.layout.block_size) * len(settings.schedule())
-    resident = play(model, chat, settings, lambda: TieredKVCache(config.layout, everything), restart_at=None)
-    progress("run 3 of 3: each prompt that reused blocks, recomputed from nothing")
-    prompts = _prompts(chat, settings, turns)
-    for n, (turn, other) in enumerate(zip(turns, resident)):
+    resident, _ = play(model, chat, settings, lambda: TieredKVCache(config.layout, everything), restart_at=None)
+    for turn, other in zip(turns, resident):
         turn.resident_reply_token_ids = other.reply_token_ids
-        if turn.cached_tokens:
-            turn.recompute_ttft_s = recompute_ttft(model, config.layout, settings, prompts[n],
-                                                   salt=f"kvtier-demo-recompute-{n}")
+    progress("run 3 of 3: each prompt that reused blocks, recomputed from nothing")
+    reused = {n: prompts[n] for n, turn in enumerate(turns) if turn.cached_tokens}
+    for n, ttft in (recompute_ttfts(model, config.layout, settings, reused) if reused else {}).items():
+        turns[n].recompute_ttft_s = ttft
     return _report(model, config, settings, turns, time.perf_counter() - started)
-
-
-def _prompts(chat: ChatTokens, settings: DemoSettings, turns: list[TurnResult]) -> list[list[int]]:
-    """The prompts run 1 played, rebuilt from its replies (they are a function of the history)."""
-    history: dict[int, list[Turn]] = {}
-    prompts = []
-    for (c, t), result in zip(settings.schedule(), turns):
-        question = QUESTIONS[c][t]
-        prompt = chat.first(question, c) if t == 0 else chat.next(history[c], question)
-        assert len(prompt) == result.prompt_tokens
-        history.setdefault(c, []).append(Turn(c, t, question, prompt, result.reply_token_ids, result.reply))
-        prompts.append(prompt)
-    return prompts
 
 
 def _report(model: Transformer, config: KVTierConfig, settings: DemoSettings, turns: list[TurnResult],
