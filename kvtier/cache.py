@@ -120,8 +120,7 @@ class TieredKVCache:
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
         self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
-            buffer = self._landing.take(len(found))
-            self._onloads[seq_id] = self.engine.onload(found, buffer[:len(found)], buffer)
+            self._onloads[seq_id] = self.engine.onload(found, self._landing.take(len(found)))
             if wait:
                 self.finish_onload(seq_id)
         return seq
@@ -175,7 +174,7 @@ class TieredKVCache:
             return 0
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
-        buffer = handle.buffer
+        buffer = handle.landing
         in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
         data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
         self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)

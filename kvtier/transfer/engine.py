@@ -117,20 +117,18 @@ class TransferEngine:
             else:
                 future.set_result(data)
 
-    def onload(self, found: Sequence[LowerHit], out: torch.Tensor | None = None,
-               landing: torch.Tensor | None = None) -> OnloadHandle:
+    def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | None = None) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
         or when it is cancelled before it starts. In-flight spills are served from their copy.
 
-        `out` `[len(found), *block_shape]`: block i is read into `out[i]` (one buffer for the
-        request, so placing the blocks on the device needs no gathering copy); else each read
-        allocates its own tensor. `landing`: the buffer `out` is a view of, kept on the handle
-        for whoever recycles it.
+        `landing` `[at least len(found), *block_shape]`: block i is read into `landing[i]` (one
+        buffer for the request, so placing the blocks on the device needs no gathering copy);
+        else each read allocates its own tensor. The handle keeps it for whoever recycles it.
         """
         futures: list[Future[torch.Tensor | None]] = []
         reads: list[_Read] = []
         for i, (tier, key, data) in enumerate(found):
-            slot = out[i] if out is not None else None
+            slot = landing[i] if landing is not None else None
             future: Future[torch.Tensor | None] = Future()
             if data is not None:
                 future.set_result(data if slot is None else slot.copy_(data))
@@ -144,7 +142,7 @@ class TransferEngine:
         for start in range(0, len(reads), per_job):
             run = reads[start:start + per_job]
             self._submit(READ, self._read_run, run).add_done_callback(functools.partial(_cancel_run, run))
-        return OnloadHandle(list(found), futures, out, landing)
+        return OnloadHandle(list(found), futures, landing)
 
     def inflight(self, key: BlockKey) -> LowerHit | None:
         """The block if a spill of it is queued or running (its tier cannot serve it yet)."""

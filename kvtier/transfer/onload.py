@@ -25,11 +25,10 @@ class OnloadHandle:
     """Per-block read futures for one request, in prefix order."""
 
     def __init__(self, found: list[LowerHit], futures: list[Future[torch.Tensor | None]],
-                 buffer: torch.Tensor | None = None, landing: torch.Tensor | None = None) -> None:
+                 landing: torch.Tensor | None = None) -> None:
         self.found = found
         self.futures = futures
-        self.buffer = buffer  # [len(found), *block_shape] the reads land in, when one was given
-        self.landing = landing  # the reusable buffer `buffer` is a view of
+        self.landing = landing  # [>= len(found), *block_shape]: block i lands in row i, when given
 
     @property
     def num_blocks(self) -> int:

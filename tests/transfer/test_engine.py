@@ -172,7 +172,7 @@ def test_onload_reads_each_block_into_its_row_of_one_buffer():
     spilled = block_content(LAYOUT, KEYS[3].block_hash)  # a block whose spill is in flight: served from its copy
     found = [LowerHit(store, k) for k in KEYS[:3]] + [LowerHit(store, KEYS[3], spilled)]
     buffer = torch.zeros((4, *LAYOUT.block_shape), dtype=LAYOUT.dtype)
-    loaded = engine.onload(found, buffer).wait()
+    loaded = engine.onload(found, landing=buffer).wait()
     assert [t.data_ptr() for t in loaded] == [buffer[i].data_ptr() for i in range(4)]
     for i, key in enumerate(KEYS[:4]):
         assert torch.equal(buffer[i], block_content(LAYOUT, key.block_hash))
