@@ -50,7 +50,7 @@ def restore_bench(layout: KVLayout, prefix_tokens: int, rounds: int, folder: str
         for r in range(rounds):
             for which in (("restore", "floor") if r % 2 == 0 else ("floor", "restore")):
                 cache = TieredKVCache.from_config(config)
-                paths = restored_paths(cache.tiers, namespace, prompt, layout.block_size)
+                paths = restored_paths(cache, namespace, prompt)
                 if cold:
                     _drop_pages(paths)
                 try:

@@ -13,19 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from kvtier.block.hashing import hash_blocks
-from kvtier.tiers.base import TierStore
+from kvtier.cache import TieredKVCache
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.types import Namespace
 
 
-def restored_paths(tiers: list[TierStore], namespace: Namespace, prompt: list[int], block_size: int) -> list[str]:
+def restored_paths(cache: TieredKVCache, namespace: Namespace, prompt: list[int]) -> list[str]:
     """The disk objects a prompt's leading blocks would be read from (up to the first block no disk
     tier holds), as the cache finds them after a restart."""
-    disks = [t for t in tiers if isinstance(t, DiskStore)]
+    disks = [t for t in cache.tiers if isinstance(t, DiskStore)]
     paths = []
-    for block_hash in hash_blocks(namespace, prompt, block_size)[:(len(prompt) - 1) // block_size]:
+    hashes = cache.manager.hash_tokens(prompt, namespace)
+    for block_hash in hashes[:cache.manager.max_hit_blocks(len(prompt))]:
         disk = next((d for d in disks if d.contains(block_hash)), None)
         if disk is None:
             break

@@ -112,7 +112,7 @@ def play(model: Transformer, chat: ChatTokens, settings: DemoSettings, open_cach
             prompts.append(prompt)
             floor_s = None
             if measure_floor and n == restart_at:
-                paths = restored_paths(cache.tiers, namespace, prompt, cache.layout.block_size)
+                paths = restored_paths(cache, namespace, prompt)
                 floor_s = plain_read_s(paths, cache.engine.num_workers) if paths else None
             onloaded, offloaded = cache.stats.onloaded_bytes, cache.stats.offloaded_bytes
             out = engine.generate([Request(request_id=f"c{c}t{t}", prompt_token_ids=tuple(prompt),
