@@ -36,21 +36,21 @@ def _kernel_module(name: str) -> ModuleType:
     return importlib.import_module(f"kvtier.kernels.{name}")
 
 
-SMALL_LINEAR_ROWS = 128  # NOTE: up to here, measured faster on this project's CPUs; beyond, not measured
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """`x [..., in] @ weight[out, in].T + bias`, as torch.nn.functional.linear.
 
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`x [tokens, in] @ weight[out, in].T + bias`, as torch.nn.functional.linear.
-
-    On CPU, a few rows (batched decode steps, short chunks) go as `weight @ x.T`: the BLAS then
-    streams the weight's rows in order, and measured several times faster at 2 rows and about 1.3x
-    at 8 than `x @ weight.T` (one row: no faster, so left alone). The sum is the same, taken in
-    another order (float rounding may differ).
+    On CPU with `packed` (`pack_linear_weight(weight)`), oneDNN's matmul on the blocked copy; else
+    torch.nn.functional.linear. The sum is the same, taken in another order (float rounding may differ).
     """
-    if x.is_cuda or x.dim() != 2 or not 2 <= x.shape[0] <= SMALL_LINEAR_ROWS:
-        return torch.nn.functional.linear(x, weight, bias)
-    out = (weight @ x.t()).t()  # [tokens, out], a transposed view
-    return (out + bias if bias is not None else out).contiguous()
+    if packed is not None and x.device.type == "cpu":
+        return cpu.linear_packed_cpu(x, packed, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """`weight` in the layout `linear` runs fastest from on this device; None where it has none (CUDA)."""
+    return None if weight.is_cuda else cpu.pack_linear_weight(weight)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,

@@ -31,10 +31,24 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict names) computed by `kvtier.ops.linear`."""
+    """nn.Linear (same parameters and state-dict names) computed by `kvtier.ops.linear`, from a copy
+    of the weight in the device's fastest layout (`ops.pack_linear_weight`: oneDNN's on CPU).
+
+    The copy is made on first use and again whenever the weight changes (moved, cast, loaded into);
+    it doubles the weight's memory on CPU and is not part of the state dict.
+    """
+
+    _packed: tuple[tuple[torch.Tensor, int, int, torch.dtype], torch.Tensor | None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias, self._packed_weight())
+
+    def _packed_weight(self) -> torch.Tensor | None:
+        weight = self.weight
+        key = (weight, weight.data_ptr(), weight._version, weight.dtype)
+        if self._packed is None or self._packed[0][0] is not weight or self._packed[0][1:] != key[1:]:
+            self._packed = (key, ops.pack_linear_weight(weight))
+        return self._packed[1]
 
 
 class MLP(nn.Module):

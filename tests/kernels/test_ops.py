@@ -74,11 +74,27 @@ def test_cuda_tensors_run_the_triton_kernels():
     assert "kvtier.kernels.paged_attention" in sys.modules
 
 
-@pytest.mark.parametrize("rows", [1, 2, 8, ops.SMALL_LINEAR_ROWS, ops.SMALL_LINEAR_ROWS + 1])
+@pytest.mark.parametrize("rows", [0, 1, 2, 8, 129])
 @pytest.mark.parametrize("has_bias", [False, True])
-def test_linear_matches_functional_linear_and_is_contiguous(rows, has_bias):
-    x, weight = randn((rows, 96), torch.float32, "cpu", seed=5), randn((40, 96), torch.float32, "cpu", seed=6)
-    bias = randn((40,), torch.float32, "cpu", seed=7) if has_bias else None
-    out = ops.linear(x, weight, bias)
-    assert out.shape == (rows, 40) and out.is_contiguous()
-    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, bias), **tol(torch.float32))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_on_a_packed_weight_matches_functional_linear(rows, has_bias, dtype):
+    x, weight = randn((rows, 96), dtype, "cpu", seed=5), randn((40, 96), dtype, "cpu", seed=6)
+    bias = randn((40,), dtype, "cpu", seed=7) if has_bias else None
+    packed = ops.pack_linear_weight(weight)
+    assert packed is not None  # NOTE: torch's CPU wheels ship oneDNN; without it this path is never taken
+    out = ops.linear(x, weight, bias, packed)
+    assert out.shape == (rows, 40) and out.dtype == dtype
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, bias), **tol(dtype))
+
+
+def test_linear_on_a_packed_weight_takes_strided_and_batched_inputs():
+    weight = randn((40, 96), torch.float32, "cpu", seed=6)
+    packed = ops.pack_linear_weight(weight)
+    for x in (randn((96, 5), torch.float32, "cpu", seed=1).t(), randn((2, 3, 96), torch.float32, "cpu", seed=2)):
+        torch.testing.assert_close(ops.linear(x, weight, None, packed), torch.nn.functional.linear(x, weight),
+                                   **tol(torch.float32))
+
+
+def test_a_weight_oneDNN_cannot_take_is_not_packed():
+    assert ops.pack_linear_weight(torch.zeros(4, 8, dtype=torch.float64)) is None
+    assert ops.pack_linear_weight(torch.zeros(2, 4, 8)) is None
