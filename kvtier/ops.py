@@ -44,13 +44,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     torch.nn.functional.linear. The sum is the same, taken in another order (float rounding may differ).
     """
     if packed is not None and x.device.type == "cpu":
-        return cpu.linear_packed_cpu(x, packed, bias)
+        return cast(torch.Tensor, cpu.linear_packed_cpu(x, packed, bias))
     return torch.nn.functional.linear(x, weight, bias)
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """`weight` in the layout `linear` runs fastest from on this device; None where it has none (CUDA)."""
-    return None if weight.is_cuda else cpu.pack_linear_weight(weight)
+    return None if weight.is_cuda else cast(torch.Tensor | None, cpu.pack_linear_weight(weight))
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
