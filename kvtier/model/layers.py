@@ -43,6 +43,12 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias, self._packed_weight())
 
+    def __getstate__(self) -> dict[str, object]:
+        """Without the packed copy (an opaque tensor copy.deepcopy cannot copy): copies pack again."""
+        state = dict(self.__dict__)
+        state.pop("_packed", None)
+        return state
+
     def _packed_weight(self) -> torch.Tensor | None:
         weight = self.weight
         key = (weight, weight.data_ptr(), weight._version, weight.dtype)

@@ -1,5 +1,7 @@
-"""The model's Linear: its packed copy of the weight follows the weight (loaded into, cast, replaced)."""
+"""The model's Linear: its packed copy of the weight follows the weight (loaded into, cast, replaced, copied)."""
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -25,3 +27,13 @@ def test_the_packed_weight_follows_loads_casts_and_replacements():
     _check(layer, x)
     layer.to(torch.bfloat16)
     _check(layer, x.bfloat16())
+
+
+def test_a_deep_copy_packs_its_own_weight():
+    layer, x = Linear(16, 8), torch.randn(3, 16)
+    _check(layer, x)
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight.add_(1)
+    _check(twin, x)
+    _check(layer, x)
