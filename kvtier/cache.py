@@ -95,13 +95,16 @@ class TieredKVCache:
         return BlockKey(block.namespace, block.block_hash, block.token_ids(self.layout.block_size))
 
     def allocate(self, seq_id: SeqId, token_ids: Sequence[int], namespace: Namespace,
-                 extra_keys: bytes = b"", *, wait: bool = True) -> SeqState:
+                 extra_keys: bytes = b"", *, wait: bool = True,
+                 block_hashes: list[BlockHash] | None = None) -> SeqState:
         """Blocks for a new prompt: device prefix hits, then lower-tier hits, then fresh blocks.
 
         Lower-tier hits are read in the background; with `wait=False` call `finish_onload` before
         the forward pass. `seq.num_cached_tokens` then says how many leading tokens need no compute.
+        `block_hashes`: the prompt's full-block hashes (`manager.hash_tokens`) where the caller keeps them.
         """
-        hashes = self.manager.hash_tokens(token_ids, namespace, extra_keys)
+        hashes = block_hashes if block_hashes is not None else self.manager.hash_tokens(token_ids, namespace,
+                                                                                        extra_keys)
         max_hits = self.manager.max_hit_blocks(len(token_ids))
         device_hits = self.manager.find_cached_prefix(hashes, len(token_ids))
         num_device_hits = len(device_hits)

@@ -28,3 +28,8 @@ class FormatError(KVTierError):
 
 class UnsupportedModelError(KVTierError):
     """A model or checkpoint the reference decoder cannot run (named, before any compute)."""
+
+
+class LostBlocksError(KVTierError):
+    """Blocks a cache needs are in no tier any more (dropped for want of room, or failed
+    verification), and it cannot recompute them (it holds K/V it was handed, not tokens)."""

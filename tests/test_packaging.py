@@ -27,13 +27,13 @@ def test_wheel_maps_kernels_under_kvtier(tmp_path):
 
 
 def test_import_and_help_do_not_load_torch(tmp_path):
-    code = ("import sys, contextlib, io, kvtier, kvtier.cli.main as cli\n"
+    code = ("import sys, contextlib, io, kvtier, kvtier.integrations, kvtier.cli.main as cli\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "    cli.main(['--help'])\n"
             "for command in ('demo', 'generate', 'info', 'bench', 'cache'):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "        cli.main([command, '--help'])\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'triton')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'triton', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

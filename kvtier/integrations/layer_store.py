@@ -1,0 +1,176 @@
+"""LayerStore: the K/V of a dense-attention model, layer by layer and row by row, kept as kvtier
+blocks in a TieredKVCache, for callers that hand over K/V tensors instead of tokens (transformers'
+Cache API).
+
+Each (layer, row) is a chain of full blocks plus a tail of fewer than `block_size` tokens kept as
+a tensor on the device. A block's "token ids" are ids this store hands out once, so every block
+ever written has its own hash: rows that share a history (beam search, `repeat_interleave`) share
+its blocks, and what they add afterwards can never collide. The blocks of a layer are pinned
+only while that layer is being updated; between updates they are free cached blocks, which the
+pool evicts, least recently used first, to the host and disk tiers when it needs room, and which
+come back as prefix hits (from whichever tier holds them) on the layer's next update.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from kvtier import ops
+from kvtier.block.hashing import hash_blocks, namespace_digest
+from kvtier.cache import TieredKVCache
+from kvtier.errors import LostBlocksError, OutOfBlocksError
+from kvtier.types import BlockHash, Namespace, SeqId
+
+MAX_TOKEN_ID = (1 << 32) - 1  # NOTE: the object header stores token ids as u32
+
+
+@dataclass(slots=True)
+class _Row:
+    """One row of one layer: its full blocks (token ids and chained hashes) and its tail."""
+
+    token_ids: list[int]
+    hashes: list[BlockHash]
+    tail_k: torch.Tensor  # [num_kv_heads, < block_size, head_dim]
+    tail_v: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) + self.tail_k.shape[1]
+
+
+class LayerStore:
+    """Appends K/V `[batch, heads, tokens, head_dim]` per layer and returns each layer's whole K/V."""
+
+    def __init__(self, cache: TieredKVCache, num_layers: int, store_id: str) -> None:
+        if cache.layout.num_layers != 1:
+            raise ValueError(f"LayerStore keeps one model layer per block; the cache's layout has "
+                             f"{cache.layout.num_layers} layers")
+        self.cache = cache
+        self.block_size = cache.layout.block_size
+        self._namespaces: list[Namespace] = [namespace_digest(f"kvtier-layer-store/{store_id}/{i}")
+                                             for i in range(num_layers)]
+        self._rows: list[list[_Row]] = [[] for _ in range(num_layers)]
+        self._next_token_id = itertools.count()
+        self._seq_ids = itertools.count()
+        self.reused_blocks = 0  # full blocks served from the cache by the last `append` of layer 0
+
+    def num_tokens(self, layer: int) -> int:
+        rows = self._rows[layer]
+        return rows[0].num_tokens if rows else 0
+
+    def num_rows(self, layer: int) -> int:
+        return len(self._rows[layer])
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's K/V of every row (`[batch, heads, new_tokens, head_dim]`); returns the
+        layer's whole K/V `[batch, heads, tokens, head_dim]`, old tokens first.
+
+        Raises:
+            OutOfBlocksError: the device pool cannot hold one row of this layer.
+            LostBlocksError: an earlier block of the layer is in no tier.
+        """
+        rows = self._rows[layer]
+        if not rows:
+            empty = keys[0, :, :0]
+            rows += [_Row([], [], empty, empty) for _ in range(keys.shape[0])]
+        if len(rows) != keys.shape[0]:
+            raise ValueError(f"layer {layer} holds {len(rows)} rows, the update has {keys.shape[0]}")
+        out_k, out_v = [], []
+        self.reused_blocks = 0 if layer == 0 else self.reused_blocks
+        for index, row in enumerate(rows):
+            k, v = self._append_row(layer, row, keys[index], values[index])
+            out_k.append(k)
+            out_v.append(v)
+        return torch.stack(out_k), torch.stack(out_v)
+
+    def _append_row(self, layer: int, row: _Row, keys: torch.Tensor,
+                    values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = self.block_size
+        k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
+        num_new_full = k_new.shape[1] // bs
+        old_blocks = len(row.token_ids) // bs
+        if old_blocks + num_new_full == 0:
+            row.tail_k, row.tail_v = k_new, v_new
+            return k_new, v_new
+        new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
+        if new_ids and new_ids[-1] > MAX_TOKEN_ID:
+            raise LostBlocksError("this store has handed out 2**32 token ids (the object header keeps 32 bits); "
+                                  "open a new cache")
+        token_ids = row.token_ids + new_ids
+        parent = row.hashes[-1] if row.hashes else self._namespaces[layer]
+        hashes = row.hashes + hash_blocks(parent, new_ids, bs)
+        # NOTE: one token past the full blocks, so that every full block may be a hit (the cache
+        # always leaves the last token to compute); its block stays unwritten and is freed below.
+        seq_id = SeqId(f"layer-store-{next(self._seq_ids)}")
+        try:
+            seq = self.cache.allocate(seq_id, [*token_ids, 0], self._namespaces[layer], block_hashes=hashes)
+        except OutOfBlocksError as exc:
+            need, have = len(token_ids) // bs + 1, self.cache.pool.num_blocks
+            raise OutOfBlocksError(f"one row of layer {layer} at {len(token_ids) + row.tail_k.shape[1]} tokens needs "
+                                   f"{need} device blocks at once, the pool has {have} ({exc}); raise device_blocks "
+                                   f"to at least {need}") from exc
+        try:
+            if seq.num_cached_tokens < old_blocks * bs:
+                raise LostBlocksError(
+                    f"layer {layer}: {old_blocks - seq.num_cached_tokens // bs} of its {old_blocks} earlier blocks "
+                    f"are in no tier (dropped for want of room, or failed verification); give the cache a host or "
+                    f"disk tier, or more device blocks, and generate again")
+            if layer == 0:
+                self.reused_blocks += old_blocks
+            k_cache, v_cache = self.cache.pool.k_cache(0), self.cache.pool.v_cache(0)
+            if num_new_full:
+                slots = torch.tensor(self.cache.manager.slot_mapping(seq_id, old_blocks * bs, len(token_ids)),
+                                     dtype=torch.int64, device=k_cache.device)
+                full_k = k_new[:, :num_new_full * bs].transpose(0, 1)  # [tokens, heads, head_dim]
+                full_v = v_new[:, :num_new_full * bs].transpose(0, 1)
+                ops.store_kv(full_k.contiguous(), full_v.contiguous(), k_cache, v_cache, slots)
+                self.cache.mark_computed(seq_id, len(token_ids))
+            ids = torch.tensor(seq.block_ids[:len(token_ids) // bs], dtype=torch.int64, device=k_cache.device)
+            heads, dim = k_cache.shape[2], k_cache.shape[3]
+            old_k = k_cache.index_select(0, ids).view(-1, heads, dim).transpose(0, 1)  # [heads, tokens, dim]
+            old_v = v_cache.index_select(0, ids).view(-1, heads, dim).transpose(0, 1)
+        finally:
+            self.cache.free(seq_id)
+        row.token_ids, row.hashes = token_ids, hashes
+        row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
+        return torch.cat((old_k, row.tail_k), dim=1), torch.cat((old_v, row.tail_v), dim=1)
+
+    def select_rows(self, layer: int, indices: list[int]) -> None:
+        """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
+        are then shared, and what each copy adds later gets blocks of its own)."""
+        rows = self._rows[layer]
+        if rows:
+            self._rows[layer] = [_Row(list(rows[i].token_ids), list(rows[i].hashes), rows[i].tail_k, rows[i].tail_v)
+                                 for i in indices]
+
+    def truncate(self, layer: int, num_tokens: int) -> None:
+        """Keep the first `num_tokens` tokens of every row of `layer`."""
+        bs = self.block_size
+        for row in self._rows[layer]:
+            if num_tokens >= row.num_tokens:
+                continue
+            if num_tokens >= len(row.token_ids):
+                keep = num_tokens - len(row.token_ids)
+                row.tail_k, row.tail_v = row.tail_k[:, :keep], row.tail_v[:, :keep]
+                continue
+            full_k, full_v = self._read_full(layer, row)
+            num_blocks = num_tokens // bs
+            row.tail_k, row.tail_v = full_k[:, num_blocks * bs:num_tokens], full_v[:, num_blocks * bs:num_tokens]
+            row.token_ids, row.hashes = row.token_ids[:num_blocks * bs], row.hashes[:num_blocks]
+
+    def _read_full(self, layer: int, row: _Row) -> tuple[torch.Tensor, torch.Tensor]:
+        """A row's full blocks `[heads, tokens, head_dim]` (from whichever tier holds them)."""
+        empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
+        saved = (row.tail_k, row.tail_v)
+        row.tail_k, row.tail_v = empty_k, empty_v
+        try:
+            k, v = self._append_row(layer, row, empty_k, empty_v)
+        finally:
+            row.tail_k, row.tail_v = saved
+        return k, v
+
+    def clear(self, layer: int) -> None:
+        """Forget every row of `layer` (their blocks age out of the tiers)."""
+        self._rows[layer] = []

@@ -1,0 +1,177 @@
+"""TieredCache against transformers' DynamicCache: the same tokens from `generate` in every mode
+(greedy, seeded sampling, beam search, assisted decoding, padded batches, a manual loop), all
+resident and spilling through host and disk, a second chat turn that reuses the first, and the
+configs it refuses by name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvtier.errors import LostBlocksError, UnsupportedModelError
+
+transformers = pytest.importorskip("transformers", minversion="5.0")
+from kvtier.integrations.hf import TieredCache  # noqa: E402  (needs transformers)
+
+SHAPES = {
+    "llama-gqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                  dict(num_attention_heads=4, num_key_value_heads=2, hidden_size=64)),
+    "llama-mqa-head80": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                         dict(num_attention_heads=2, num_key_value_heads=1, hidden_size=160, head_dim=80)),
+    "qwen2-bias": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+                   dict(num_attention_heads=4, num_key_value_heads=2, hidden_size=64)),
+}
+PROMPT_LEN, NEW_TOKENS = 45, 20  # 65 tokens: 4 full blocks of 16 and a tail, per layer and row
+
+
+def tiny(name: str, seed: int = 0, num_layers: int = 2):
+    config_cls, model_cls, shape = SHAPES[name]
+    config = config_cls(vocab_size=256, intermediate_size=96, num_hidden_layers=num_layers,
+                        max_position_embeddings=256, bos_token_id=None, eos_token_id=None, pad_token_id=0, **shape)
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
+
+
+def prompts(batch: int, length: int = PROMPT_LEN) -> torch.Tensor:
+    return torch.tensor([[(7 * i + 13 * b + 3) % 255 + 1 for i in range(length)] for b in range(batch)])
+
+
+def caches(model, tmp_path: Path):
+    """(name, cache factory): all resident, and spilling (a device pool of 7 blocks, 4 host blocks, a disk)."""
+    return [("resident", lambda: TieredCache(model.config)),
+            ("spilling", lambda: TieredCache(model.config, device_blocks=7, host_blocks=4,
+                                             disk_dir=str(tmp_path), fsync=False))]
+
+
+def generate(model, cache, ids, **kwargs):
+    if "seed" in kwargs:
+        torch.manual_seed(kwargs.pop("seed"))
+    with torch.no_grad():
+        return model.generate(ids, cache=cache, max_new_tokens=NEW_TOKENS, **kwargs)
+
+
+MODES = {
+    "greedy": dict(do_sample=False),
+    "sampling": dict(do_sample=True, temperature=0.9, top_k=20, seed=3),
+    "beam": dict(do_sample=False, num_beams=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_generate_gives_dynamic_caches_tokens(tmp_path: Path, name: str, mode: str) -> None:
+    model, ids = tiny(name), prompts(2)
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, **MODES[mode])
+    for label, make in caches(model, tmp_path):
+        cache = make()
+        try:
+            assert torch.equal(generate(model, cache, ids, **MODES[mode]), expected), label
+            if label == "spilling":
+                lower = sum(n for kind, n in cache.kv.stats.hit_blocks.items() if kind.value != "device")
+                assert cache.kv.stats.offloaded_blocks > 0 and lower > 0, cache.kv.stats
+        finally:
+            cache.close()
+
+
+def test_a_padded_batch_gives_dynamic_caches_tokens(tmp_path: Path) -> None:
+    model = tiny("llama-gqa")
+    ids, mask = prompts(3), torch.ones(3, PROMPT_LEN, dtype=torch.int64)
+    ids[1, :9], mask[1, :9] = 0, 0  # left padding, as transformers pads for generation
+    ids[2, :30], mask[2, :30] = 0, 0
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, attention_mask=mask,
+                        do_sample=False)
+    for label, make in caches(model, tmp_path):
+        cache = make()
+        try:
+            assert torch.equal(generate(model, cache, ids, attention_mask=mask, do_sample=False), expected), label
+        finally:
+            cache.close()
+
+
+def test_assisted_decoding_crops_back_to_dynamic_caches_tokens(tmp_path: Path) -> None:
+    model, assistant = tiny("llama-gqa", seed=0, num_layers=3), tiny("llama-gqa", seed=1, num_layers=1)
+    ids = prompts(1)
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, do_sample=False,
+                        assistant_model=assistant)
+    for label, make in caches(model, tmp_path):
+        cache = make()
+        try:
+            assert torch.equal(generate(model, cache, ids, do_sample=False, assistant_model=assistant), expected), label
+        finally:
+            cache.close()
+
+
+def test_a_manual_forward_loop_gets_the_same_logits(tmp_path: Path) -> None:
+    model, ids = tiny("qwen2-bias"), prompts(2, 40)
+    theirs, ours = transformers.DynamicCache(config=model.config), caches(model, tmp_path)[1][1]()
+    try:
+        with torch.no_grad():
+            for chunk in (ids[:, :17], ids[:, 17:33], ids[:, 33:34], ids[:, 34:]):
+                expected = model(chunk, cache=theirs).logits
+                torch.testing.assert_close(model(chunk, cache=ours).logits, expected, rtol=0, atol=0)
+        assert ours.get_seq_length() == theirs.get_seq_length() == 40
+    finally:
+        ours.close()
+
+
+def test_a_context_four_times_the_device_budget_stays_within_it(tmp_path: Path) -> None:
+    model, ids = tiny("llama-gqa", num_layers=4), prompts(1, 120)
+    budget = 9  # blocks of 16 tokens of one layer: (120 + 20) tokens x 4 layers is 36 blocks
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, do_sample=False)
+    cache = TieredCache(model.config, device_blocks=budget, disk_dir=str(tmp_path), fsync=False)
+    try:
+        assert torch.equal(generate(model, cache, ids, do_sample=False), expected)
+        assert cache.kv.pool.num_blocks == budget and cache.kv.manager.num_free_blocks <= budget
+        assert cache.kv.stats.hit_blocks[cache.kv.tiers[0].kind] > 0
+    finally:
+        cache.close()
+
+
+def test_the_next_chat_turn_reuses_the_first_and_matches_dynamic_cache(tmp_path: Path) -> None:
+    model = tiny("llama-gqa")
+    turn1 = prompts(1, 40)
+    results = {}
+    for label, make in [("dynamic", lambda: transformers.DynamicCache(config=model.config)), *caches(model, tmp_path)]:
+        cache = make()
+        first = generate(model, cache, turn1, do_sample=False)
+        turn2 = torch.cat((first, prompts(1, 12) + 1), dim=1)
+        results[label] = generate(model, cache, turn2, do_sample=False)
+        if label != "dynamic":
+            assert cache.reused_tokens == first.shape[1] - 1  # the last output token's K/V was never computed
+            cache.close()
+    assert torch.equal(results["resident"], results["dynamic"])
+    assert torch.equal(results["spilling"], results["dynamic"])
+
+
+def test_blocks_lost_for_want_of_a_lower_tier_raise_instead_of_wrong_tokens() -> None:
+    model = tiny("llama-gqa")
+    cache = TieredCache(model.config, device_blocks=5)  # no host or disk: evicted blocks are dropped
+    try:
+        with pytest.raises(LostBlocksError, match="host or disk tier"):
+            generate(model, cache, prompts(2), do_sample=False)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("config, what", [
+    (lambda: transformers.MistralConfig(sliding_window=64, num_hidden_layers=2), "sliding-window"),
+    (lambda: transformers.Qwen2Config(use_sliding_window=True, sliding_window=32, max_window_layers=1,
+                                      num_hidden_layers=2), "sliding"),
+    (lambda: transformers.T5Config(), "encoder-decoder"),
+    (lambda: transformers.DeepseekV3Config(num_hidden_layers=2), "latent"),
+])
+def test_configs_it_cannot_serve_are_refused_by_name(config, what) -> None:
+    with pytest.raises(UnsupportedModelError, match=what):
+        TieredCache(config())
+
+
+def test_a_pool_too_small_for_one_row_of_one_layer_says_how_large_it_must_be() -> None:
+    from kvtier.errors import OutOfBlocksError
+    model = tiny("llama-gqa")
+    cache = TieredCache(model.config, device_blocks=3, host_blocks=64)
+    try:
+        with pytest.raises(OutOfBlocksError, match="raise device_blocks to at least 4"):
+            generate(model, cache, prompts(1, 50), do_sample=False)
+    finally:
+        cache.close()
