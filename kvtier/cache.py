@@ -201,8 +201,13 @@ class TieredKVCache:
         if not self.tiers:
             self.stats.dropped_blocks += len(blocks)
             return
-        data = self._staging.copy_out([b.block_id for b in blocks])  # [n, *block_shape], ours now
         first = self.tiers[0]
+        # NOTE: objects are content-named and immutable: a block the first tier holds (one read back
+        # up and evicted again) has its bytes there already, so it is not copied or written again
+        blocks = [b for b in blocks if b.block_hash is None or not first.contains(b.block_hash)]
+        if not blocks:
+            return
+        data = self._staging.copy_out([b.block_id for b in blocks])  # [n, *block_shape], ours now
         for block, block_data in zip(blocks, data):
             if first.puts_inline:
                 try:

@@ -33,6 +33,19 @@ def test_evicted_prefix_comes_back_from_host_bit_identical(device):
     assert cache.stats.hit_blocks[TierKind.HOST] >= 1
 
 
+def test_a_block_read_back_and_evicted_again_is_not_written_again():
+    host = HostStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host])
+    prompt = list(range(13))
+    run_prompt(cache, "a", prompt)
+    run_prompt(cache, "b", list(range(100, 116)))  # a's 3 full blocks go to host
+    first = cache.stats.offloaded_blocks
+    assert run_prompt(cache, "c", prompt).num_cached_tokens == 12  # back up from host
+    run_prompt(cache, "d", list(range(200, 216)))  # evicts them again: host holds their bytes already
+    assert cache.stats.offloaded_blocks - first == 4  # only b's blocks, new to the host
+    assert run_prompt(cache, "e", prompt).num_cached_tokens == 12
+
+
 def test_without_lower_tier_evicted_blocks_are_dropped_and_recomputed():
     cache = TieredKVCache(LAYOUT, 4)
     run_prompt(cache, "a", list(range(13)))

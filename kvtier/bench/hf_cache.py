@@ -1,0 +1,71 @@
+"""transformers' `generate` with TieredCache against DynamicCache on the same model, in one run.
+
+Three caches, greedy, the same prompt, tokens checked equal before anything is timed, rounds
+alternating the order: DynamicCache; TieredCache all resident; TieredCache spilling to a disk
+folder with a device budget of a quarter of the context (blocks of every layer), no host tier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from kvtier.bench.decode import hf_twin
+from kvtier.config import ModelConfig
+from kvtier.model.weights import random_model
+
+
+def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
+                   folder: str | None = None) -> dict[str, Any]:
+    import transformers
+
+    from kvtier.integrations.hf import TieredCache
+
+    model = hf_twin(random_model(dataclasses.replace(ModelConfig.preset(preset), eos_token_ids=()), seed=0))
+    config = model.config
+    ids = torch.tensor([[(13 * i + 7) % config.vocab_size for i in range(prompt_len)]])
+    block_size = 16
+    context_blocks = config.num_hidden_layers * -(-(prompt_len + new_tokens) // block_size)
+    budget = context_blocks // 4
+    path = tempfile.mkdtemp(prefix="kvtier-hf-bench-", dir=folder)
+    makers = {
+        "dynamic": lambda: transformers.DynamicCache(config=config),
+        "tiered_resident": lambda: TieredCache(config, block_size=block_size),
+        "tiered_disk_quarter": lambda: TieredCache(config, device_blocks=budget, disk_dir=tempfile.mkdtemp(dir=path),
+                                                   fsync=False, block_size=block_size),
+    }
+
+    def run(name: str) -> tuple[torch.Tensor, float]:
+        cache = makers[name]()
+        try:
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(ids, cache=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     do_sample=False, pad_token_id=0)
+            return out, time.perf_counter() - start
+        finally:
+            if hasattr(cache, "close"):
+                cache.close()
+
+    try:
+        reference = run("dynamic")[0]
+        for name in makers:
+            if not torch.equal(run(name)[0], reference):
+                raise AssertionError(f"{name} gave other tokens than DynamicCache; not timing")
+        seconds: dict[str, list[float]] = {name: [] for name in makers}
+        order = list(makers)
+        for r in range(rounds):
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                seconds[name].append(run(name)[1])
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    ratio = {name: statistics.median(a / b for a, b in zip(seconds[name], seconds["dynamic"]))
+             for name in makers if name != "dynamic"}
+    return {"preset": preset, "prompt_len": prompt_len, "new_tokens": new_tokens, "context_blocks": context_blocks,
+            "device_budget_blocks": budget, "seconds": seconds, "ratio_to_dynamic_median": ratio,
+            "torch_threads": torch.get_num_threads()}
