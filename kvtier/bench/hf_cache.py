@@ -34,7 +34,7 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
     budget = context_blocks // 4
     path = tempfile.mkdtemp(prefix="kvtier-hf-bench-", dir=folder)
     makers = {
-        "dynamic": lambda: transformers.DynamicCache(config=config),
+        "dynamic": lambda: transformers.DynamicCache(config=config),  # type: ignore[no-untyped-call]
         "tiered_resident": lambda: TieredCache(config, block_size=block_size),
         "tiered_disk_quarter": lambda: TieredCache(config, device_blocks=budget, disk_dir=tempfile.mkdtemp(dir=path),
                                                    fsync=False, block_size=block_size),
