@@ -11,6 +11,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,8 +34,8 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
     context_blocks = config.num_hidden_layers * -(-(prompt_len + new_tokens) // block_size)
     budget = context_blocks // 4
     path = tempfile.mkdtemp(prefix="kvtier-hf-bench-", dir=folder)
-    makers = {
-        "dynamic": lambda: transformers.DynamicCache(config=config),  # type: ignore[no-untyped-call]
+    makers: dict[str, Callable[[], Any]] = {
+        "dynamic": lambda: transformers.DynamicCache(config=config),
         "tiered_resident": lambda: TieredCache(config, block_size=block_size),
         "tiered_disk_quarter": lambda: TieredCache(config, device_blocks=budget, disk_dir=tempfile.mkdtemp(dir=path),
                                                    fsync=False, block_size=block_size),
