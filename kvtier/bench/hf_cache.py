@@ -2,7 +2,8 @@
 
 Three caches, greedy, the same prompt, tokens checked equal before anything is timed, rounds
 alternating the order: DynamicCache; TieredCache all resident; TieredCache spilling to a disk
-folder with a device budget of a quarter of the context (blocks of every layer), no host tier.
+folder with a device budget of a quarter of the context (blocks of every layer; at least one
+layer's whole context), no host tier.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
     config = model.config
     ids = torch.tensor([[(13 * i + 7) % config.vocab_size for i in range(prompt_len)]])
     block_size = 16
-    context_blocks = config.num_hidden_layers * -(-(prompt_len + new_tokens) // block_size)
-    budget = context_blocks // 4
+    row_blocks = -(-(prompt_len + new_tokens) // block_size)  # one layer of the one row
+    context_blocks = config.num_hidden_layers * row_blocks
+    budget = max(context_blocks // 4, row_blocks + 1)  # NOTE: a layer's row must fit at once (few-layer models)
     path = tempfile.mkdtemp(prefix="kvtier-hf-bench-", dir=folder)
     makers: dict[str, Callable[[], Any]] = {
         "dynamic": lambda: transformers.DynamicCache(config=config),
