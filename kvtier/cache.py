@@ -123,7 +123,7 @@ class TieredKVCache:
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
         self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
-            self._onloads[seq_id] = self.engine.onload(found, self._landing.take(len(found)))
+            self._onloads[seq_id] = self.engine.onload(found, self._landing.take(len(found)), waiting=wait)
             if wait:
                 self.finish_onload(seq_id)
         return seq
@@ -239,14 +239,14 @@ class TieredKVCache:
     def append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[Block]:
         return self.manager.append(seq_id, token_ids)
 
-    def free(self, seq_id: SeqId) -> None:
-        """Release a sequence, cancelling any reads still queued for it."""
+    def free(self, seq_id: SeqId, evict_first: bool = False) -> None:
+        """Release a sequence, cancelling any reads still queued for it (`evict_first`: see BlockManager.free)."""
         handle = self._onloads.pop(seq_id, None)
         if handle is not None:
             handle.cancel()
             self._give_back(handle)
         self._hits.pop(seq_id, None)
-        self.manager.free(seq_id)
+        self.manager.free(seq_id, evict_first)
 
     def persist(self, chunk_blocks: int = 64) -> int:
         """Copy every block only memory holds (device pool, host RAM) into the first tier that outlives

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kvtier.block.block import Block
-from kvtier.block.free_queue import FreeBlockQueue
+from kvtier.block.free_queue import FreeBlocks
 from kvtier.config import check_positive_int
 from kvtier.errors import OutOfBlocksError
 from kvtier.types import BlockHash, BlockId, Namespace
@@ -24,7 +24,7 @@ class BlockAllocator:
         check_positive_int("BlockAllocator", "num_blocks", num_blocks)
         self.num_blocks = num_blocks
         self.blocks = [Block(BlockId(i)) for i in range(num_blocks)]
-        self.free_queue = FreeBlockQueue(self.blocks)
+        self.free_queue = FreeBlocks(self.blocks)
         self.cached: dict[BlockHash, Block] = {}
         self.eviction_hook = eviction_hook
         self.num_evicted = 0
@@ -49,7 +49,7 @@ class BlockAllocator:
         return hits
 
     def allocate(self, n: int) -> list[Block]:
-        """Take `n` blocks for a new user, evicting the least recently freed cached ones.
+        """Take `n` blocks for a new user: empty ones first, then evicting cached ones in line.
 
         Raises:
             OutOfBlocksError: fewer than `n` blocks are free or evictable.
@@ -82,8 +82,9 @@ class BlockAllocator:
                 remove(block)
             block.ref_cnt += 1
 
-    def free(self, blocks: Sequence[Block]) -> None:
-        """Drop one user of each block; blocks reaching zero join the LRU tail in the order given.
+    def free(self, blocks: Sequence[Block], evict_first: bool = False) -> None:
+        """Drop one user of each block; blocks reaching zero join the LRU tail in the order given
+        (`evict_first`: the front of the line instead, see FreeBlocks).
 
         Callers pass a sequence's blocks tail first, so a prefix outlives its suffixes.
         """
@@ -96,7 +97,10 @@ class BlockAllocator:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
                 freed.append(block)
-        self.free_queue.append_n(freed)
+        if evict_first:
+            self.free_queue.prepend_n(freed)
+        else:
+            self.free_queue.append_n(freed)
 
     def cache_blocks(self, blocks: Sequence[Block], block_hashes: Sequence[BlockHash], namespace: Namespace,
                      token_ids: Sequence[int], block_size: int, start: int, stop: int) -> list[Block]:

@@ -1,4 +1,5 @@
-"""FreeBlockQueue: an O(1) LRU list of free blocks, intrusive and sentinel-linked.
+"""FreeBlockQueue: an O(1) LRU list of free blocks, intrusive and sentinel-linked; FreeBlocks:
+the allocator's two of them (empty blocks, then cached ones).
 
 The head is the next block to hand out (least recently freed); freed blocks go to the tail.
 A free block may still hold a cached hash: it is evicted only when popped for reuse.
@@ -74,9 +75,61 @@ class FreeBlockQueue:
         self._tail.prev_free = last
         self.num_free_blocks += len(blocks)
 
+    def prepend_n(self, blocks: list[Block]) -> None:
+        """Link blocks at the head in order: the first one is evicted first."""
+        if not blocks:
+            return
+        for block in blocks:
+            if block.prev_free is not None or block.next_free is not None:
+                raise RuntimeError(f"{block} is already in the free queue")
+        chain = [self._head, *blocks, self._head.next_free]
+        for left, right in zip(chain, chain[1:]):
+            assert left is not None and right is not None, "free queue broken: missing tail"
+            left.next_free, right.prev_free = right, left
+        self.num_free_blocks += len(blocks)
+
     def __iter__(self) -> Iterator[Block]:
         """Blocks from head (next to reuse) to tail."""
         node = self._head.next_free
         while node is not None and node is not self._tail:
             yield node
             node = node.next_free
+
+
+class FreeBlocks:
+    """Every free block, in the order they are reused: empty ones (no cached hash) first, then
+    cached ones least recently freed first, so a cached block is evicted only when no empty block is left.
+
+    `prepend_n` puts cached blocks first in line instead, for a caller that knows it needs them
+    after everything else (a layer-by-layer cache: the layer just run is the last one needed again).
+    """
+
+    def __init__(self, blocks: Iterable[Block]) -> None:
+        self.empty = FreeBlockQueue(blocks)
+        self.cached = FreeBlockQueue([])
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.empty.num_free_blocks + self.cached.num_free_blocks
+
+    def popleft_n(self, n: int) -> list[Block]:
+        """The next `n` blocks to reuse: empty ones first, then the cached ones in line."""
+        from_empty = min(n, self.empty.num_free_blocks)
+        return self.empty.popleft_n(from_empty) + (self.cached.popleft_n(n - from_empty) if n > from_empty else [])
+
+    def remove(self, block: Block) -> None:
+        (self.cached if block.block_hash is not None else self.empty).remove(block)
+
+    def append_n(self, blocks: list[Block]) -> None:
+        """Cached blocks to the back of the line (evicted last), empty ones to the empty list."""
+        self.empty.append_n([b for b in blocks if b.block_hash is None])
+        self.cached.append_n([b for b in blocks if b.block_hash is not None])
+
+    def prepend_n(self, blocks: list[Block]) -> None:
+        """Cached blocks to the front of the line (evicted first, in the order given), empty ones as append_n."""
+        self.empty.append_n([b for b in blocks if b.block_hash is None])
+        self.cached.prepend_n([b for b in blocks if b.block_hash is not None])
+
+    def __iter__(self) -> Iterator[Block]:
+        yield from self.empty
+        yield from self.cached

@@ -123,12 +123,13 @@ class BlockManager:
         seq.block_ids += [b.block_id for b in new]
         return new
 
-    def free(self, seq_id: SeqId) -> None:
-        """Release a sequence; its registered blocks stay cached until reused."""
+    def free(self, seq_id: SeqId, evict_first: bool = False) -> None:
+        """Release a sequence; its registered blocks stay cached until reused (`evict_first`: they
+        are the first cached blocks evicted, for a caller that needs them after all the others)."""
         seq = self.seqs.pop(seq_id, None)
         if seq is None:
             raise ValueError(f"unknown sequence {seq_id!r}: never allocated or already freed")
-        self.allocator.free(seq.blocks[::-1])
+        self.allocator.free(seq.blocks[::-1], evict_first)
 
     def seq(self, seq_id: SeqId) -> SeqState:
         try:

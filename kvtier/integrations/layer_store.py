@@ -54,7 +54,6 @@ class LayerStore:
         self._rows: list[list[_Row]] = [[] for _ in range(num_layers)]
         self._next_token_id = itertools.count()
         self._seq_ids = itertools.count()
-        self.reused_blocks = 0  # full blocks served from the cache by the last `append` of layer 0
 
     def num_tokens(self, layer: int) -> int:
         rows = self._rows[layer]
@@ -77,23 +76,29 @@ class LayerStore:
             rows += [_Row([], [], empty, empty) for _ in range(keys.shape[0])]
         if len(rows) != keys.shape[0]:
             raise ValueError(f"layer {layer} holds {len(rows)} rows, the update has {keys.shape[0]}")
-        out_k, out_v = [], []
-        self.reused_blocks = 0 if layer == 0 else self.reused_blocks
+        batch, heads, new, dim = keys.shape
+        out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))  # NOTE: filled in place: one copy
+        out_v = values.new_empty(out_k.shape)
         for index, row in enumerate(rows):
-            k, v = self._append_row(layer, row, keys[index], values[index])
-            out_k.append(k)
-            out_v.append(v)
-        return torch.stack(out_k), torch.stack(out_v)
+            self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
+        return out_k, out_v
 
-    def _append_row(self, layer: int, row: _Row, keys: torch.Tensor,
-                    values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
+                    out_k: torch.Tensor, out_v: torch.Tensor) -> None:
+        """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out_k`
+        and `out_v` `[heads, tokens, head_dim]`."""
         bs = self.block_size
+        if out_k.shape[1] != row.num_tokens + keys.shape[1]:
+            raise ValueError(f"layer {layer}: rows hold different numbers of tokens ({row.num_tokens} and "
+                             f"{out_k.shape[1] - keys.shape[1]})")
         k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
         num_new_full = k_new.shape[1] // bs
         old_blocks = len(row.token_ids) // bs
         if old_blocks + num_new_full == 0:
             row.tail_k, row.tail_v = k_new, v_new
-            return k_new, v_new
+            out_k.copy_(k_new)
+            out_v.copy_(v_new)
+            return
         new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
         if new_ids and new_ids[-1] > MAX_TOKEN_ID:
             raise LostBlocksError("this store has handed out 2**32 token ids (the object header keeps 32 bits); "
@@ -117,8 +122,6 @@ class LayerStore:
                     f"layer {layer}: {old_blocks - seq.num_cached_tokens // bs} of its {old_blocks} earlier blocks "
                     f"are in no tier (dropped for want of room, or failed verification); give the cache a host or "
                     f"disk tier, or more device blocks, and generate again")
-            if layer == 0:
-                self.reused_blocks += old_blocks
             k_cache, v_cache = self.cache.pool.k_cache(0), self.cache.pool.v_cache(0)
             if num_new_full:
                 slots = torch.tensor(self.cache.manager.slot_mapping(seq_id, old_blocks * bs, len(token_ids)),
@@ -127,15 +130,19 @@ class LayerStore:
                 full_v = v_new[:, :num_new_full * bs].transpose(0, 1)
                 ops.store_kv(full_k.contiguous(), full_v.contiguous(), k_cache, v_cache, slots)
                 self.cache.mark_computed(seq_id, len(token_ids))
-            ids = torch.tensor(seq.block_ids[:len(token_ids) // bs], dtype=torch.int64, device=k_cache.device)
+            num_blocks = len(token_ids) // bs
+            ids = torch.tensor(seq.block_ids[:num_blocks], dtype=torch.int64, device=k_cache.device)
             heads, dim = k_cache.shape[2], k_cache.shape[3]
-            old_k = k_cache.index_select(0, ids).view(-1, heads, dim).transpose(0, 1)  # [heads, tokens, dim]
-            old_v = v_cache.index_select(0, ids).view(-1, heads, dim).transpose(0, 1)
+            for cache, out in ((k_cache, out_k), (v_cache, out_v)):  # [blocks, bs, heads, dim] -> [heads, tokens, dim]
+                out[:, :num_blocks * bs].view(heads, num_blocks, bs, dim).copy_(
+                    cache.index_select(0, ids).permute(2, 0, 1, 3))
         finally:
-            self.cache.free(seq_id)
+            # NOTE: first in line for eviction: every other layer runs before this one needs them again
+            self.cache.free(seq_id, evict_first=True)
         row.token_ids, row.hashes = token_ids, hashes
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
-        return torch.cat((old_k, row.tail_k), dim=1), torch.cat((old_v, row.tail_v), dim=1)
+        out_k[:, len(token_ids):].copy_(row.tail_k)
+        out_v[:, len(token_ids):].copy_(row.tail_v)
 
     def select_rows(self, layer: int, indices: list[int]) -> None:
         """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
@@ -162,14 +169,17 @@ class LayerStore:
 
     def _read_full(self, layer: int, row: _Row) -> tuple[torch.Tensor, torch.Tensor]:
         """A row's full blocks `[heads, tokens, head_dim]` (from whichever tier holds them)."""
-        empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
         saved = (row.tail_k, row.tail_v)
+        empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
         row.tail_k, row.tail_v = empty_k, empty_v
+        heads, dim = empty_k.shape[0], empty_k.shape[2]
+        out_k = empty_k.new_empty((heads, len(row.token_ids), dim))
+        out_v = empty_v.new_empty(out_k.shape)
         try:
-            k, v = self._append_row(layer, row, empty_k, empty_v)
+            self._append_row(layer, row, empty_k, empty_v, out_k, out_v)
         finally:
             row.tail_k, row.tail_v = saved
-        return k, v
+        return out_k, out_v
 
     def clear(self, layer: int) -> None:
         """Forget every row of `layer` (their blocks age out of the tiers)."""

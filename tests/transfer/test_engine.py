@@ -193,3 +193,36 @@ def test_landing_buffers_are_reused_smallest_fit_first_and_prefaulted():
     assert buffers.take(4).data_ptr() == other.data_ptr()  # 5 fits 4 better than 8
     assert buffers.take(4).data_ptr() == first.data_ptr()
     assert buffers.take(9).shape[0] == 9  # none fits: a new one
+
+
+def _reader_threads(engine, store, keys, **kwargs):
+    """The names of the threads that ran each read of an onload, and its handle."""
+    names = []
+    original = store.get
+
+    def get(key, out=None):
+        names.append(threading.current_thread().name)
+        return original(key, out)
+
+    store.get = get
+    for key in keys:
+        store.pin(key.block_hash)
+    handle = engine.onload([LowerHit(store, k) for k in keys], **kwargs)
+    return names, handle
+
+
+def test_a_small_onload_the_caller_waits_for_is_read_in_its_own_thread():
+    store, engine = filled_store(), TransferEngine(num_workers=2)
+    names, handle = _reader_threads(engine, store, KEYS[:3], waiting=True)
+    assert handle.done() and names == [threading.current_thread().name] * 3
+    assert len(handle.wait()) == 3 and all(store.evict(k.block_hash) for k in KEYS[:3])  # read, then unpinned
+    engine.close()
+
+
+def test_an_onload_larger_than_the_inline_limit_or_not_waited_for_goes_to_the_workers():
+    for kwargs, limit in (({"waiting": True}, 2 * LAYOUT.page_size_bytes), ({}, 1 << 30)):
+        store, engine = filled_store(), TransferEngine(num_workers=2, inline_read_bytes=limit)
+        names, handle = _reader_threads(engine, store, KEYS[:3], **kwargs)
+        assert len(handle.wait(timeout_s=10)) == 3
+        assert all(name.startswith("kvtier-transfer") for name in names), names
+        engine.close()
