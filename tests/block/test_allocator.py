@@ -83,3 +83,33 @@ def test_bad_pool_size_raises_value_error(bad):
 def test_unknown_block_id_raises(bad):
     with pytest.raises(ValueError, match=r"unknown block id .*: this pool has ids 0..4"):
         BlockAllocator(5).block(bad)
+
+
+def _cached(alloc, n):
+    """`n` blocks registered under H[0..n) and freed (LRU order: H[0] first in line)."""
+    blocks = alloc.allocate(n)
+    alloc.cache_blocks(blocks, H, NS, list(range(16 * n)), 16, 0, n)
+    alloc.free(blocks)
+    return blocks
+
+
+def test_an_empty_block_freed_after_cached_ones_is_still_reused_before_them():
+    evicted = []
+    alloc = BlockAllocator(3, eviction_hook=lambda blocks: evicted.extend(b.block_id for b in blocks))
+    _cached(alloc, 2)
+    (empty,) = alloc.allocate(1)
+    alloc.free([empty])  # freed last, never registered
+    assert [b.block_id for b in alloc.allocate(1)] == [empty.block_id] and evicted == []
+    assert [b.block_id for b in alloc.free_queue] == [0, 1]  # the order blocks are reused in
+
+
+def test_blocks_freed_evict_first_are_the_first_cached_blocks_evicted():
+    evicted = []
+    alloc = BlockAllocator(4, eviction_hook=lambda blocks: evicted.extend(b.block_id for b in blocks))
+    _cached(alloc, 2)  # blocks 0 and 1
+    late = alloc.allocate(2)  # blocks 2 and 3
+    alloc.cache_blocks(late, H[2:4], NS, list(range(32)), 16, 0, 2)
+    alloc.free(late, evict_first=True)
+    alloc.allocate(3)
+    assert evicted == [2, 3, 0]  # before the older blocks 0 and 1, in the order given
+    assert alloc.get_cached([H[0], H[1]]) == [] and alloc.get_cached([H[1]]) == [alloc.blocks[1]]
