@@ -40,12 +40,21 @@ class TieredCache(Cache):
         block_size: tokens per block.
         fsync: whether disk writes are fsynced (False for scratch folders).
         num_workers: transfer threads.
+        kv_config: the whole KVTierConfig instead of the options above (any tiers: shared folders,
+            several of them); its layout holds one model layer per block (`num_layers=1`), the
+            model's KV heads and head_dim, and the dtype the model runs in.
     """
 
     def __init__(self, config: Any, *, device_blocks: int | None = None, host_blocks: int | None = None,
                  disk_dir: str | None = None, disk_bytes: int | None = None, block_size: int = 16,
-                 fsync: bool = True, num_workers: int = 4) -> None:
+                 fsync: bool = True, num_workers: int = 4, kv_config: KVTierConfig | None = None) -> None:
         self.num_layers, self.num_kv_heads, self.head_dim = attention_shape(config)
+        if kv_config is not None:
+            _check_kv_config(kv_config, self.num_kv_heads, self.head_dim)
+            if (device_blocks, host_blocks, disk_dir, disk_bytes) != (None, None, None, None):
+                raise ValueError("give TieredCache either kv_config or device_blocks/host_blocks/disk_dir/disk_bytes, "
+                                 "not both")
+        self._kv_config = kv_config
         self.max_positions = int(getattr(config.get_text_config(decoder=True), "max_position_embeddings", 0) or 0)
         if device_blocks is None and not self.max_positions:
             raise ValueError("the config has no max_position_embeddings: give TieredCache(device_blocks=...)")
@@ -59,6 +68,11 @@ class TieredCache(Cache):
 
     def kv_config(self, key_states: torch.Tensor) -> KVTierConfig:
         """The KVTierConfig this cache opens with, for K/V like `key_states` `[batch, heads, tokens, head_dim]`."""
+        if self._kv_config is not None:
+            if self._kv_config.layout.dtype != key_states.dtype:
+                raise ValueError(f"kv_config's layout is {self._kv_config.layout.dtype}, the model's K/V are "
+                                 f"{key_states.dtype}; build the layout with dtype={key_states.dtype}")
+            return self._kv_config
         bs = self.block_size
         layout = KVLayout(num_layers=1, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, block_size=bs,
                           dtype=key_states.dtype)
@@ -86,6 +100,14 @@ class TieredCache(Cache):
         if self.kv is not None:
             self.kv.close()
             self.kv, self.store = None, None
+
+
+def _check_kv_config(kv_config: KVTierConfig, num_kv_heads: int, head_dim: int) -> None:
+    layout = kv_config.layout
+    if (layout.num_layers, layout.num_kv_heads, layout.head_dim) != (1, num_kv_heads, head_dim):
+        raise ValueError(f"kv_config's layout has {layout.num_layers} layers, {layout.num_kv_heads} KV heads and "
+                         f"head_dim {layout.head_dim}; TieredCache needs num_layers=1 (one model layer per block), "
+                         f"num_kv_heads={num_kv_heads} and head_dim={head_dim} for this model")
 
 
 class TieredLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]

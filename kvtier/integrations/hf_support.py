@@ -11,7 +11,9 @@ def attention_shape(config: Any) -> tuple[int, int, int]:
 
     Raises:
         UnsupportedModelError: encoder-decoder, sliding-window or linear-attention layers, latent
-            (MLA) attention, or a config without the attention dims.
+            (MLA) or chunked attention, a quantized KV cache, or a config without the attention dims.
+            (A quantized cache asked of `generate` with `cache_implementation=` is refused by
+            transformers itself when a cache object is passed too.)
     """
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     name = getattr(text, "model_type", type(text).__name__)
@@ -28,6 +30,12 @@ def attention_shape(config: Any) -> tuple[int, int, int]:
     if window is not None and getattr(text, "use_sliding_window", True):
         raise UnsupportedModelError(f"{name}: sliding-window attention (window {window}) is not supported by "
                                     f"TieredCache; use transformers' DynamicCache for this model")
+    quantization = getattr(config, "quantization_config", None) or {}
+    kv_scheme = (quantization.get("kv_cache_scheme") if isinstance(quantization, dict)
+                 else getattr(quantization, "kv_cache_scheme", None))
+    if kv_scheme:
+        raise UnsupportedModelError(f"{name}: the checkpoint asks for a quantized KV cache ({kv_scheme}); TieredCache "
+                                    f"stores K/V in the attention's own dtype; load the model without kv_cache_scheme")
     if getattr(text, "kv_lora_rank", None) or getattr(text, "attention_chunk_size", None):
         raise UnsupportedModelError(f"{name}: latent (MLA) or chunked attention is not supported by TieredCache")
     try:

@@ -160,6 +160,8 @@ def test_blocks_lost_for_want_of_a_lower_tier_raise_instead_of_wrong_tokens() ->
                                       num_hidden_layers=2), "sliding"),
     (lambda: transformers.T5Config(), "encoder-decoder"),
     (lambda: transformers.DeepseekV3Config(num_hidden_layers=2), "latent"),
+    (lambda: transformers.LlamaConfig(num_hidden_layers=2, quantization_config={
+        "quant_method": "compressed-tensors", "kv_cache_scheme": {"num_bits": 8, "type": "float"}}), "quantized KV"),
 ])
 def test_configs_it_cannot_serve_are_refused_by_name(config, what) -> None:
     with pytest.raises(UnsupportedModelError, match=what):
@@ -175,3 +177,25 @@ def test_a_pool_too_small_for_one_row_of_one_layer_says_how_large_it_must_be() -
             generate(model, cache, prompts(1, 50), do_sample=False)
     finally:
         cache.close()
+
+
+def test_a_whole_kv_tier_config_serves_too_and_a_mismatched_one_is_refused(tmp_path: Path) -> None:
+    from kvtier.config import DeviceTierConfig, DiskTierConfig, KVLayout, KVTierConfig
+
+    model, ids = tiny("llama-gqa"), prompts(1)
+    layout = KVLayout(num_layers=1, num_kv_heads=2, head_dim=16, block_size=8, dtype=torch.float32)
+    config = KVTierConfig(layout=layout, device=DeviceTierConfig(num_blocks=12),
+                          tiers=(DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 24, fsync=False),))
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, do_sample=False)
+    cache = TieredCache(model.config, kv_config=config)
+    try:
+        assert torch.equal(generate(model, cache, ids, do_sample=False), expected)
+        assert cache.kv.stats.hit_blocks[cache.kv.tiers[0].kind] > 0
+    finally:
+        cache.close()
+    with pytest.raises(ValueError, match="num_kv_heads=2 and head_dim=16"):
+        TieredCache(model.config, kv_config=KVTierConfig(layout=KVLayout(
+            num_layers=2, num_kv_heads=2, head_dim=16, block_size=8, dtype=torch.float32),
+            device=DeviceTierConfig(num_blocks=4)))
+    with pytest.raises(ValueError, match="not both"):
+        TieredCache(model.config, kv_config=config, device_blocks=4)
