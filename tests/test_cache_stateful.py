@@ -64,8 +64,12 @@ class TieredCacheMachine(RuleBasedStateMachine):
         for seq in self.cache.manager.seqs.values():
             for block in seq.blocks:
                 users[block.block_id] += 1
-        free_ids = [b.block_id for b in alloc.free_queue]
-        assert len(free_ids) == len(set(free_ids)) == alloc.num_free_blocks
+        free = alloc.free_queue  # NOTE: its linked lists only: iterating it would make the never-used blocks
+        free_ids = [b.block_id for b in free.empty] + [b.block_id for b in free.cached]
+        never_used = alloc.num_blocks - len(alloc.blocks)
+        assert [b.block_id for b in alloc.blocks] == list(range(len(alloc.blocks)))  # made in id order
+        assert len(free_ids) == len(set(free_ids)) and len(free_ids) + never_used == alloc.num_free_blocks
+        assert all(b.block_hash is None for b in free.empty) and all(b.block_hash is not None for b in free.cached)
         for block in alloc.blocks:
             assert block.ref_cnt >= 0 and block.ref_cnt == users[block.block_id], block
             assert (block.ref_cnt == 0) == (block.block_id in free_ids), block

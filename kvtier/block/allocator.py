@@ -11,7 +11,7 @@ from kvtier.block.block import Block
 from kvtier.block.free_queue import FreeBlocks
 from kvtier.config import check_positive_int
 from kvtier.errors import OutOfBlocksError
-from kvtier.types import BlockHash, BlockId, Namespace
+from kvtier.types import BlockHash, Namespace
 
 EvictionHook = Callable[[list[Block]], None]
 """Receives blocks about to be reused while they still hold their hash and bytes."""
@@ -23,8 +23,8 @@ class BlockAllocator:
     def __init__(self, num_blocks: int, eviction_hook: EvictionHook | None = None) -> None:
         check_positive_int("BlockAllocator", "num_blocks", num_blocks)
         self.num_blocks = num_blocks
-        self.blocks = [Block(BlockId(i)) for i in range(num_blocks)]
-        self.free_queue = FreeBlocks(self.blocks)
+        self.blocks: list[Block] = []  # NOTE: made as first handed out (FreeBlocks.make); `block()` makes all
+        self.free_queue = FreeBlocks(num_blocks, self.blocks)
         self.cached: dict[BlockHash, Block] = {}
         self.eviction_hook = eviction_hook
         self.num_evicted = 0
@@ -127,4 +127,6 @@ class BlockAllocator:
         """The block with this id; ValueError for an unknown id."""
         if isinstance(block_id, bool) or not isinstance(block_id, int) or not 0 <= block_id < self.num_blocks:
             raise ValueError(f"unknown block id {block_id!r}: this pool has ids 0..{self.num_blocks - 1}")
+        if block_id >= len(self.blocks):
+            self.free_queue.make_all()
         return self.blocks[block_id]

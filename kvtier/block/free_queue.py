@@ -97,25 +97,51 @@ class FreeBlockQueue:
 
 
 class FreeBlocks:
-    """Every free block, in the order they are reused: empty ones (no cached hash) first, then
-    cached ones least recently freed first, so a cached block is evicted only when no empty block is left.
+    """Every free block, in the order they are reused: empty ones first (freed without a cached
+    hash, then never used), then cached ones least recently freed first, so a cached block is
+    evicted only when no empty block is left.
+
+    Never-used blocks are made only when first handed out (appended to `blocks`, ids in order):
+    a pool's bookkeeping then costs what it uses (making 15k Blocks up front took 10-105 ms here,
+    growing with the heap the garbage collector walks, at every cache opened).
 
     `prepend_n` puts cached blocks first in line instead, for a caller that knows it needs them
     after everything else (a layer-by-layer cache: the layer just run is the last one needed again).
     """
 
-    def __init__(self, blocks: Iterable[Block]) -> None:
-        self.empty = FreeBlockQueue(blocks)
+    def __init__(self, num_blocks: int, blocks: list[Block]) -> None:
+        self.num_blocks = num_blocks
+        self.blocks = blocks  # every Block made so far, indexed by id
+        self.empty = FreeBlockQueue([])
         self.cached = FreeBlockQueue([])
 
     @property
     def num_free_blocks(self) -> int:
-        return self.empty.num_free_blocks + self.cached.num_free_blocks
+        return self.empty.num_free_blocks + self.cached.num_free_blocks + self.num_blocks - len(self.blocks)
+
+    def make(self, n: int) -> list[Block]:
+        """The next `n` never-used blocks, made now (not linked anywhere)."""
+        start = len(self.blocks)
+        if start + n > self.num_blocks:
+            raise OutOfBlocksError(f"need {n} new blocks, {self.num_blocks - start} never used")
+        made = [Block(BlockId(i)) for i in range(start, start + n)]
+        self.blocks.extend(made)
+        return made
+
+    def make_all(self) -> None:
+        """Make every never-used block now, linked as empty (for lookups by id and iteration)."""
+        self.empty.append_n(self.make(self.num_blocks - len(self.blocks)))
 
     def popleft_n(self, n: int) -> list[Block]:
         """The next `n` blocks to reuse: empty ones first, then the cached ones in line."""
-        from_empty = min(n, self.empty.num_free_blocks)
-        return self.empty.popleft_n(from_empty) + (self.cached.popleft_n(n - from_empty) if n > from_empty else [])
+        if n > self.num_free_blocks:
+            raise OutOfBlocksError(f"need {n} free blocks, {self.num_free_blocks} free")
+        out = self.empty.popleft_n(min(n, self.empty.num_free_blocks))
+        if len(out) < n:
+            out += self.make(min(n - len(out), self.num_blocks - len(self.blocks)))
+        if len(out) < n:
+            out += self.cached.popleft_n(n - len(out))
+        return out
 
     def remove(self, block: Block) -> None:
         (self.cached if block.block_hash is not None else self.empty).remove(block)
@@ -131,5 +157,7 @@ class FreeBlocks:
         self.cached.prepend_n([b for b in blocks if b.block_hash is not None])
 
     def __iter__(self) -> Iterator[Block]:
+        """Every free block in the order they would be reused (never-used ones are made first)."""
+        self.make_all()
         yield from self.empty
         yield from self.cached

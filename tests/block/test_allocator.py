@@ -113,3 +113,16 @@ def test_blocks_freed_evict_first_are_the_first_cached_blocks_evicted():
     alloc.allocate(3)
     assert evicted == [2, 3, 0]  # before the older blocks 0 and 1, in the order given
     assert alloc.get_cached([H[0], H[1]]) == [] and alloc.get_cached([H[1]]) == [alloc.blocks[1]]
+
+
+def test_blocks_are_made_as_first_handed_out_and_all_for_a_lookup_by_id():
+    alloc = BlockAllocator(1 << 20)
+    assert alloc.blocks == [] and alloc.num_free_blocks == 1 << 20
+    first = alloc.allocate(3)
+    assert [b.block_id for b in first] == [0, 1, 2] and len(alloc.blocks) == 3
+    alloc.free(first[:1])  # an empty block freed: reused before any never-used one
+    assert [b.block_id for b in alloc.allocate(2)] == [0, 3]
+    assert alloc.num_free_blocks == (1 << 20) - 4
+    small = BlockAllocator(6)
+    assert small.block(4).block_id == 4 and len(small.blocks) == 6 and small.num_free_blocks == 6
+    assert [b.block_id for b in small.allocate(6)] == list(range(6))
