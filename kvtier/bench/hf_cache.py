@@ -23,7 +23,7 @@ from kvtier.model.weights import random_model
 
 
 def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
-                   folder: str | None = None) -> dict[str, Any]:
+                   folder: str | None = None, block_size: int = 16) -> dict[str, Any]:
     import transformers
 
     from kvtier.integrations.hf import TieredCache
@@ -31,7 +31,6 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
     model = hf_twin(random_model(dataclasses.replace(ModelConfig.preset(preset), eos_token_ids=()), seed=0))
     config = model.config
     ids = torch.tensor([[(13 * i + 7) % config.vocab_size for i in range(prompt_len)]])
-    block_size = 16
     row_blocks = -(-(prompt_len + new_tokens) // block_size)  # one layer of the one row
     context_blocks = config.num_hidden_layers * row_blocks
     budget = max(context_blocks // 4, row_blocks + 1)  # NOTE: a layer's row must fit at once (few-layer models)
@@ -43,14 +42,15 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
                                                    fsync=False, block_size=block_size),
     }
 
-    def run(name: str) -> tuple[torch.Tensor, float]:
+    def run(name: str) -> tuple[torch.Tensor, float, float]:
+        """Tokens, wall seconds, and CPU seconds of every thread (less sensitive to a shared host's steal)."""
         cache = makers[name]()
         try:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             with torch.no_grad():
                 out = model.generate(ids, cache=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                      do_sample=False, pad_token_id=0)
-            return out, time.perf_counter() - start
+            return out, time.perf_counter() - start, time.process_time() - cpu
         finally:
             if hasattr(cache, "close"):
                 cache.close()
@@ -61,14 +61,20 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
             if not torch.equal(run(name)[0], reference):
                 raise AssertionError(f"{name} gave other tokens than DynamicCache; not timing")
         seconds: dict[str, list[float]] = {name: [] for name in makers}
+        cpu_seconds: dict[str, list[float]] = {name: [] for name in makers}
         order = list(makers)
         for r in range(rounds):
             for name in order[r % len(order):] + order[:r % len(order)]:
-                seconds[name].append(run(name)[1])
+                _, wall, cpu = run(name)
+                seconds[name].append(wall)
+                cpu_seconds[name].append(cpu)
     finally:
         shutil.rmtree(path, ignore_errors=True)
-    ratio = {name: statistics.median(a / b for a, b in zip(seconds[name], seconds["dynamic"]))
-             for name in makers if name != "dynamic"}
-    return {"preset": preset, "prompt_len": prompt_len, "new_tokens": new_tokens, "context_blocks": context_blocks,
-            "device_budget_blocks": budget, "seconds": seconds, "ratio_to_dynamic_median": ratio,
-            "torch_threads": torch.get_num_threads()}
+    def ratios(times: dict[str, list[float]]) -> dict[str, float]:
+        return {name: statistics.median(a / b for a, b in zip(times[name], times["dynamic"]))
+                for name in makers if name != "dynamic"}
+
+    return {"preset": preset, "prompt_len": prompt_len, "new_tokens": new_tokens, "block_size": block_size,
+            "context_blocks": context_blocks, "device_budget_blocks": budget, "seconds": seconds,
+            "cpu_seconds": cpu_seconds, "ratio_to_dynamic_median": ratios(seconds),
+            "cpu_ratio_to_dynamic_median": ratios(cpu_seconds), "torch_threads": torch.get_num_threads()}
