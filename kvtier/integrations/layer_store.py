@@ -77,27 +77,29 @@ class LayerStore:
         if len(rows) != keys.shape[0]:
             raise ValueError(f"layer {layer} holds {len(rows)} rows, the update has {keys.shape[0]}")
         batch, heads, new, dim = keys.shape
-        out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))  # NOTE: filled in place: one copy
+        # NOTE: token-major, as the pool's pages are, so the gather from the pool is the only copy;
+        # returned as a [batch, heads, tokens, head_dim] view
+        out_k = keys.new_empty((batch, rows[0].num_tokens + new, heads, dim))
         out_v = values.new_empty(out_k.shape)
         for index, row in enumerate(rows):
             self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
-        return out_k, out_v
+        return out_k.transpose(1, 2), out_v.transpose(1, 2)
 
     def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
                     out_k: torch.Tensor, out_v: torch.Tensor) -> None:
         """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out_k`
-        and `out_v` `[heads, tokens, head_dim]`."""
+        and `out_v` `[tokens, heads, head_dim]`."""
         bs = self.block_size
-        if out_k.shape[1] != row.num_tokens + keys.shape[1]:
+        if out_k.shape[0] != row.num_tokens + keys.shape[1]:
             raise ValueError(f"layer {layer}: rows hold different numbers of tokens ({row.num_tokens} and "
-                             f"{out_k.shape[1] - keys.shape[1]})")
+                             f"{out_k.shape[0] - keys.shape[1]})")
         k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
         num_new_full = k_new.shape[1] // bs
         old_blocks = len(row.token_ids) // bs
         if old_blocks + num_new_full == 0:
             row.tail_k, row.tail_v = k_new, v_new
-            out_k.copy_(k_new)
-            out_v.copy_(v_new)
+            out_k.copy_(k_new.transpose(0, 1))
+            out_v.copy_(v_new.transpose(0, 1))
             return
         new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
         if new_ids and new_ids[-1] > MAX_TOKEN_ID:
@@ -132,17 +134,15 @@ class LayerStore:
                 self.cache.mark_computed(seq_id, len(token_ids))
             num_blocks = len(token_ids) // bs
             ids = torch.tensor(seq.block_ids[:num_blocks], dtype=torch.int64, device=k_cache.device)
-            heads, dim = k_cache.shape[2], k_cache.shape[3]
-            for cache, out in ((k_cache, out_k), (v_cache, out_v)):  # [blocks, bs, heads, dim] -> [heads, tokens, dim]
-                out[:, :num_blocks * bs].view(heads, num_blocks, bs, dim).copy_(
-                    cache.index_select(0, ids).permute(2, 0, 1, 3))
+            for cache, out in ((k_cache, out_k), (v_cache, out_v)):
+                torch.index_select(cache, 0, ids, out=out[:num_blocks * bs].view(num_blocks, bs, *cache.shape[2:]))
         finally:
             # NOTE: first in line for eviction: every other layer runs before this one needs them again
             self.cache.free(seq_id, evict_first=True)
         row.token_ids, row.hashes = token_ids, hashes
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
-        out_k[:, len(token_ids):].copy_(row.tail_k)
-        out_v[:, len(token_ids):].copy_(row.tail_v)
+        out_k[len(token_ids):].copy_(row.tail_k.transpose(0, 1))
+        out_v[len(token_ids):].copy_(row.tail_v.transpose(0, 1))
 
     def select_rows(self, layer: int, indices: list[int]) -> None:
         """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
@@ -173,13 +173,13 @@ class LayerStore:
         empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
         row.tail_k, row.tail_v = empty_k, empty_v
         heads, dim = empty_k.shape[0], empty_k.shape[2]
-        out_k = empty_k.new_empty((heads, len(row.token_ids), dim))
+        out_k = empty_k.new_empty((len(row.token_ids), heads, dim))
         out_v = empty_v.new_empty(out_k.shape)
         try:
             self._append_row(layer, row, empty_k, empty_v, out_k, out_v)
         finally:
             row.tail_k, row.tail_v = saved
-        return out_k, out_v
+        return out_k.transpose(0, 1), out_v.transpose(0, 1)
 
     def clear(self, layer: int) -> None:
         """Forget every row of `layer` (their blocks age out of the tiers)."""
