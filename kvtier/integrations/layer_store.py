@@ -6,9 +6,10 @@ Each (layer, row) is a chain of full blocks plus a tail of fewer than `block_siz
 a tensor on the device. A block's "token ids" are ids this store hands out once, so every block
 ever written has its own hash: rows that share a history (beam search, `repeat_interleave`) share
 its blocks, and what they add afterwards can never collide. The blocks of a layer are pinned
-only while that layer is being updated; between updates they are free cached blocks, which the
-pool evicts, least recently used first, to the host and disk tiers when it needs room, and which
-come back as prefix hits (from whichever tier holds them) on the layer's next update.
+only while that layer is being updated; between updates they are free cached blocks that the
+pool evicts to the host and disk tiers when it needs room, the layer just updated first (every
+other layer runs before it is needed again: least recently used would evict the very next one),
+and that come back as prefix hits, from whichever tier holds them, on the layer's next update.
 """
 from __future__ import annotations
 
