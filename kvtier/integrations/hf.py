@@ -2,8 +2,8 @@
 hand-written forward loops.
 
 Every layer's K/V are kvtier blocks (one model layer each, see layer_store.py) in a device pool
-of `device_blocks`, which spills the least recently used to host RAM and disk and reads them back
-when their layer runs again. A context larger than the device budget therefore generates, and
+of `device_blocks`, which spills them to host RAM and disk (the layer just run first) and reads
+them back when their layer runs again. A context larger than the device budget therefore generates, and
 the same tokens as DynamicCache come out (the K/V handed back are the very values stored).
 Passing the cache to a second `generate` whose prompt extends the first call's (the next turn of
 a chat) reuses what the first call stored, from whichever tier holds it; `reused_tokens` says how
