@@ -70,6 +70,7 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
                 cpu_seconds[name].append(cpu)
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
     def ratios(times: dict[str, list[float]]) -> dict[str, float]:
         return {name: statistics.median(a / b for a, b in zip(times[name], times["dynamic"]))
                 for name in makers if name != "dynamic"}

@@ -28,9 +28,8 @@ class DevicePool:
             # NOTE: an anonymous mapping is zero pages the kernel fills on first touch, so a pool sized
             # for a whole context window costs only what is written (torch.zeros wrote all of it:
             # 120-140 ms for 378 MB here, at every cache opened)
-            self._mapping = mmap.mmap(-1, max(num_blocks * layout.page_size_bytes, 1))
-            flat = torch.frombuffer(self._mapping, dtype=torch.uint8)[:num_blocks * layout.page_size_bytes]
-            self.kv_cache = flat.view(layout.dtype).view(shape)
+            self._mapping = mmap.mmap(-1, num_blocks * layout.page_size_bytes)
+            self.kv_cache = torch.frombuffer(self._mapping, dtype=layout.dtype).view(shape)
         else:
             self.kv_cache = torch.zeros(shape, dtype=layout.dtype, device=self.device)
 

@@ -51,6 +51,19 @@ def generate(model, cache, ids, **kwargs):
         return model.generate(ids, cache=cache, max_new_tokens=NEW_TOKENS, **kwargs)
 
 
+def assert_each_cache_gives_dynamic_caches_tokens(model, tmp_path: Path, ids, check=None, **kwargs) -> None:
+    """`generate` through each of `caches` equals it through DynamicCache; `check(label, cache)` then runs."""
+    expected = generate(model, transformers.DynamicCache(config=model.config), ids, **kwargs)
+    for label, make in caches(model, tmp_path):
+        cache = make()
+        try:
+            assert torch.equal(generate(model, cache, ids, **kwargs), expected), label
+            if check is not None:
+                check(label, cache)
+        finally:
+            cache.close()
+
+
 MODES = {
     "greedy": dict(do_sample=False),
     "sampling": dict(do_sample=True, temperature=0.9, top_k=20, seed=3),
@@ -61,17 +74,13 @@ MODES = {
 @pytest.mark.parametrize("name", sorted(SHAPES))
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_generate_gives_dynamic_caches_tokens(tmp_path: Path, name: str, mode: str) -> None:
-    model, ids = tiny(name), prompts(2)
-    expected = generate(model, transformers.DynamicCache(config=model.config), ids, **MODES[mode])
-    for label, make in caches(model, tmp_path):
-        cache = make()
-        try:
-            assert torch.equal(generate(model, cache, ids, **MODES[mode]), expected), label
-            if label == "spilling":
-                lower = sum(n for kind, n in cache.kv.stats.hit_blocks.items() if kind.value != "device")
-                assert cache.kv.stats.offloaded_blocks > 0 and lower > 0, cache.kv.stats
-        finally:
-            cache.close()
+    def spilled_and_came_back(label: str, cache: TieredCache) -> None:
+        if label == "spilling":
+            lower = sum(n for kind, n in cache.kv.stats.hit_blocks.items() if kind.value != "device")
+            assert cache.kv.stats.offloaded_blocks > 0 and lower > 0, cache.kv.stats
+
+    assert_each_cache_gives_dynamic_caches_tokens(tiny(name), tmp_path, prompts(2), spilled_and_came_back,
+                                                  **MODES[mode])
 
 
 def test_a_padded_batch_gives_dynamic_caches_tokens(tmp_path: Path) -> None:
@@ -79,27 +88,13 @@ def test_a_padded_batch_gives_dynamic_caches_tokens(tmp_path: Path) -> None:
     ids, mask = prompts(3), torch.ones(3, PROMPT_LEN, dtype=torch.int64)
     ids[1, :9], mask[1, :9] = 0, 0  # left padding, as transformers pads for generation
     ids[2, :30], mask[2, :30] = 0, 0
-    expected = generate(model, transformers.DynamicCache(config=model.config), ids, attention_mask=mask,
-                        do_sample=False)
-    for label, make in caches(model, tmp_path):
-        cache = make()
-        try:
-            assert torch.equal(generate(model, cache, ids, attention_mask=mask, do_sample=False), expected), label
-        finally:
-            cache.close()
+    assert_each_cache_gives_dynamic_caches_tokens(model, tmp_path, ids, attention_mask=mask, do_sample=False)
 
 
 def test_assisted_decoding_crops_back_to_dynamic_caches_tokens(tmp_path: Path) -> None:
     model, assistant = tiny("llama-gqa", seed=0, num_layers=3), tiny("llama-gqa", seed=1, num_layers=1)
-    ids = prompts(1)
-    expected = generate(model, transformers.DynamicCache(config=model.config), ids, do_sample=False,
-                        assistant_model=assistant)
-    for label, make in caches(model, tmp_path):
-        cache = make()
-        try:
-            assert torch.equal(generate(model, cache, ids, do_sample=False, assistant_model=assistant), expected), label
-        finally:
-            cache.close()
+    assert_each_cache_gives_dynamic_caches_tokens(model, tmp_path, prompts(1), do_sample=False,
+                                                  assistant_model=assistant)
 
 
 def test_a_manual_forward_loop_gets_the_same_logits(tmp_path: Path) -> None:
