@@ -40,6 +40,7 @@ class TieredKVCache:
             so other hosts can hit it, instead of only on eviction.
         engine: the transfer engine to use (one is made and owned otherwise).
         landing_bytes: host memory for onloads to land in, allocated and touched now (see TransferConfig).
+        prefault_pool: make every page of a CPU pool now (see DeviceTierConfig.prefault).
 
     Raises:
         ValueError: a tier stores blocks of another layout.
@@ -47,11 +48,12 @@ class TieredKVCache:
 
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
                  device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
-                 engine: TransferEngine | None = None, landing_bytes: int = 0) -> None:
+                 engine: TransferEngine | None = None, landing_bytes: int = 0,
+                 prefault_pool: bool = True) -> None:
         _check_layouts(layout, "tier", lower_tiers)
         _check_layouts(layout, "write_through tier", write_through)
         self.layout = layout
-        self.pool = DevicePool(layout, num_device_blocks, device)
+        self.pool = DevicePool(layout, num_device_blocks, device, prefault=prefault_pool)
         self._staging = DeviceToHost(self.pool)
         self._landing = LandingBuffers(layout, pin=self.pool.device.type == "cuda",
                                        prefault_blocks=landing_bytes // layout.page_size_bytes)
@@ -86,7 +88,8 @@ class TieredKVCache:
         write_through = [t for t, c in zip(tiers, config.tiers) if isinstance(c, SharedTierConfig) and c.write_through]
         engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
         cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
-                    write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes)
+                    write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes,
+                    prefault_pool=config.device.prefault)
         cache._owns_engine = True
         return cache
 

@@ -13,13 +13,20 @@ from kvtier.config.checks import (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceTierConfig:
-    """The device pool: `num_blocks` blocks on `device` ("cpu", "cuda", "cuda:1", ...)."""
+    """The device pool: `num_blocks` blocks on `device` ("cpu", "cuda", "cuda:1", ...).
+
+    `prefault` (CPU pools): touch every page when the pool opens, as a serving engine preallocates its
+    KV cache, so a restore or a prefill never pays page faults; False makes pages when first written,
+    for a pool sized far beyond what it will hold (TieredCache's whole-window default).
+    """
 
     num_blocks: int
     device: str = "cpu"
+    prefault: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int("DeviceTierConfig", "num_blocks", self.num_blocks)
+        check_bool("DeviceTierConfig", "prefault", self.prefault)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"DeviceTierConfig.device must be a device name such as 'cpu' or 'cuda:0', "
                              f"got {self.device!r}")

@@ -85,8 +85,9 @@ class TieredCache(Cache):
         if self.disk_dir is not None:
             disk_bytes = self.disk_bytes if self.disk_bytes is not None else shutil.disk_usage(self.disk_dir).free
             tiers.append(DiskTierConfig(path=self.disk_dir, capacity_bytes=disk_bytes, fsync=self.fsync))
-        return KVTierConfig(layout=layout, device=DeviceTierConfig(num_blocks=device_blocks,
-                                                                  device=str(key_states.device)),
+        # NOTE: prefault=False: the default pool holds the whole window, and pages are made as written
+        device = DeviceTierConfig(num_blocks=device_blocks, device=str(key_states.device), prefault=False)
+        return KVTierConfig(layout=layout, device=device,
                             tiers=tuple(tiers), transfer=TransferConfig(num_workers=self.num_workers, landing_bytes=0))
 
     def _open(self, key_states: torch.Tensor) -> LayerStore:

@@ -1,3 +1,6 @@
+import mmap
+import resource
+
 import pytest
 import torch
 
@@ -27,3 +30,28 @@ def test_unknown_block_ids_and_bad_data_are_refused():
         pool.write_blocks([0], torch.zeros((1, *LAYOUT.block_shape), dtype=torch.float32))
     with pytest.raises(ValueError, match="DevicePool.num_blocks must be >= 1, got 0"):
         DevicePool(LAYOUT, 0)
+
+
+@pytest.mark.parametrize("prefault", [True, False])
+def test_a_prefaulted_cpu_pool_takes_no_page_faults_when_written(prefault):
+    if not prefault and "[always]" in _read("/sys/kernel/mm/transparent_hugepage/enabled"):
+        pytest.skip("huge pages by default: a lazy pool faults once per 2 MiB, too few to tell apart")
+    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.float32)
+    pool = DevicePool(layout, 256, prefault=prefault)  # 4 MiB: 1024 pages of 4 KiB
+    ones = torch.ones_like(pool.kv_cache)  # made (and faulted in) before counting
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    pool.kv_cache.copy_(ones)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    pages = pool.capacity_bytes // mmap.PAGESIZE
+    if prefault:
+        assert faults < pages // 10, f"{faults} page faults writing a prefaulted pool of {pages} pages"
+    else:
+        assert faults >= pages // 2, f"{faults} page faults writing a lazy pool of {pages} pages"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
