@@ -26,7 +26,7 @@ def check_attention_args(op: str, query: torch.Tensor, k_cache: torch.Tensor,
                          v_cache: torch.Tensor, block_tables: torch.Tensor,
                          seq_lens: torch.Tensor) -> None:
     """Shapes, dtypes, devices and strides shared by decode and prefill."""
-    _, _, num_kv_heads, head_dim = check_paged_cache(op, k_cache, v_cache)
+    _, num_kv_heads, _, head_dim = check_paged_cache(op, k_cache, v_cache)
     check_ndim(op, "query", query, 3, "[tokens, num_heads, head_dim]")
     if query.shape[2] != head_dim or head_dim > MAX_HEAD_DIM:
         raise ValueError(f"{op}: head_dim must match the cache ({head_dim}) and be at most "
@@ -45,6 +45,12 @@ def check_attention_args(op: str, query: torch.Tensor, k_cache: torch.Tensor,
     check_int_vector(op, "seq_lens", seq_lens, torch.int32, block_tables.shape[0])
     check_same_device(op, query=query, k_cache=k_cache, v_cache=v_cache,
                       block_tables=block_tables, seq_lens=seq_lens)
+
+
+def block_tok_head_strides(cache: torch.Tensor) -> tuple[int, int, int]:
+    """The strides of a `[num_blocks, num_kv_heads, block_size, head_dim]` cache in the order the
+    kernels take them (block, token, KV head)."""
+    return cache.stride(0), cache.stride(2), cache.stride(1)
 
 
 def check_decode_args(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

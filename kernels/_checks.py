@@ -55,8 +55,8 @@ def check_contiguous(op: str, name: str, tensor: torch.Tensor) -> None:
 
 
 def check_paged_cache(op: str, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
-    """k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim], same shape and dtype."""
-    check_ndim(op, "k_cache", k_cache, 4, "[num_blocks, block_size, num_kv_heads, head_dim]")
+    """k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim], same shape and dtype."""
+    check_ndim(op, "k_cache", k_cache, 4, "[num_blocks, num_kv_heads, block_size, head_dim]")
     check_shape(op, "v_cache", v_cache, tuple(k_cache.shape))
     check_dtype(op, "k_cache", k_cache, CACHE_DTYPES)
     check_same_dtype(op, k_cache=k_cache, v_cache=v_cache)

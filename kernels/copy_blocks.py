@@ -1,10 +1,11 @@
 """gather_blocks / scatter_blocks: pack device blocks into a block-major staging buffer and back.
 
-The device pool is one tensor `kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads,
-head_dim]`. Staging is `[n, num_layers, 2, num_kv_heads, block_size, head_dim]`, contiguous: one
-block is one run across all layers, K and V, with each layer's KV heads contiguous so a head
-range can be read alone. A transfer then is one large copy instead of thousands of small ones.
-One program copies one (block, layer, K|V, KV head) tile of `[block_size, head_dim]`.
+The device pool is one block-major tensor `kv_cache: [num_blocks, num_layers, 2, num_kv_heads,
+block_size, head_dim]`. Staging is `[n, num_layers, 2, num_kv_heads, block_size, head_dim]`,
+contiguous: one block is one run across all layers, K and V, with each layer's KV heads
+contiguous so a head range can be read alone. A transfer then is one large copy instead of
+thousands of small ones. One program copies one (block, layer, K|V, KV head) tile of
+`[block_size, head_dim]`; the pool may be any view whose `head_dim` is dense.
 """
 from __future__ import annotations
 
@@ -54,10 +55,10 @@ def _copy_blocks_kernel(kv_cache_ptr, staging_ptr, block_ids_ptr, num_kv_heads,
 def _check(op: str, kv_cache: torch.Tensor, block_ids: torch.Tensor,
            staging: torch.Tensor) -> None:
     check_ndim(op, "kv_cache", kv_cache, 6,
-               "[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]")
-    num_layers, two, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+               "[num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim]")
+    _, num_layers, two, num_kv_heads, block_size, head_dim = kv_cache.shape
     if two != 2:
-        raise ValueError(f"{op}: kv_cache dim 1 must be 2 (K, V), got shape {tuple(kv_cache.shape)}")
+        raise ValueError(f"{op}: kv_cache dim 2 must be 2 (K, V), got shape {tuple(kv_cache.shape)}")
     check_dtype(op, "kv_cache", kv_cache, CACHE_DTYPES)
     check_inner_contiguous(op, "kv_cache", kv_cache, 1)
     check_ndim(op, "block_ids", block_ids, 1, "[n]")
@@ -72,12 +73,13 @@ def _check(op: str, kv_cache: torch.Tensor, block_ids: torch.Tensor,
 
 def _launch(kv_cache: torch.Tensor, block_ids: torch.Tensor, staging: torch.Tensor,
             gather: bool) -> None:
-    num_layers, _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    _, num_layers, _, num_kv_heads, block_size, head_dim = kv_cache.shape
     if block_ids.shape[0] == 0:
         return
     grid = (block_ids.shape[0], num_layers * 2, num_kv_heads)
+    s_block, s_layer, s_kv, s_head, s_tok = kv_cache.stride()[:5]
     _copy_blocks_kernel[grid](
-        kv_cache, staging, block_ids, num_kv_heads, *kv_cache.stride()[:5],
+        kv_cache, staging, block_ids, num_kv_heads, s_layer, s_kv, s_block, s_tok, s_head,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_T=triton.next_power_of_2(block_size),
         BLOCK_D=triton.next_power_of_2(head_dim), GATHER=gather)
 

@@ -11,7 +11,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._attention_args import DecodeTuning, check_decode_args, choose_num_splits, tile_config
+from ._attention_args import (
+    DecodeTuning,
+    block_tok_head_strides,
+    check_decode_args,
+    choose_num_splits,
+    tile_config,
+)
 from ._tiles import dot, load_paged_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634  # 1/ln 2: softmax runs in base 2 so it can use exp2
@@ -98,7 +104,7 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
     Args:
         query: `[batch, num_heads, head_dim]`; num_heads a multiple of num_kv_heads (GQA/MQA).
-        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`, query's dtype.
+        k_cache, v_cache: `[num_blocks, num_kv_heads, block_size, head_dim]`, query's dtype.
         block_tables: int32 `[batch, max_blocks_per_seq]`, padded with -1.
         seq_lens: int32 `[batch]`, tokens in the cache including the new one (0 gives zeros).
         scale: multiplier of q.k, usually head_dim ** -0.5.
@@ -113,7 +119,7 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     """
     check_decode_args(query, k_cache, v_cache, block_tables, seq_lens)
     batch, num_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
+    _, num_kv_heads, block_size, _ = k_cache.shape
     out = torch.empty_like(query)
     if batch == 0:
         return out
@@ -133,7 +139,7 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     _paged_decode_split_kernel[(batch, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
         scale * LOG2E, split_len, query.stride(0), query.stride(1),
-        *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
+        *block_tok_head_strides(k_cache), *block_tok_head_strides(v_cache), block_tables.stride(0),
         *part_out.stride()[:3], *part_lse.stride()[:2],
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=cfg.block_d,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._attention_args import check_attention_args, tile_config
+from ._attention_args import block_tok_head_strides, check_attention_args, tile_config
 from ._checks import check_int_vector
 from ._tiles import dot, load_paged_tile, online_softmax_step
 
@@ -100,7 +100,7 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
 
     Args:
         query: `[total_new_tokens, num_heads, head_dim]`, sequences back to back.
-        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`, holding the new
+        k_cache, v_cache: `[num_blocks, num_kv_heads, block_size, head_dim]`, holding the new
             tokens' K/V after each sequence's earlier tokens.
         block_tables: int32 `[batch, max_blocks_per_seq]`, padded with -1.
         query_start_loc: int32 `[batch + 1]`, cumulative new-token counts starting at 0.
@@ -115,7 +115,7 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     """
     _check(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
     total, num_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
+    _, num_kv_heads, block_size, _ = k_cache.shape
     batch = block_tables.shape[0]
     out = torch.empty_like(query)
     if total == 0 or batch == 0:
@@ -123,7 +123,7 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     cfg = tile_config(head_dim, query.dtype, query.device)
     _paged_prefill_kernel[(total // cfg.block_m + batch, num_heads)](
         query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, scale * LOG2E,
-        batch, query.stride(0), query.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        batch, query.stride(0), query.stride(1), *block_tok_head_strides(k_cache), *block_tok_head_strides(v_cache),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,

@@ -15,24 +15,32 @@ PAD_SLOT_ID = -1  # mirrors kvtier.types.PAD_SLOT_ID; kept local so kernels/ sta
 
 def store_kv_ref(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Write K/V `[num_tokens, num_kv_heads, head_dim]` into `slot_mapping` slots; -1 is skipped."""
-    block_size = k_cache.shape[1]
+    """Write K/V `[num_tokens, num_kv_heads, head_dim]` into `slot_mapping` slots; -1 is skipped.
+
+    Caches are `[num_blocks, num_kv_heads, block_size, head_dim]`; slot = block_id * block_size + offset.
+    """
+    block_size = k_cache.shape[2]
     keep = slot_mapping != PAD_SLOT_ID
     slots = slot_mapping[keep].long()
     block_ids, offsets = slots // block_size, slots % block_size
-    k_cache[block_ids, offsets] = key[keep].to(k_cache.dtype)
-    v_cache[block_ids, offsets] = value[keep].to(v_cache.dtype)
+    k_cache[block_ids, :, offsets] = key[keep].to(k_cache.dtype)  # NOTE: indexed dims first: [n, Hkv, D]
+    v_cache[block_ids, :, offsets] = value[keep].to(v_cache.dtype)
+
+
+def _tokens(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """The blocks' tokens in order, `[..., len(block_ids[-1]) * block_size, num_kv_heads, head_dim]`."""
+    picked = cache[block_ids]  # [..., n, num_kv_heads, block_size, head_dim]
+    return picked.transpose(-3, -2).flatten(-4, -3)
 
 
 def _gather_seq(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first seq_len tokens of one sequence: [seq_len, num_kv_heads, head_dim] in float32."""
-    block_size = cache.shape[1]
+    block_size = cache.shape[2]
     num_blocks = -(-seq_len // block_size)
     block_ids = block_table[:num_blocks].long()
     if bool((block_ids < 0).any()):
         raise ValueError(f"block table has PAD_SLOT_ID within seq_len {seq_len}: {block_ids.tolist()}")
-    tokens = cache[block_ids].flatten(0, 1)  # [num_blocks * block_size, num_kv_heads, head_dim]
-    return tokens[:seq_len].float()
+    return _tokens(cache, block_ids)[:seq_len].float()
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -56,7 +64,7 @@ def paged_decode_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cac
     positions past each sequence's length masked, each query head grouped with its KV head.
     """
     batch, num_heads, head_dim = query.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
     max_len = int(seq_lens.max()) if batch else 0
     if max_len == 0:
         return torch.zeros_like(query)
@@ -66,8 +74,8 @@ def paged_decode_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_cac
     if bool(((tables < 0) & needed).any()):
         raise ValueError(f"block table has PAD_SLOT_ID within seq_lens {seq_lens.tolist()}: {tables.tolist()}")
     tables = tables.clamp(min=0)  # padding past a sequence's end: read block 0, masked below
-    k = k_cache[tables].flatten(1, 2)[:, :max_len].float()  # [batch, max_len, num_kv_heads, head_dim]
-    v = v_cache[tables].flatten(1, 2)[:, :max_len].float()
+    k = _tokens(k_cache, tables)[:, :max_len].float()  # [batch, max_len, num_kv_heads, head_dim]
+    v = _tokens(v_cache, tables)[:, :max_len].float()
     q = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = torch.einsum("bhgd,blhd->bhgl", q, k) * scale  # [batch, num_kv_heads, group, max_len]
     past_end = torch.arange(max_len, device=query.device)[None, :] >= seq_lens.long()[:, None]  # [batch, max_len]
@@ -109,25 +117,11 @@ def paged_prefill_attention_ref(query: torch.Tensor, k_cache: torch.Tensor, v_ca
 
 def gather_blocks_ref(kv_cache: torch.Tensor, block_ids: torch.Tensor,
                       out: torch.Tensor) -> torch.Tensor:
-    """kv_cache [L, 2, num_blocks, block_size, Hkv, D] -> out [n, L, 2, Hkv, block_size, D]."""
-    picked = kv_cache[:, :, block_ids.long()]  # [L, 2, n, block_size, Hkv, D]
-    out.copy_(picked.permute(2, 0, 1, 4, 3, 5))
-    return out
+    """kv_cache [num_blocks, L, 2, Hkv, block_size, D] -> out [n, L, 2, Hkv, block_size, D]: block_ids' rows."""
+    return torch.index_select(kv_cache, 0, block_ids.long(), out=out)
 
 
 def scatter_blocks_ref(staging: torch.Tensor, block_ids: torch.Tensor,
                        kv_cache: torch.Tensor) -> torch.Tensor:
-    """The inverse of gather_blocks_ref: staging [n, L, 2, Hkv, block_size, D] into kv_cache.
-
-    Runs of consecutive block ids (a fresh allocation usually is one) are copied into slices of the
-    pool, which on CPU is about twice as fast as the indexed assignment used for scattered ids.
-    """
-    source = staging.permute(1, 2, 0, 4, 3, 5)  # [L, 2, n, block_size, Hkv, D]
-    ids = block_ids.tolist()
-    runs = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1] + 1]
-    if len(runs) >= 8:
-        kv_cache[:, :, block_ids.long()] = source.to(kv_cache.dtype)
-        return kv_cache
-    for start, stop in zip([0, *runs], [*runs, len(ids)]):
-        kv_cache[:, :, ids[start]:ids[start] + stop - start].copy_(source[:, :, start:stop])
-    return kv_cache
+    """The inverse of gather_blocks_ref: staging [n, L, 2, Hkv, block_size, D] into kv_cache's rows block_ids."""
+    return kv_cache.index_copy_(0, block_ids.long(), staging.to(kv_cache.dtype))

@@ -126,10 +126,18 @@ class TieredKVCache:
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
         self._hits[seq_id] = {TierKind.DEVICE: num_device_hits} if num_device_hits else {}
         if found:
-            self._onloads[seq_id] = self.engine.onload(found, self._landing.take(len(found)), waiting=wait)
+            self._onloads[seq_id] = self.engine.onload(found, self._landing_for(seq, len(found)), waiting=wait)
             if wait:
                 self.finish_onload(seq_id)
         return seq
+
+    def _landing_for(self, seq: SeqState, num_blocks: int) -> torch.Tensor | list[torch.Tensor]:
+        """Where a sequence's next `num_blocks` lower-tier hits are read: on CPU their own pages in the
+        pool (one copy in all, the read itself), elsewhere a host buffer they are then copied up from."""
+        if self.pool.device.type == "cpu":
+            start = seq.num_registered_blocks
+            return self.pool.block_pages(seq.block_ids[start:start + num_blocks])
+        return self._landing.take(num_blocks)
 
     def _find_lower(self, namespace: Namespace, token_ids: Sequence[int], hashes: list[BlockHash],
                     start: int, stop: int) -> list[LowerHit]:
@@ -170,20 +178,29 @@ class TieredKVCache:
         """Wait for a sequence's lower-tier reads, place them on the device; returns blocks onloaded.
 
         A block that fails verification ends the run: it and what follows are recomputed.
+        `timeout_s` bounds the wait for each block; on a CPU pool, whose pages the reads land in,
+        reads already running are still waited for, so none writes into a page being computed.
         """
         handle = self._onloads.pop(seq_id, None)
         if handle is None:
             return 0
         loaded = handle.wait(timeout_s)
+        if not isinstance(handle.landing, torch.Tensor) and handle.landing is not None:
+            handle.settle()  # NOTE: a read past a failed one may still run, into pages about to be computed
         if not loaded:
             self._give_back(handle)
             return 0
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
         buffer = handle.landing
-        in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
-        data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
-        self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)
+        if isinstance(buffer, torch.Tensor) or buffer is None:
+            in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
+            data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
+            self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)
+        else:  # read into the pool's pages: only a block a tier handed back elsewhere is copied
+            for page, block in zip(buffer, loaded):
+                if block.data_ptr() != page.data_ptr():
+                    page.copy_(block)
         self._give_back(handle)
         hits = self._hits.setdefault(seq_id, {})
         for hit in handle.found[:len(loaded)]:
@@ -196,7 +213,7 @@ class TieredKVCache:
 
     def _give_back(self, handle: OnloadHandle) -> None:
         """Recycle a handle's landing buffer once no read can still write into it."""
-        if handle.landing is not None and handle.done():
+        if isinstance(handle.landing, torch.Tensor) and handle.done():
             self._landing.give_back(handle.landing, self.pool.device)
 
     def _offload(self, blocks: list[Block]) -> None:
@@ -246,8 +263,11 @@ class TieredKVCache:
         """Release a sequence, cancelling any reads still queued for it (`evict_first`: see BlockManager.free)."""
         handle = self._onloads.pop(seq_id, None)
         if handle is not None:
-            handle.cancel()
-            self._give_back(handle)
+            if isinstance(handle.landing, torch.Tensor):
+                handle.cancel()
+                self._give_back(handle)
+            else:  # NOTE: reads land in the sequence's own pages: none may still write once they are free
+                handle.settle()
         self._hits.pop(seq_id, None)
         self.manager.free(seq_id, evict_first)
 

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -123,3 +125,43 @@ def test_a_tier_of_another_layout_is_refused_at_construction():
     assert "tier 1" in str(refused.value) and "HostStore" in str(refused.value)
     with pytest.raises(ValueError, match="write_through"):
         TieredKVCache(LAYOUT, 8, [HostStore(LAYOUT, 4)], write_through=[HostStore(other, 4)])
+
+
+class _HeldHost(HostStore):
+    """A host tier whose reads, once `held` is set, start then wait for `release`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held, self.started, self.release = False, threading.Event(), threading.Event()
+
+    def get(self, key, out=None):
+        if self.held:
+            self.started.set()
+            self.release.wait()
+        return super().get(key, out)
+
+
+def test_on_cpu_blocks_are_read_into_the_pool_pages_themselves():
+    host = HostStore(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host])
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))
+    seq = cache.allocate("c", list(range(13)), NS, wait=False)
+    pages = cache._onloads["c"].landing
+    assert [p.data_ptr() for p in pages] == [cache.pool.kv_cache[i].data_ptr() for i in seq.block_ids[:3]]
+    cache.finish_onload("c")
+    assert seq.num_cached_tokens == 12 and check_served_blocks(cache, seq) == 3
+
+
+def test_free_waits_for_a_running_read_into_the_pool_pages():
+    host = _HeldHost(LAYOUT, 8)
+    cache = TieredKVCache(LAYOUT, 4, [host])
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))
+    host.held = True
+    cache.allocate("c", list(range(13)), NS, wait=False)
+    handle = cache._onloads["c"]
+    assert host.started.wait(30)
+    threading.Timer(0.2, host.release.set).start()  # NOTE: free must not return before this read ends
+    cache.free("c")
+    assert handle.done(), "free returned while a read could still write into the freed blocks"

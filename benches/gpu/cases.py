@@ -68,7 +68,7 @@ def decode_inputs(case: DecodeCase, device: torch.device, seed: int = 0) -> tupl
     gen = torch.Generator(device=device).manual_seed(seed)
     blocks_per_seq = -(-case.context // case.block_size)
     num_blocks = case.batch * blocks_per_seq
-    shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_dim)
+    shape = (num_blocks, case.num_kv_heads, case.block_size, case.head_dim)
     k_cache = torch.randn(shape, generator=gen, device=device).to(case.dtype)
     v_cache = torch.randn(shape, generator=gen, device=device).to(case.dtype)
     order = torch.randperm(num_blocks, generator=gen, device=device)
@@ -83,11 +83,11 @@ def torch_decode_baseline(query: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                           block_tables: torch.Tensor, context: int, scale: float) -> torch.Tensor:
     """Gather each sequence's blocks into a dense tensor, then SDPA (uniform context only)."""
     batch, num_heads, head_dim = query.shape
-    num_kv_heads = k_cache.shape[2]
+    num_kv_heads = k_cache.shape[1]
     ids = block_tables.long()
-    # [batch, blocks, block_size, kv_heads, head_dim] -> [batch, kv_heads, context, head_dim]
-    k = k_cache[ids].flatten(1, 2)[:, :context].transpose(1, 2)
-    v = v_cache[ids].flatten(1, 2)[:, :context].transpose(1, 2)
+    # [batch, blocks, kv_heads, block_size, head_dim] -> [batch, kv_heads, context, head_dim]
+    k = k_cache[ids].transpose(1, 2).flatten(2, 3)[:, :, :context]
+    v = v_cache[ids].transpose(1, 2).flatten(2, 3)[:, :, :context]
     out = torch.nn.functional.scaled_dot_product_attention(
         query.unsqueeze(2), k, v, scale=scale, enable_gqa=num_heads != num_kv_heads)
     return out.squeeze(2)  # [batch, num_heads, head_dim]

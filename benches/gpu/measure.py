@@ -126,7 +126,7 @@ def sweep_decode(case: DecodeCase, device: torch.device, timer: Timer, d2d_gbps:
 
 def _transfer_buffers(case: TransferCase, device: torch.device) -> tuple[torch.Tensor, ...]:
     gen, layout = torch.Generator(device=device).manual_seed(0), case.layout
-    pool_shape = (layout.num_layers, 2, case.pool_blocks, *layout.device_cache_shape)  # as DevicePool
+    pool_shape = (case.pool_blocks, *layout.block_shape)  # as DevicePool
     pool = torch.randn(pool_shape, generator=gen, device=device).to(layout.dtype)
     ids = torch.randperm(case.pool_blocks, generator=gen, device=device)[:case.num_blocks]
     staging = torch.empty((case.num_blocks, *layout.block_shape), dtype=layout.dtype, device=device)
@@ -144,7 +144,7 @@ def bench_transfer(case: TransferCase, device: torch.device, timer: Timer,
     if not torch.equal(gather_blocks(pool, ids, staging), want):
         raise AssertionError(f"{case.name}: gather_blocks differs from the reference, not timing it")
     before = pool.clone()
-    pool[:, :, ids] = 0
+    pool[ids] = 0
     if not torch.equal(scatter_blocks(staging, ids, pool), before):
         raise AssertionError(f"{case.name}: scatter_blocks did not restore the gathered blocks")
     out_ms = timer(lambda: host.copy_(gather_blocks(pool, ids, staging), non_blocking=True))

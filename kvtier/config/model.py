@@ -15,10 +15,13 @@ from kvtier.presets import MODEL_PRESET_NAMES, MODEL_PRESETS
 class KVLayout:
     """The shape of the KV cache: what one block holds on the device and off it.
 
-    Device, per layer: `k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]`.
+    Device, per layer: `k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim]`.
     Off the device, one block is one contiguous object of `block_shape`
     `[num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]`: block-major, with each
     layer's KV heads contiguous so that a range of heads can be read without the rest.
+
+    NOTE: a device page of one layer's K (or V) has the object's order, so a block read from a
+    file lands in the pool with one read per (layer, K|V) and no transposing copy after it.
     """
 
     num_layers: int
@@ -56,8 +59,8 @@ class KVLayout:
 
     @property
     def device_cache_shape(self) -> tuple[int, int, int]:
-        """Per-block shape on the device, after num_blocks: [block_size, num_kv_heads, head_dim]."""
-        return (self.block_size, self.num_kv_heads, self.head_dim)
+        """Per-block shape on the device, after num_blocks: [num_kv_heads, block_size, head_dim]."""
+        return (self.num_kv_heads, self.block_size, self.head_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kvtier import ops
 from kvtier.block.hashing import hash_blocks, namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.errors import LostBlocksError, OutOfBlocksError
@@ -78,29 +77,28 @@ class LayerStore:
         if len(rows) != keys.shape[0]:
             raise ValueError(f"layer {layer} holds {len(rows)} rows, the update has {keys.shape[0]}")
         batch, heads, new, dim = keys.shape
-        # NOTE: token-major, as the pool's pages are, so the gather from the pool is the only copy;
-        # returned as a [batch, heads, tokens, head_dim] view
-        out_k = keys.new_empty((batch, rows[0].num_tokens + new, heads, dim))
+        # NOTE: head-major, as the pool's pages are, so the gather from the pool is the only copy
+        out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))
         out_v = values.new_empty(out_k.shape)
         for index, row in enumerate(rows):
             self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
-        return out_k.transpose(1, 2), out_v.transpose(1, 2)
+        return out_k, out_v
 
     def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
                     out_k: torch.Tensor, out_v: torch.Tensor) -> None:
         """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out_k`
-        and `out_v` `[tokens, heads, head_dim]`."""
+        and `out_v` `[heads, tokens, head_dim]` (contiguous)."""
         bs = self.block_size
-        if out_k.shape[0] != row.num_tokens + keys.shape[1]:
+        if out_k.shape[1] != row.num_tokens + keys.shape[1]:
             raise ValueError(f"layer {layer}: rows hold different numbers of tokens ({row.num_tokens} and "
-                             f"{out_k.shape[0] - keys.shape[1]})")
+                             f"{out_k.shape[1] - keys.shape[1]})")
         k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
         num_new_full = k_new.shape[1] // bs
         old_blocks = len(row.token_ids) // bs
         if old_blocks + num_new_full == 0:
             row.tail_k, row.tail_v = k_new, v_new
-            out_k.copy_(k_new.transpose(0, 1))
-            out_v.copy_(v_new.transpose(0, 1))
+            out_k.copy_(k_new)
+            out_v.copy_(v_new)
             return
         new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
         if new_ids and new_ids[-1] > MAX_TOKEN_ID:
@@ -125,25 +123,26 @@ class LayerStore:
                     f"layer {layer}: {old_blocks - seq.num_cached_tokens // bs} of its {old_blocks} earlier blocks "
                     f"are in no tier (dropped for want of room, or failed verification); give the cache a host or "
                     f"disk tier, or more device blocks, and generate again")
-            k_cache, v_cache = self.cache.pool.k_cache(0), self.cache.pool.v_cache(0)
-            if num_new_full:
-                slots = torch.tensor(self.cache.manager.slot_mapping(seq_id, old_blocks * bs, len(token_ids)),
-                                     dtype=torch.int64, device=k_cache.device)
-                full_k = k_new[:, :num_new_full * bs].transpose(0, 1)  # [tokens, heads, head_dim]
-                full_v = v_new[:, :num_new_full * bs].transpose(0, 1)
-                ops.store_kv(full_k.contiguous(), full_v.contiguous(), k_cache, v_cache, slots)
-                self.cache.mark_computed(seq_id, len(token_ids))
+            k_cache, v_cache = self.cache.pool.k_cache(0), self.cache.pool.v_cache(0)  # [blocks, heads, bs, dim]
             num_blocks = len(token_ids) // bs
             ids = torch.tensor(seq.block_ids[:num_blocks], dtype=torch.int64, device=k_cache.device)
+            if num_new_full:
+                # NOTE: whole blocks, so each is one page: copied in with no slot mapping
+                fresh = ids[old_blocks:]
+                for cache, new in ((k_cache, k_new), (v_cache, v_new)):
+                    pages = new[:, :num_new_full * bs].view(new.shape[0], num_new_full, bs, new.shape[2])
+                    cache.index_copy_(0, fresh, pages.transpose(0, 1))
+                self.cache.mark_computed(seq_id, len(token_ids))
             for cache, out in ((k_cache, out_k), (v_cache, out_v)):
-                torch.index_select(cache, 0, ids, out=out[:num_blocks * bs].view(num_blocks, bs, *cache.shape[2:]))
+                for head in range(cache.shape[1]):  # NOTE: one gather of whole [bs, dim] pages per head
+                    torch.index_select(cache[:, head], 0, ids, out=out[head, :num_blocks * bs].view(num_blocks, bs, -1))
         finally:
             # NOTE: first in line for eviction: every other layer runs before this one needs them again
             self.cache.free(seq_id, evict_first=True)
         row.token_ids, row.hashes = token_ids, hashes
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
-        out_k[len(token_ids):].copy_(row.tail_k.transpose(0, 1))
-        out_v[len(token_ids):].copy_(row.tail_v.transpose(0, 1))
+        out_k[:, len(token_ids):].copy_(row.tail_k)
+        out_v[:, len(token_ids):].copy_(row.tail_v)
 
     def select_rows(self, layer: int, indices: list[int]) -> None:
         """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
@@ -174,13 +173,13 @@ class LayerStore:
         empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
         row.tail_k, row.tail_v = empty_k, empty_v
         heads, dim = empty_k.shape[0], empty_k.shape[2]
-        out_k = empty_k.new_empty((len(row.token_ids), heads, dim))
+        out_k = empty_k.new_empty((heads, len(row.token_ids), dim))
         out_v = empty_v.new_empty(out_k.shape)
         try:
             self._append_row(layer, row, empty_k, empty_v, out_k, out_v)
         finally:
             row.tail_k, row.tail_v = saved
-        return out_k.transpose(0, 1), out_v.transpose(0, 1)
+        return out_k, out_v
 
     def clear(self, layer: int) -> None:
         """Forget every row of `layer` (their blocks age out of the tiers)."""

@@ -27,7 +27,7 @@ class PagedAttention(nn.Module):
     def forward(self, x: torch.Tensor, batch: ForwardBatch, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x `[num_tokens, hidden]` -> `[num_tokens, hidden]`; this step's K/V land in the caches
-        `[num_blocks, block_size, num_kv_heads, head_dim]` first. `rope` is `Rotary.cos_sin` of the
+        `[num_blocks, num_kv_heads, block_size, head_dim]` first. `rope` is `Rotary.cos_sin` of the
         batch's positions."""
         tokens = x.shape[0]
         q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -95,6 +95,15 @@ class TierStore(ABC):
     @abstractmethod
     def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
         """The block's data (into `out` when given), or None on a miss."""
+
+    def get_many(self, keys: Sequence[BlockKey],
+                 outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
+        """`get` of each key (into `outs[i]` when given), in order; a tier that can read a batch at
+        once (the disk tier) does so."""
+        targets = list(outs) if outs is not None else [None] * len(keys)
+        if len(targets) != len(keys):
+            raise ValueError(f"get_many got {len(keys)} keys and {len(targets)} output tensors")
+        return [self.get(key, out) for key, out in zip(keys, targets)]
 
     @abstractmethod
     def pin(self, block_hash: BlockHash) -> None:

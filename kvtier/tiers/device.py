@@ -11,10 +11,13 @@ from kvtier.config import KVLayout, check_positive_int
 
 
 class DevicePool:
-    """One tensor `[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]` for all layers.
+    """One block-major tensor `[num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim]`.
 
-    NOTE: a single allocation, so gather/scatter of whole blocks across every layer is one kernel;
-    `k_cache(l)` and `v_cache(l)` are views in the per-layer shape the attention kernels read.
+    NOTE: block `i` is `kv_cache[i]`, contiguous and laid out byte for byte as a block object's
+    payload (`layout.block_shape`), so a block read from a file lands in the pool with one read and
+    no copy after it, and copying blocks out is one copy per run of blocks. `k_cache(l)` and
+    `v_cache(l)` are strided views in the per-layer shape the attention kernels read (every
+    kernel takes the block stride).
     """
 
     def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device | str = "cpu", *,
@@ -23,7 +26,7 @@ class DevicePool:
         self.layout = layout
         self.num_blocks = num_blocks
         self.device = torch.device(device)
-        shape = (layout.num_layers, 2, num_blocks, *layout.device_cache_shape)
+        shape = (num_blocks, *layout.block_shape)
         self._mapping: mmap.mmap | None = None
         if self.device.type == "cpu":
             # NOTE: an anonymous mapping is zero pages. MAP_POPULATE makes them all now (57 ms for 189 MB
@@ -41,12 +44,20 @@ class DevicePool:
         return self.num_blocks * self.layout.page_size_bytes
 
     def k_cache(self, layer: int) -> torch.Tensor:
-        """`[num_blocks, block_size, num_kv_heads, head_dim]` keys of one layer (a view)."""
-        return self.kv_cache[layer, 0]
+        """`[num_blocks, num_kv_heads, block_size, head_dim]` keys of one layer (a strided view)."""
+        return self.kv_cache[:, layer, 0]
 
     def v_cache(self, layer: int) -> torch.Tensor:
-        """`[num_blocks, block_size, num_kv_heads, head_dim]` values of one layer (a view)."""
-        return self.kv_cache[layer, 1]
+        """`[num_blocks, num_kv_heads, block_size, head_dim]` values of one layer (a strided view)."""
+        return self.kv_cache[:, layer, 1]
+
+    def block_pages(self, block_ids: Sequence[int]) -> list[torch.Tensor]:
+        """Each block in the pool, a contiguous `layout.block_shape` view: reading an object into it
+        places the block."""
+        for block_id in block_ids:
+            if not 0 <= block_id < self.num_blocks:
+                raise ValueError(f"block ids must be in [0, {self.num_blocks}), got {list(block_ids)}")
+        return [self.kv_cache[block_id] for block_id in block_ids]
 
     def _ids(self, block_ids: Sequence[int]) -> torch.Tensor:
         ids = torch.tensor(list(block_ids), dtype=torch.int64)

@@ -6,6 +6,7 @@ Onloaded blocks stay pinned until read; spills hold at most `max_inflight_write_
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -99,34 +100,54 @@ class TransferEngine:
         finally:
             self._latency(tier, op).record(time.perf_counter() - start)
 
-    def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
-        return self._track(self._executor.submit(priority, fn, *args))
-
-    def _read_and_unpin(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _read_one(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None) -> torch.Tensor | None | Exception:
+        """`tier.get`, or the exception it raised, counted and logged (OnloadHandle.wait makes it a miss)."""
         try:
-            return self._timed(tier, "read", functools.partial(tier.get, key, out))
-        except Exception as exc:  # counted and logged here; OnloadHandle.wait makes it a miss
+            return tier.get(key, out)
+        except Exception as exc:
             with self._failures_lock:
                 self.failed_reads += 1
             _log_failure("onload", tier, key, exc)
-            raise
-        finally:
-            tier.unpin(key.block_hash)  # NOTE: before the future completes, so waiters see it released
+            return exc
+
+    def _record_batch(self, tier: TierStore, op: str, start: float, count: int) -> None:
+        """A batch of `count` blocks begun at `start`: its time shared evenly, so latency stays per block."""
+        stats, each = self._latency(tier, op), (time.perf_counter() - start) / max(count, 1)
+        for _ in range(count):
+            stats.record(each)
+
+    def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._track(self._executor.submit(priority, fn, *args))
 
     def _read_run(self, run: list[_Read]) -> None:
-        """Read each block of a run in order into its future; a block cancelled before its turn is
-        skipped (its done-callback already released the pin)."""
-        for tier, key, slot, future in run:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                data = self._read_and_unpin(tier, key, slot)
-            except Exception as exc:  # counted and logged by _read_and_unpin; the handle makes it a miss
-                future.set_exception(exc)
-            else:
-                future.set_result(data)
+        """Read a run's blocks into their futures, each tier's consecutive blocks as one `get_many`;
+        a block cancelled before the run starts is skipped (its done-callback released the pin)."""
+        live = [read for read in run if read[3].set_running_or_notify_cancel()]
+        for tier, group in itertools.groupby(live, key=lambda read: read[0]):
+            self._read_batch(tier, list(group))
 
-    def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | None = None,
+    def _read_batch(self, tier: TierStore, reads: list[_Read]) -> None:
+        """One tier's blocks read as one batch; each is unpinned before its future completes, so
+        waiters see it released. A batch that raises is read again block by block, so only the
+        blocks that raise fail (each a counted, logged miss) and the run before them is kept."""
+        start = time.perf_counter()
+        outcomes: list[torch.Tensor | None | Exception]
+        try:
+            try:
+                outcomes = list(tier.get_many([key for _, key, _, _ in reads], [slot for _, _, slot, _ in reads]))
+            except Exception:
+                outcomes = [self._read_one(tier, key, slot) for _, key, slot, _ in reads]
+        finally:
+            for _, key, _, _ in reads:
+                tier.unpin(key.block_hash)
+        self._record_batch(tier, "read", start, len(reads))
+        for (_, _, _, future), outcome in zip(reads, outcomes):
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | Sequence[torch.Tensor] | None = None,
                waiting: bool = False) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends
         or when it is cancelled before it starts. In-flight spills are served from their copy.
@@ -134,9 +155,10 @@ class TransferEngine:
         `waiting`: the caller waits for the reads at once; then up to `inline_read_bytes` of them
         are read in its own thread, before this returns (no hand-off to the workers).
 
-        `landing` `[at least len(found), *block_shape]`: block i is read into `landing[i]` (one
-        buffer for the request, so placing the blocks on the device needs no gathering copy);
-        else each read allocates its own tensor. The handle keeps it for whoever recycles it.
+        `landing` `[at least len(found), *block_shape]`, or one tensor per block: block i is read
+        into `landing[i]` (one buffer for the request, so placing the blocks on the device needs no
+        gathering copy, or the blocks' own pages of a CPU pool, so it needs none at all); else each
+        read allocates its own tensor. The handle keeps it for whoever recycles it.
         """
         futures: list[Future[torch.Tensor | None]] = []
         reads: list[_Read] = []
@@ -202,7 +224,11 @@ class TransferEngine:
 
     def _get_run(self, tier: TierStore, keys: list[BlockKey],
                  outs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        return [self._timed(tier, "read", functools.partial(tier.get, key, out)) for key, out in zip(keys, outs)]
+        start = time.perf_counter()
+        try:
+            return tier.get_many(keys, outs)
+        finally:
+            self._record_batch(tier, "read", start, len(keys))
 
     def _put_run(self, tier: TierStore, keys: list[BlockKey], datas: list[torch.Tensor]) -> None:
         first: Exception | None = None

@@ -1,7 +1,8 @@
 """OnloadHandle: what a scheduler holds while a request's prefix is read back from lower tiers."""
 from __future__ import annotations
 
-from concurrent.futures import Future
+from collections.abc import Sequence
+from concurrent.futures import Future, wait
 from typing import NamedTuple
 
 import torch
@@ -25,10 +26,10 @@ class OnloadHandle:
     """Per-block read futures for one request, in prefix order."""
 
     def __init__(self, found: list[LowerHit], futures: list[Future[torch.Tensor | None]],
-                 landing: torch.Tensor | None = None) -> None:
+                 landing: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
         self.found = found
         self.futures = futures
-        self.landing = landing  # [>= len(found), *block_shape]: block i lands in row i, when given
+        self.landing = landing  # [>= len(found), *block_shape] or a tensor per block: block i lands in landing[i]
 
     @property
     def num_blocks(self) -> int:
@@ -60,3 +61,9 @@ class OnloadHandle:
         """Cancel reads not yet started; their pins are released at once."""
         for future in self.futures:
             future.cancel()
+
+    def settle(self) -> None:
+        """Cancel reads not yet started and wait for the running ones to end, so nothing writes into
+        the landing any more (whatever each read's outcome)."""
+        self.cancel()
+        wait(self.futures)

@@ -64,14 +64,14 @@ def _launch_all(dtypes, head_dims) -> None:
     from kvtier.kernels.paged_prefill import paged_prefill_attention
     from kvtier.kernels.store_kv import store_kv
     for dtype, head_dim in product(dtypes, head_dims):
-        k_cache = torch.zeros(8, 16, 8, head_dim, dtype=dtype)  # [blocks, block_size, kv_heads, dim]
+        k_cache = torch.zeros(8, 8, 16, head_dim, dtype=dtype)  # [blocks, kv_heads, block_size, dim]
         query = torch.zeros(4, 32, head_dim, dtype=dtype)
         tables, lens = torch.zeros(4, 2, dtype=torch.int32), torch.ones(4, dtype=torch.int32)
         paged_decode_attention(query, k_cache, k_cache, tables, lens, 0.1)
         starts = torch.arange(5, dtype=torch.int32)
         paged_prefill_attention(query, k_cache, k_cache, tables, starts, lens, 0.1)
         store_kv(query[:, :8], query[:, :8], k_cache, k_cache, torch.tensor([1, -1, 5, 7]))
-        pool = torch.zeros(2, 2, 8, 16, 8, head_dim, dtype=dtype)
+        pool = torch.zeros(8, 2, 2, 8, 16, head_dim, dtype=dtype)
         staging = torch.zeros(2, 2, 2, 8, 16, head_dim, dtype=dtype)
         ids = torch.tensor([3, 1])
         gather_blocks(pool, ids, staging)

@@ -39,7 +39,7 @@ def case_param(case: tuple, slow: bool) -> object:
 
 @dataclass
 class PagedCache:
-    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    k_cache: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
     v_cache: torch.Tensor
     block_tables: torch.Tensor  # int32 [batch, max_blocks_per_seq], PAD_SLOT_ID padded
     seq_lens: torch.Tensor  # int32 [batch]
@@ -51,7 +51,7 @@ def make_paged_cache(seq_lens: list[int], block_size: int, num_kv_heads: int, he
     gen = torch.Generator().manual_seed(seed)
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
     num_blocks = 2 * sum(blocks_per_seq) + 3  # spare blocks stay NaN
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    shape = (num_blocks, num_kv_heads, block_size, head_dim)
     k_cache = torch.full(shape, float("nan"), dtype=dtype)
     v_cache = torch.full(shape, float("nan"), dtype=dtype)
     width = max(blocks_per_seq, default=0) + 2  # trailing PAD_SLOT_ID columns
@@ -64,9 +64,9 @@ def make_paged_cache(seq_lens: list[int], block_size: int, num_kv_heads: int, he
         block_tables[b, :nblk] = block_ids.to(torch.int32)
         for cache in (k_cache, v_cache):
             values = torch.randn(seq_len, num_kv_heads, head_dim, generator=gen).to(dtype)
-            flat = cache[block_ids].flatten(0, 1)
-            flat[:seq_len] = values
-            cache[block_ids] = flat.view(nblk, block_size, num_kv_heads, head_dim)
+            tokens = torch.full((nblk * block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype)
+            tokens[:seq_len] = values  # token t of the sequence: block t // block_size, offset t % block_size
+            cache[block_ids] = tokens.view(nblk, block_size, num_kv_heads, head_dim).transpose(1, 2)
     lens = torch.tensor(seq_lens, dtype=torch.int32)
     return PagedCache(k_cache.to(device), v_cache.to(device), block_tables.to(device), lens.to(device))
 

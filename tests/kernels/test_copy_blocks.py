@@ -18,8 +18,8 @@ NUM_LAYERS, NUM_KV_HEADS, NUM_BLOCKS = 2, 3, 7
 
 
 def _pool(dtype, head_dim, block_size, device):
-    # [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
-    shape = (NUM_LAYERS, 2, NUM_BLOCKS, block_size, NUM_KV_HEADS, head_dim)
+    # [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim]
+    shape = (NUM_BLOCKS, NUM_LAYERS, 2, NUM_KV_HEADS, block_size, head_dim)
     return randn(shape, dtype, device, seed=head_dim + block_size)
 
 
@@ -38,7 +38,7 @@ def test_gather_matches_reference_and_block_shape(dtype, head_dim, block_size, d
     expected = gather_blocks_ref(pool, _block_ids(device), torch.empty_like(out))
     assert torch.equal(out, expected)
     # Pin the layout itself: staging[i, layer, kv, head] is that head's [block_size, head_dim].
-    assert torch.equal(out[2, 1, 0, 2], pool[1, 0, 3, :, 2, :])
+    assert torch.equal(out[2, 1, 0, 2], pool[3, 1, 0, 2])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -50,7 +50,7 @@ def test_scatter_writes_only_listed_blocks(dtype, head_dim, block_size, device):
     scatter_blocks(staging, _block_ids(device), pool)
     scatter_blocks_ref(staging, _block_ids(device), expected)
     assert torch.equal(pool, expected)
-    assert torch.equal(pool[:, :, [1, 2, 4, 6]], _pool(dtype, head_dim, block_size, device)[:, :, [1, 2, 4, 6]])
+    assert torch.equal(pool[[1, 2, 4, 6]], _pool(dtype, head_dim, block_size, device)[[1, 2, 4, 6]])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,7 +60,7 @@ def test_gather_then_scatter_round_trips_into_other_blocks(device):
     gather_blocks(pool, _block_ids(device), staging)
     target = torch.tensor([1, 2, 6], dtype=torch.int64, device=device)
     scatter_blocks(staging, target, pool)
-    assert torch.equal(pool[:, :, [1, 2, 6]], pool[:, :, [5, 0, 3]])
+    assert torch.equal(pool[[1, 2, 6]], pool[[5, 0, 3]])
 
 
 def test_gather_rejects_staging_of_wrong_shape():

@@ -30,10 +30,10 @@ def test_decode_cpu_matches_reference_on_a_poisoned_cache(dtype, head_dim, block
 
 def test_decode_cpu_reads_layer_views_and_strided_queries():
     query, k_cache, v_cache, tables, lens, scale = _decode_args([23, 1, 40], 16, (4, 2), 96, torch.float32)
-    pool = torch.full((3, 2, *k_cache.shape), float("nan"))  # [layers, K|V, blocks, block_size, heads, dim]
-    pool[1, 0], pool[1, 1] = k_cache, v_cache
+    pool = torch.full((k_cache.shape[0], 3, 2, *k_cache.shape[1:]), float("nan"))  # as DevicePool
+    pool[:, 1, 0], pool[:, 1, 1] = k_cache, v_cache
     qkv = torch.cat([query, query], dim=1)  # q heads side by side with others: a strided view
-    args = (qkv[:, :4], pool[1, 0], pool[1, 1], tables, lens, scale)
+    args = (qkv[:, :4], pool[:, 1, 0], pool[:, 1, 1], tables, lens, scale)
     torch.testing.assert_close(paged_decode_attention_cpu(*args), paged_decode_attention_ref(*args),
                                **tol(torch.float32))
 
@@ -62,19 +62,19 @@ def test_decode_cpu_rejects_mismatched_heads():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_store_kv_cpu_writes_what_the_reference_writes(dtype, pad_every):
     num_blocks, block_size, num_tokens = 5, 16, 17
-    pool = torch.full((2, 2, num_blocks, block_size, 2, 64), float("nan"), dtype=dtype)
+    pool = torch.full((num_blocks, 2, 2, 2, block_size, 64), float("nan"), dtype=dtype)  # as DevicePool
     expected = pool.clone()
     key, value = randn((num_tokens, 2, 64), dtype, "cpu", seed=1), randn((num_tokens, 2, 64), dtype, "cpu", seed=2)
     slots = torch.randperm(num_blocks * block_size, generator=torch.Generator().manual_seed(3))[:num_tokens]
     if pad_every is not None:
         slots[::pad_every] = PAD_SLOT_ID
-    store_kv_cpu(key, value, pool[1, 0], pool[1, 1], slots)
-    store_kv_ref(key, value, expected[1, 0], expected[1, 1], slots)
+    store_kv_cpu(key, value, pool[:, 1, 0], pool[:, 1, 1], slots)
+    store_kv_ref(key, value, expected[:, 1, 0], expected[:, 1, 1], slots)
     torch.testing.assert_close(pool, expected, rtol=0, atol=0, equal_nan=True)
 
 
 def test_store_kv_cpu_writes_through_a_cache_that_is_not_one_view():
-    cache = torch.zeros(4, 2, 16, 64).transpose(1, 2)  # [blocks, block_size, heads, dim], not flattenable
+    cache = torch.zeros(4, 16, 2, 64).transpose(1, 2)  # [blocks, heads, block_size, dim], not flattenable
     expected = cache.clone()
     key = randn((3, 2, 64), torch.float32, "cpu", seed=4)
     slots = torch.tensor([5, 17, 40])

@@ -16,9 +16,9 @@ from tests.tolerances import tol
 
 def test_importing_kvtier_and_using_ops_on_cpu_never_imports_triton():
     code = ("import sys, torch, kvtier, kvtier.ops as ops, kvtier.kernels\n"
-            "c = torch.zeros(2, 16, 1, 64); k = torch.ones(1, 1, 64)\n"
+            "c = torch.zeros(2, 1, 16, 64); k = torch.ones(1, 1, 64)\n"
             "ops.store_kv(k, k, c, c, torch.tensor([3]))\n"
-            "assert c[0, 3].eq(1).all()\n"
+            "assert c[0, 0, 3].eq(1).all()\n"
             "print('triton' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -51,8 +51,9 @@ def test_reference_matches_sdpa_on_a_contiguous_cache():
     k = randn((20, 2, 64), torch.float32, "cpu", seed=2)  # [seq_len, num_kv_heads, head_dim]
     v = randn((20, 2, 64), torch.float32, "cpu", seed=3)
     q = randn((1, 4, 64), torch.float32, "cpu", seed=4)
-    k_cache = torch.cat([k, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64)
-    v_cache = torch.cat([v, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64)
+    # [blocks, heads, block_size, dim], built by hand: token t is block t // 16, offset t % 16
+    k_cache = torch.cat([k, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64).transpose(1, 2).contiguous()
+    v_cache = torch.cat([v, torch.zeros(12, 2, 64)]).view(2, 16, 2, 64).transpose(1, 2).contiguous()
     table = torch.tensor([[0, 1]], dtype=torch.int32)
     out = reference.paged_decode_attention_ref(q, k_cache, v_cache, table,
                                                torch.tensor([20], dtype=torch.int32), 0.125)

@@ -63,11 +63,12 @@ def test_decode_reads_strided_query_rows(device, poisoned_alloc):
 @pytest.mark.parametrize("device", DEVICES)
 def test_decode_reads_layer_views_of_the_device_pool(device, poisoned_alloc):
     paged = make_paged_cache([23, 1, 40], 16, 2, 96, torch.bfloat16, device)
-    # The pool is [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; use layer 1.
-    pool = torch.full((3, 2, *paged.k_cache.shape), float("nan"), dtype=torch.bfloat16, device=device)
-    pool[1, 0], pool[1, 1] = paged.k_cache, paged.v_cache
+    # The pool is [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim]; use layer 1.
+    pool = torch.full((paged.k_cache.shape[0], 3, 2, *paged.k_cache.shape[1:]), float("nan"), dtype=torch.bfloat16,
+                      device=device)
+    pool[:, 1, 0], pool[:, 1, 1] = paged.k_cache, paged.v_cache
     query = randn((3, 4, 96), torch.bfloat16, device, seed=6)
-    args = (query, pool[1, 0], pool[1, 1], paged.block_tables, paged.seq_lens, 96 ** -0.5)
+    args = (query, pool[:, 1, 0], pool[:, 1, 1], paged.block_tables, paged.seq_lens, 96 ** -0.5)
     torch.testing.assert_close(paged_decode_attention(*args), paged_decode_attention_ref(*args),
                                **tol(torch.bfloat16))
 

@@ -15,9 +15,9 @@ def test_layer_views_share_storage_with_the_block_copies():
     data = torch.randn((2, *LAYOUT.block_shape)).half()  # [n, layers, 2, kv_heads, block_size, head_dim]
     pool.write_blocks([3, 1], data)
     assert torch.equal(pool.read_blocks([3, 1]), data)
-    # layer 2's values of block 1, token 0, head 1 are data[1, 2, 1, 1, 0]
-    assert torch.equal(pool.v_cache(2)[1, 0, 1], data[1, 2, 1, 1, 0])
-    assert pool.k_cache(0).shape == (5, 4, 2, 4) and pool.capacity_bytes == 5 * LAYOUT.page_size_bytes
+    # layer 2's values of block 1, head 1, token 0 are data[1, 2, 1, 1, 0]
+    assert torch.equal(pool.v_cache(2)[1, 1, 0], data[1, 2, 1, 1, 0])
+    assert pool.k_cache(0).shape == (5, 2, 4, 4) and pool.capacity_bytes == 5 * LAYOUT.page_size_bytes
 
 
 def test_unknown_block_ids_and_bad_data_are_refused():

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from kvtier.config import DiskTierConfig
 from kvtier.errors import TierIOError
@@ -140,6 +141,31 @@ def test_read_into_reads_only_a_regular_file_of_the_wanted_size(io: FileIO, tmp_
     with pytest.raises(FileNotFoundError):
         io.read_into(root_fd, "f", "absent", parts, 100)
     assert open_fds() == before
+
+
+def test_read_many_into_is_read_into_of_each_request_with_its_payload_checksum(io: FileIO, tmp_path: Path,
+                                                                               root_fd: int) -> None:
+    path = tmp_path / "f" / "obj"
+    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    os.mkfifo(tmp_path / "f" / "fifo")
+    (tmp_path / "f" / "link").symlink_to(path)
+    views = [[memoryview(bytearray(100)), memoryview(bytearray(10140))] for _ in range(6)]
+    before = open_fds()
+    results = io.read_many_into(root_fd, [("f", "obj", views[0], 10240, 100), ("f", "absent", views[1], 10240, 100),
+                                          ("f", "obj", views[2], 10241, 100), ("f", "fifo", views[3], 10240, 100),
+                                          ("f", "link", views[4], 10240, 100), ("g", "obj", views[5], 10240, 100)])
+    assert open_fds() == before
+    ino = path.stat().st_ino
+    assert results[0] == ((10240, 10240, ino), xxhash.xxh3_64_intdigest(path.read_bytes()[100:]))
+    assert bytes(views[0][0]) + bytes(views[0][1]) == path.read_bytes()
+    assert isinstance(results[1], FileNotFoundError) and results[1].filename == "absent"
+    assert results[2] == ((0, 10240, ino), None)  # another size: nothing read, no checksum
+    assert results[3][0][:2] == (0, None) and results[3][1] is None  # type: ignore[index]  # not a regular file
+    assert isinstance(results[4], OSError) and results[4].errno == errno.ELOOP
+    assert isinstance(results[5], FileNotFoundError) and results[5].filename == "g"  # no such fan-out folder
+    assert io.read_many_into(root_fd, []) == []
+    with pytest.raises(TypeError):
+        io.read_many_into(root_fd, [("f", "obj", views[0], 10240)])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False], ids=["compiled", "python"])

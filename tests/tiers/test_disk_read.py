@@ -13,7 +13,7 @@ import xxhash
 from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.disk.fileio import FileIO, native_built, routines
-from kvtier.tiers.disk.read import ReadResult, read_block
+from kvtier.tiers.disk.read import ReadRequest, ReadResult, read_block, read_blocks
 from kvtier.tiers.format import FIXED_HEADER_BYTES, encode_block, header_bytes_for, stored_header_checksum
 from kvtier.tiers.format import verify as block_verify
 from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_fds, open_store, same_bits
@@ -42,26 +42,34 @@ def reseal_header(blob: bytearray) -> bytearray:
 ReadFn = Callable[..., ReadResult]
 
 
-def _read_at_path(io: FileIO) -> ReadFn:
-    """read_block of the file at `path`, whose folder is taken as the fan-out folder of its parent."""
+def _read_at_path(io: FileIO, batch: bool = False) -> ReadFn:
+    """read_block of the file at `path`, whose folder is taken as the fan-out folder of its parent
+    (`batch`: the same object read as a batch of one by read_blocks, which raises what it returns)."""
     def read(path: str, key: object, layout: KVLayout, out: torch.Tensor | None = None,
              known_header: int | None = None) -> ReadResult:
         leaf = os.path.dirname(path)
         root_fd = os.open(os.path.dirname(leaf), os.O_RDONLY | os.O_DIRECTORY)
+        fanout, name = os.path.basename(leaf), os.path.basename(path)
         try:
-            return read_block(io, root_fd, os.path.basename(leaf), os.path.basename(path), key,  # type: ignore[arg-type]
-                              layout, out, known_header)
+            if key is None or not batch:
+                return read_block(io, root_fd, fanout, name, key, layout, out, known_header)  # type: ignore[arg-type]
+            (result,) = read_blocks(io, root_fd, [ReadRequest(fanout, name, key, out, known_header)],  # type: ignore[arg-type]
+                                    layout)
+            if isinstance(result, Exception):
+                raise result
+            return result
         finally:
             os.close(root_fd)
     return read
 
 
-@pytest.fixture(params=["python", "compiled"])
+@pytest.fixture(params=["python", "compiled", "python-batch", "compiled-batch"])
 def read(request: pytest.FixtureRequest) -> ReadFn:
-    """read_block with the Python twin's read_into, or with the compiled one."""
-    if request.param == "compiled" and not native_built():
+    """read_block with the Python twin's read_into or the compiled one, or read_blocks with either's
+    read_many_into (which also takes the payload checksum)."""
+    if request.param.startswith("compiled") and not native_built():
         pytest.skip("kvtier.tiers.disk._fileio is not built")
-    return _read_at_path(routines(request.param == "compiled"))
+    return _read_at_path(routines(request.param.startswith("compiled")), batch=request.param.endswith("batch"))
 
 
 KNOWN = stored_header_checksum(raw_object()[:HEADER_LEN])  # what a store that wrote KEY's object remembers

@@ -9,6 +9,10 @@
  * cleanup (nothing left behind on any failure). Every call enters the fan-out folder with
  * O_NOFOLLOW | O_DIRECTORY relative to the root's descriptor, so a link cannot lead it outside.
  * Names are plain strings ("s"): the store builds them from hex digests only.
+ *
+ * read_many_into also takes each payload's xxh3_64 right after reading it, while its bytes are
+ * still in the core's cache, with xxHash itself (third_party/xxhash/xxhash.h, the version
+ * python-xxhash 4.1 bundles, BSD-2-Clause): the format's checksum, the value `payload_checksum` gives.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,6 +24,9 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include "xxhash/xxhash.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -213,6 +220,76 @@ static PyObject *write_renamed(PyObject *self, PyObject *args) {
     return err ? raise_errno(err, err_path) : Py_NewRef(Py_None);
 }
 
+/* What reading one object came to: bytes read, the file's size and inode, whether it is regular,
+ * and an errno with the path it belongs to (0 when none). */
+typedef struct {
+    Py_ssize_t got;
+    long long size;
+    unsigned long long inode;
+    int regular;
+    int err;
+    const char *err_path;
+} ReadOutcome;
+
+/* Open `name` in the fan-out folder and, if it is a regular file of exactly `want` bytes, fill
+ * `parts` from it. Runs without the GIL. */
+static void read_one(int root_fd, const char *fanout, const char *name, Parts *parts, Py_ssize_t want,
+                     ReadOutcome *out) {
+    memset(out, 0, sizeof(*out));
+    out->err_path = name;
+    int dir_fd = open_fanout(root_fd, fanout);
+    int fd = -1;
+    if (dir_fd < 0) {
+        out->err = errno;
+        out->err_path = fanout;
+    } else {
+        fd = open_retrying(dir_fd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW, 0);  /* NOTE: a FIFO never blocks */
+        if (fd < 0) out->err = errno;
+        close(dir_fd);
+    }
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) != 0) out->err = errno;
+    if (fd >= 0 && !out->err) {
+        out->inode = (unsigned long long)st.st_ino;
+        out->regular = S_ISREG(st.st_mode);
+        out->size = (long long)st.st_size;
+        struct iovec *iov = parts->iov;
+        int left = parts->iov_count;
+        while (out->regular && out->size == (long long)want && left > 0 && out->got < want) {
+            ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                out->err = errno;
+                break;
+            }
+            if (got == 0) break;
+            out->got += got;
+            iov_consume(&iov, &left, (size_t)got);
+        }
+    }
+    if (fd >= 0) close(fd);  /* NOTE: a read-only close has nothing to report */
+}
+
+/* xxh3_64 of the bytes of `parts` from byte `from` on (the payload after a header). */
+static unsigned long long parts_checksum(const Parts *parts, Py_ssize_t from) {
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);
+    XXH3_64bits_reset(&state);
+    for (Py_ssize_t i = 0; i < parts->count; i++) {
+        const char *buf = parts->views[i].buf;
+        Py_ssize_t len = parts->views[i].len;
+        Py_ssize_t skip = from < len ? from : len;
+        from -= skip;
+        if (len > skip) XXH3_64bits_update(&state, buf + skip, (size_t)(len - skip));
+    }
+    return (unsigned long long)XXH3_64bits_digest(&state);
+}
+
+/* (got, size or None, inode) of a read that raised nothing. */
+static PyObject *outcome_tuple(const ReadOutcome *o) {
+    return o->regular ? Py_BuildValue("nLK", o->got, o->size, o->inode) : Py_BuildValue("nOK", o->got, Py_None, o->inode);
+}
+
 PyDoc_STRVAR(read_into_doc,
 "read_into(root_fd, fanout, name, parts, want) -> (got, size, inode)\n--\n\n"
 "Open `name` in the fan-out folder (O_NONBLOCK | O_NOFOLLOW) and, if it is a regular file of\n"
@@ -230,55 +307,92 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "issOn:read_into", &root_fd, &fanout, &name, &parts_obj, &want)
             || parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0)
         return NULL;
-
-    int err = 0, regular = 0;
-    Py_ssize_t total = 0;
-    long long size = 0;
-    unsigned long long inode = 0;
-    const char *err_path = name;
+    ReadOutcome outcome;
     Py_BEGIN_ALLOW_THREADS
-    int dir_fd = open_fanout(root_fd, fanout);
-    int fd = -1;
-    if (dir_fd < 0) {
-        err = errno;
-        err_path = fanout;
-    } else {
-        fd = open_retrying(dir_fd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW, 0);  /* NOTE: a FIFO never blocks */
-        if (fd < 0) err = errno;
-        close(dir_fd);
-    }
-    struct stat st;
-    if (fd >= 0 && fstat(fd, &st) != 0) err = errno;
-    if (fd >= 0 && !err) {
-        inode = (unsigned long long)st.st_ino;
-        regular = S_ISREG(st.st_mode);
-        size = (long long)st.st_size;
-        struct iovec *iov = parts.iov;
-        int left = parts.iov_count;
-        while (regular && size == (long long)want && left > 0 && total < want) {
-            ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
-            if (got < 0) {
-                if (errno == EINTR) continue;
-                err = errno;
-                break;
-            }
-            if (got == 0) break;
-            total += got;
-            iov_consume(&iov, &left, (size_t)got);
-        }
-    }
-    if (fd >= 0) close(fd);  /* NOTE: a read-only close has nothing to report */
+    read_one(root_fd, fanout, name, &parts, want, &outcome);
     Py_END_ALLOW_THREADS
-
     parts_release(&parts);
-    if (err) return raise_errno(err, err_path);
-    return regular ? Py_BuildValue("nLK", total, size, inode) : Py_BuildValue("nOK", total, Py_None, inode);
+    if (outcome.err) return raise_errno(outcome.err, outcome.err_path);
+    return outcome_tuple(&outcome);
+}
+
+PyDoc_STRVAR(read_many_into_doc,
+"read_many_into(root_fd, requests) -> list of ((got, size, inode), checksum) or OSError\n--\n\n"
+"read_into for each `(fanout, name, parts, want, checksum_from)` of `requests`, in order, in one\n"
+"call that gives the GIL up once: each result is what read_into would return with the xxh3_64 of\n"
+"the bytes read into `parts` from byte `checksum_from` on (None unless all `want` bytes were\n"
+"read), or the OSError read_into would raise.");
+
+static PyObject *read_many_into(PyObject *self, PyObject *args) {
+    (void)self;
+    int root_fd;
+    PyObject *requests_obj;
+    if (!PyArg_ParseTuple(args, "iO:read_many_into", &root_fd, &requests_obj)) return NULL;
+    PyObject *requests = PySequence_Fast(requests_obj, "requests must be a sequence of (fanout, name, parts, want)");
+    if (requests == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(requests), held = 0;
+    Parts *parts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Parts));
+    const char **fanouts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(char *));
+    const char **names = PyMem_Calloc(n ? (size_t)n : 1, sizeof(char *));
+    Py_ssize_t *wants = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_ssize_t));
+    Py_ssize_t *froms = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_ssize_t));
+    unsigned long long *checksums = PyMem_Calloc(n ? (size_t)n : 1, sizeof(unsigned long long));
+    ReadOutcome *outcomes = PyMem_Calloc(n ? (size_t)n : 1, sizeof(ReadOutcome));
+    PyObject *result = NULL;
+    if (parts == NULL || fanouts == NULL || names == NULL || wants == NULL || froms == NULL || checksums == NULL
+            || outcomes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n; held++) {
+        PyObject *parts_obj;
+        /* NOTE: the strings live in `requests`, which this call holds until it returns */
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(requests, held), "ssOnn:read_many_into request",
+                              &fanouts[held], &names[held], &parts_obj, &wants[held], &froms[held])
+                || parts_hold(parts_obj, PyBUF_WRITABLE, &parts[held]) < 0)
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        read_one(root_fd, fanouts[i], names[i], &parts[i], wants[i], &outcomes[i]);
+        if (!outcomes[i].err && outcomes[i].got == wants[i]) checksums[i] = parts_checksum(&parts[i], froms[i]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *item;
+        if (outcomes[i].err) {
+            item = PyObject_CallFunction(PyExc_OSError, "iss", outcomes[i].err, strerror(outcomes[i].err),
+                                         outcomes[i].err_path);
+        } else {
+            PyObject *read = outcome_tuple(&outcomes[i]);
+            item = read == NULL ? NULL
+                : outcomes[i].got == wants[i] ? Py_BuildValue("NK", read, checksums[i]) : Py_BuildValue("NO", read, Py_None);
+        }
+        if (item == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, item);
+    }
+done:
+    for (Py_ssize_t i = 0; parts != NULL && i < held; i++) parts_release(&parts[i]);
+    PyMem_Free(parts);
+    PyMem_Free(fanouts);
+    PyMem_Free(names);
+    PyMem_Free(wants);
+    PyMem_Free(froms);
+    PyMem_Free(checksums);
+    PyMem_Free(outcomes);
+    Py_DECREF(requests);
+    return result;
 }
 
 static PyMethodDef fileio_methods[] = {
     {"publish_unnamed", publish_unnamed, METH_VARARGS, publish_unnamed_doc},
     {"write_renamed", write_renamed, METH_VARARGS, write_renamed_doc},
     {"read_into", read_into, METH_VARARGS, read_into_doc},
+    {"read_many_into", read_many_into, METH_VARARGS, read_many_into_doc},
     {NULL, NULL, 0, NULL},
 };
 

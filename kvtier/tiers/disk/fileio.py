@@ -1,7 +1,7 @@
 """How a disk tier moves its objects: the compiled `_fileio` where it is built, else its Python twin.
 
-Both modules offer the same three calls with the same signatures and system calls
-(`publish_unnamed`, `write_renamed`, `read_into`); a store chooses one module once and calls its
+Both modules offer the same calls with the same signatures and system calls (`publish_unnamed`,
+`write_renamed`, `read_into`, `read_many_into`); a store chooses one module once and calls its
 names. Checksums and headers stay in Python either way.
 """
 from __future__ import annotations
@@ -34,6 +34,9 @@ class FileIO(Protocol):
 
     def read_into(self, root_fd: int, fanout: str, name: str, parts: Sequence[memoryview],
                   want: int) -> tuple[int, int | None, int]: ...
+
+    def read_many_into(self, root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int]]
+                       ) -> list[tuple[tuple[int, int | None, int], int | None] | OSError]: ...
 
 
 def native_built() -> bool:

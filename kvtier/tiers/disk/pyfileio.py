@@ -15,6 +15,8 @@ import os
 import stat
 from collections.abc import Sequence
 
+import xxhash
+
 from kvtier.tiers.disk.folder import O_CLOEXEC, SUBDIR_FLAGS
 from kvtier.tiers.format import BufferLike
 
@@ -110,6 +112,37 @@ def write_all(fd: int, parts: Sequence[BufferLike]) -> None:
         if written == 0:
             raise OSError(errno.EIO, "writev wrote nothing")
         _consume(views, written)
+
+
+ReadManyResult = tuple[tuple[int, int | None, int], int | None] | OSError
+
+
+def read_many_into(root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int]]
+                   ) -> list[ReadManyResult]:
+    """`read_into` for each `(fanout, name, parts, want, checksum_from)` of `requests`, in order: each
+    result is what it returns with the xxh3_64 of the bytes read into `parts` from byte
+    `checksum_from` on (None unless all `want` bytes were read), or the OSError it raises."""
+    if any(len(request) != 5 for request in requests):  # NOTE: the TypeError the compiled twin's parsing raises
+        raise TypeError("read_many_into requests must be (fanout, name, parts, want, checksum_from) tuples")
+    results: list[ReadManyResult] = []
+    for fanout, name, parts, want, checksum_from in requests:
+        try:
+            read = read_into(root_fd, fanout, name, parts, want)
+        except OSError as exc:
+            results.append(exc)
+            continue
+        results.append((read, _parts_checksum(parts, checksum_from) if read[0] == want else None))
+    return results
+
+
+def _parts_checksum(parts: Sequence[memoryview], skip: int) -> int:
+    """xxh3_64 of the bytes of `parts` after the first `skip` (the payload after its header)."""
+    state = xxhash.xxh3_64()
+    for part in parts:
+        view = memoryview(part).cast("B")
+        state.update(view[min(skip, view.nbytes):])
+        skip = max(0, skip - view.nbytes)
+    return int(state.intdigest())
 
 
 def read_exact_into(fd: int, targets: Sequence[memoryview], want: int) -> int:

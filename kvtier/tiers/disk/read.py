@@ -78,15 +78,60 @@ def read_block(io: FileIO, root_fd: int, fanout: str, name: str, key: BlockKey |
     if key is not None:
         landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
         got, size, inode = io.read_into(root_fd, fanout, name, landing.parts, landing.object_bytes)
-        if size is None:
-            raise DamagedObjectError(_NOT_REGULAR, inode, keep=False)
-        if got == landing.object_bytes:
-            try:
-                header_checksum = _verify_landing(landing, key, layout, known_header)
-            except FormatError as exc:
-                raise DamagedObjectError(str(exc), inode) from exc
-            return _delivered(ReadResult(key, landing.tensor, got, header_checksum), out)
-        # another size: another codec, or damage; the general path decides
+        return _landed(root_fd, fanout, name, key, layout, out, known_header, landing, got, size, inode)
+    return _delivered(_read_parsed(root_fd, fanout, name, key, layout), out)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One object of a batch read: where it is, the key it must hold, and where its block goes."""
+
+    fanout: str
+    name: str
+    key: BlockKey
+    out: torch.Tensor | None = None
+    known_header: int | None = None
+
+
+def read_blocks(io: FileIO, root_fd: int, requests: list[ReadRequest],
+                layout: KVLayout) -> list[ReadResult | OSError | DamagedObjectError]:
+    """`read_block` of every request, with the files read and their payloads checksummed in one
+    `read_many_into` call (the GIL given up once for the batch instead of at every system call, and
+    each checksum taken while the payload is still in the core's cache), then each verified in
+    turn. Each result is what read_block returns, or the OSError or DamagedObjectError it raises.
+    """
+    landings = [_landing(r.out, layout, header_bytes_for(len(r.key.token_ids)), keep=False) for r in requests]
+    outcomes = io.read_many_into(root_fd, [(r.fanout, r.name, landing.parts, landing.object_bytes, len(landing.header))
+                                           for r, landing in zip(requests, landings)])
+    results: list[ReadResult | OSError | DamagedObjectError] = []
+    for request, landing, outcome in zip(requests, landings, outcomes):
+        if isinstance(outcome, OSError):
+            results.append(outcome)
+            continue
+        (got, size, inode), checksum = outcome
+        try:
+            results.append(_landed(root_fd, request.fanout, request.name, request.key, layout, request.out,
+                                   request.known_header, landing, got, size, inode, checksum))
+        except (OSError, DamagedObjectError) as exc:
+            results.append(exc)
+    return results
+
+
+def _landed(root_fd: int, fanout: str, name: str, key: BlockKey, layout: KVLayout, out: torch.Tensor | None,
+            known_header: int | None, landing: _Landing, got: int, size: int | None, inode: int,
+            checksum: int | None = None) -> ReadResult:
+    """The verified block of a fast-path read that filled `got` bytes of `landing` from a file of
+    `size` bytes (None: not a regular file), `checksum` its payload's if the read took it; any
+    other size goes through the general path."""
+    if size is None:
+        raise DamagedObjectError(_NOT_REGULAR, inode, keep=False)
+    if got == landing.object_bytes:
+        try:
+            header_checksum = _verify_landing(landing, key, layout, known_header, checksum)
+        except FormatError as exc:
+            raise DamagedObjectError(str(exc), inode) from exc
+        return _delivered(ReadResult(key, landing.tensor, got, header_checksum), out)
+    # another size: another codec, or damage; the general path decides
     return _delivered(_read_parsed(root_fd, fanout, name, key, layout), out)
 
 
@@ -131,9 +176,15 @@ def _delivered(result: ReadResult, out: torch.Tensor | None) -> ReadResult:
     return result
 
 
-def _verify_landing(landing: _Landing, key: BlockKey, layout: KVLayout, known_header: int | None) -> int:
-    """The header checksum of the raw object that landed, once header and payload are verified."""
-    if pieces_checksum(landing.pieces) != verify_raw_header(landing.header, key, layout, known_header):
+def _verify_landing(landing: _Landing, key: BlockKey, layout: KVLayout, known_header: int | None,
+                    checksum: int | None = None) -> int:
+    """The header checksum of the raw object that landed, once header and payload are verified
+    (`checksum`: the payload's, when the read took it; else taken here in pieces, holding the GIL)."""
+    if checksum is None:
+        if landing.pieces is None:
+            landing.pieces = checksum_pieces(landing.parts[1])
+        checksum = pieces_checksum(landing.pieces)
+    if checksum != verify_raw_header(landing.header, key, layout, known_header):
         raise FormatError("payload checksum mismatch: the payload is corrupt")
     return stored_header_checksum(landing.header)
 
@@ -146,15 +197,15 @@ class _Landing:
     data_ptr: int
     header: bytearray
     parts: list[memoryview]  # [header, payload]: one readv
-    pieces: list[memoryview]  # the payload as checksum_pieces cuts it
+    pieces: list[memoryview] | None  # the payload as checksum_pieces cuts it, once a read needs them
     object_bytes: int  # header + payload: the size of the raw object that fits exactly
 
 
-def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int) -> _Landing:
+def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int, keep: bool = True) -> _Landing:
     """`out` itself when it is a contiguous CPU block, else a new tensor, and the buffers around it.
 
-    NOTE: the landing of the last `out` is kept per thread, since callers reuse one output buffer
-    and building the views costs a noticeable share of a warm read.
+    NOTE: the landing of the last `out` is kept per thread (unless `keep` is False), since callers
+    reuse one output buffer and building the views costs a noticeable share of a warm read.
     """
     direct = out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
         and out.dtype == layout.dtype
@@ -166,8 +217,8 @@ def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int) -> _La
     target = out if direct and out is not None else torch.empty(layout.block_shape, dtype=layout.dtype)
     payload = tensor_bytes(target)
     header = bytearray(header_len)
-    landing = _Landing(target, target.data_ptr(), header, [memoryview(header), payload],
-                       checksum_pieces(payload), header_len + payload.nbytes)
-    if direct:
+    landing = _Landing(target, target.data_ptr(), header, [memoryview(header), payload], None,
+                       header_len + payload.nbytes)
+    if direct and keep:
         _local.landing = landing
     return landing

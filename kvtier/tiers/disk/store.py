@@ -11,6 +11,7 @@ import errno
 import logging
 import stat
 import threading
+from collections.abc import Sequence
 
 import torch
 
@@ -24,7 +25,7 @@ from kvtier.tiers.disk.free_space import FreeSpace
 from kvtier.tiers.disk.index import DiskIndex
 from kvtier.tiers.disk.names import object_name
 from kvtier.tiers.disk.publish import Publisher
-from kvtier.tiers.disk.read import DamagedObjectError, read_block
+from kvtier.tiers.disk.read import DamagedObjectError, ReadRequest, ReadResult, read_block, read_blocks
 from kvtier.tiers.disk.restart import restart
 from kvtier.tiers.disk.tmpfile import probe_linking
 from kvtier.tiers.format import encode_block, max_object_bytes, stored_header_checksum
@@ -32,6 +33,12 @@ from kvtier.types import BlockHash, TierKind
 
 logger = logging.getLogger(__name__)
 _NOT_HERE = (errno.ELOOP, errno.ENOTDIR)  # a link at an object's name, or a linked fan-out folder
+
+
+READ_BATCH_OBJECTS = 16
+"""Objects `get_many` reads per compiled call: enough that the GIL hand-offs vanish, few enough that
+two I/O threads interleave (one reads while the other verifies). A 4k-token SmolLM2 restore (256
+objects of 738 KB, two threads) took the same time from 16 to 256 and ~20% longer at 4."""
 
 
 class DiskStore(TierStore):
@@ -134,17 +141,50 @@ class DiskStore(TierStore):
             return self._count_miss()
         fanout, name = object_name(key.block_hash)
         try:
-            result = read_block(self._io, self.folder.fd, fanout, name, key, self.layout, out, known_header)
-        except FileNotFoundError:
-            self._forget(key.block_hash)
+            result: ReadResult | OSError | DamagedObjectError = read_block(self._io, self.folder.fd, fanout, name, key,
+                                                                           self.layout, out, known_header)
+        except (OSError, DamagedObjectError) as exc:
+            result = exc
+        return self._served(key.block_hash, fanout, name, result)
+
+    def get_many(self, keys: Sequence[BlockKey],
+                 outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
+        """`get` of each key, with every file read in one compiled call (read_blocks): per block, the
+        GIL is given up once for the read and once for the checksum instead of at every system call."""
+        targets = list(outs) if outs is not None else [None] * len(keys)
+        if len(targets) != len(keys):
+            raise ValueError(f"get_many got {len(keys)} keys and {len(targets)} output tensors")
+        results: list[torch.Tensor | None] = [None] * len(keys)
+        requests, where = [], []
+        for index, (key, out) in enumerate(zip(keys, targets)):
+            if out is not None:
+                self.check_block(out, "get")
+            found, known_header = self._lookup(key.block_hash)
+            if not found:
+                self._count_miss()
+                continue
+            requests.append(ReadRequest(*object_name(key.block_hash), key, out, known_header))
+            where.append(index)
+        for start in range(0, len(requests), READ_BATCH_OBJECTS):
+            batch = requests[start:start + READ_BATCH_OBJECTS]
+            for index, request, result in zip(where[start:], batch, read_blocks(self._io, self.folder.fd, batch,
+                                                                                 self.layout)):
+                results[index] = self._served(request.key.block_hash, request.fanout, request.name, result)
+        return results
+
+    def _served(self, block_hash: BlockHash, fanout: str, name: str,
+                result: ReadResult | OSError | DamagedObjectError) -> torch.Tensor | None:
+        """The block of one read, or None with the miss, damage or I/O error accounted for."""
+        if isinstance(result, FileNotFoundError):
+            self._forget(block_hash)
             return self._count_miss()
-        except DamagedObjectError as exc:
-            self._on_damaged(key.block_hash, fanout, name, exc)
+        if isinstance(result, DamagedObjectError):
+            self._on_damaged(block_hash, fanout, name, result)
             return self._count_miss()
-        except OSError as exc:
-            self._on_read_error(key.block_hash, fanout, name, exc)
+        if isinstance(result, OSError):
+            self._on_read_error(block_hash, fanout, name, result)
             return self._count_miss()
-        self._on_hit(key.block_hash, result.size, result.header_checksum)
+        self._on_hit(block_hash, result.size, result.header_checksum)
         return result.data
 
     def pin(self, block_hash: BlockHash) -> None:
