@@ -119,7 +119,7 @@ class TieredKVCache:
                                         cached_prefix=device_hits)
         except BaseException:
             for hit in found:
-                if hit.data is None:
+                if hit.tier is not None and hit.data is None:
                     hit.tier.unpin(hit.key.block_hash)
             raise
         self.stats.lookup_blocks += max_hits
@@ -141,11 +141,18 @@ class TieredKVCache:
 
     def _find_lower(self, namespace: Namespace, token_ids: Sequence[int], hashes: list[BlockHash],
                     start: int, stop: int) -> list[LowerHit]:
-        """The run of blocks [start, ...) found below the device: pinned in the tier holding it,
-        or still being spilled (served from the engine's copy)."""
+        """The run of blocks [start, ...) found past the device prefix: pinned in the tier holding
+        it, still being spilled (served from the engine's copy), or in the device pool after all
+        (a block whose predecessors left it: a copy of its pages, taken now, before allocating
+        can evict it; copying leaves its place in the pool's eviction order as it was)."""
         bs, found = self.layout.block_size, []
+        cached = self.manager.allocator.cached
         for i in range(start, stop):
             key = BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs]))
+            block = cached.get(hashes[i])
+            if block is not None:
+                found.append(LowerHit(None, key, self.pool.block_pages([block.block_id])[0].clone()))
+                continue
             hit = self._pin_in_tier(key) or self.engine.inflight(key)
             if hit is None:
                 break
@@ -204,8 +211,9 @@ class TieredKVCache:
         self._give_back(handle)
         hits = self._hits.setdefault(seq_id, {})
         for hit in handle.found[:len(loaded)]:
-            self.stats.hit_blocks[hit.tier.kind] += 1
-            hits[hit.tier.kind] = hits.get(hit.tier.kind, 0) + 1
+            kind = hit.tier.kind if hit.tier is not None else TierKind.DEVICE
+            self.stats.hit_blocks[kind] += 1
+            hits[kind] = hits.get(kind, 0) + 1
         self.stats.onloaded_bytes += len(loaded) * self.layout.page_size_bytes
         self.manager.mark_computed(seq_id, (start + len(loaded)) * self.layout.block_size)
         seq.num_cached_tokens = seq.num_registered_blocks * self.layout.block_size
@@ -232,9 +240,11 @@ class TieredKVCache:
             if first.puts_inline:
                 try:
                     first.put(self.key_of(block), block_data)
-                except KVTierError:  # every host slot pinned by transfers: this block is not kept
-                    self.stats.dropped_blocks += 1
-                    continue
+                except KVTierError:  # every host slot pinned by transfers: the next tier down keeps it, if any
+                    if len(self.tiers) < 2:
+                        self.stats.dropped_blocks += 1
+                        continue
+                    self.engine.spill(self.tiers[1], self.key_of(block), block_data)
             else:
                 self.engine.spill(first, self.key_of(block), block_data)
             self.stats.offloaded_blocks += 1

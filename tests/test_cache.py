@@ -165,3 +165,21 @@ def test_free_waits_for_a_running_read_into_the_pool_pages():
     threading.Timer(0.2, host.release.set).start()  # NOTE: free must not return before this read ends
     cache.free("c")
     assert handle.done(), "free returned while a read could still write into the freed blocks"
+
+
+@pytest.mark.parametrize("device", POOL_DEVICES)
+def test_a_device_block_after_a_lower_tier_hit_is_served_too(device):
+    """Block 0 of a prompt left the device, blocks 1 and 2 did not: all three are hits, 1 and 2 copied
+    from the pool itself (before, the lookup stopped at block 1: neither a device prefix nor below)."""
+    cache = TieredKVCache(LAYOUT, 6, [HostStore(LAYOUT, 8)], device)
+    prompt = list(range(13))
+    first = run_prompt(cache, "a", prompt)
+    allocator = cache.manager.allocator
+    kept = [allocator.cached[h] for h in first.block_hashes[1:3]]
+    allocator.touch(kept)  # blocks 1 and 2 stay; the next prompt's allocation evicts block 0
+    run_prompt(cache, "b", list(range(100, 113)))
+    allocator.free(kept)
+    assert first.block_hashes[0] not in allocator.cached and all(h in allocator.cached for h in first.block_hashes[1:3])
+    seq = run_prompt(cache, "c", prompt)  # run_prefill checks every served block bit for bit
+    assert seq.num_cached_tokens == 12
+    assert cache.stats.hit_blocks[TierKind.HOST] == 1 and cache.stats.hit_blocks[TierKind.DEVICE] == 2

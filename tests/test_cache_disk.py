@@ -95,3 +95,24 @@ def test_persist_without_a_durable_tier_writes_nothing():
     replay(cache, rounds=1)
     assert cache.persist() == 0
     cache.close()
+
+
+def test_a_block_the_pinned_host_tier_cannot_take_goes_to_the_disk_instead(tmp_path):
+    host = HostStore(LAYOUT, 1)
+    disk = DiskStore(LAYOUT, DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=False))
+    cache = TieredKVCache(LAYOUT, 3, [host, disk])
+    first = cache.allocate("a", list(range(5)), NS)  # one full block
+    run_prefill(cache, first)
+    cache.free("a")
+    run_prefill(cache, cache.allocate("b", list(range(100, 109)), NS))  # every device block: a's goes to the host
+    cache.free("b")
+    (held,) = [h for h in first.block_hashes if host.contains(h)]
+    host.pin(held)  # a transfer reading it: the host's one slot cannot be reused
+    run_prefill(cache, cache.allocate("c", list(range(200, 209)), NS))  # evicts b's two blocks: no host slot
+    cache.free("c")
+    cache.flush()
+    host.unpin(held)
+    assert cache.stats.dropped_blocks == 0 and disk.num_blocks >= 1
+    seq = cache.allocate("b2", list(range(100, 109)), NS)
+    assert seq.num_cached_tokens == 8 and run_prefill(cache, seq) == 2  # b's blocks came back from the disk, whole
+    assert cache.stats.hit_blocks[TierKind.DISK] == 2

@@ -1,9 +1,10 @@
 """transformers' `generate` with TieredCache against DynamicCache on the same model, in one run.
 
-Three caches, greedy, the same prompt, tokens checked equal before anything is timed, rounds
+Four caches, greedy, the same prompt, tokens checked equal before anything is timed, rounds
 alternating the order: DynamicCache; TieredCache all resident; TieredCache spilling to a disk
 folder with a device budget of a quarter of the context (blocks of every layer; at least one
-layer's whole context), no host tier.
+layer's whole context), no host tier; and the same with the next layer prefetched (off by default
+on CPU).
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def hf_cache_bench(preset: str, prompt_len: int, new_tokens: int, rounds: int,
         "tiered_resident": lambda: TieredCache(config, block_size=block_size),
         "tiered_disk_quarter": lambda: TieredCache(config, device_blocks=budget, disk_dir=tempfile.mkdtemp(dir=path),
                                                    fsync=False, block_size=block_size),
+        "tiered_disk_quarter_prefetch": lambda: TieredCache(config, device_blocks=budget, fsync=False,
+                                                            disk_dir=tempfile.mkdtemp(dir=path), block_size=block_size,
+                                                            prefetch_layers=True),
     }
 
     def run(name: str) -> tuple[torch.Tensor, float, float]:

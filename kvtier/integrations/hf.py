@@ -40,6 +40,10 @@ class TieredCache(Cache):
         block_size: tokens per block.
         fsync: whether disk writes are fsynced (False for scratch folders).
         num_workers: transfer threads.
+        prefetch_layers: read the next layer's spilled blocks back while a layer computes (in the transfer
+            engine's workers), instead of when that layer updates. None: where the K/V live on a GPU,
+            whose compute leaves the CPU free for the reads; on this project's 2-core CPU the reads
+            took cores from the model's own threads (README: TieredCache).
         kv_config: the whole KVTierConfig instead of the options above (any tiers: shared folders,
             several of them); its layout holds one model layer per block (`num_layers=1`), the
             model's KV heads and head_dim, and the dtype the model runs in.
@@ -47,7 +51,8 @@ class TieredCache(Cache):
 
     def __init__(self, config: Any, *, device_blocks: int | None = None, host_blocks: int | None = None,
                  disk_dir: str | None = None, disk_bytes: int | None = None, block_size: int = 16,
-                 fsync: bool = True, num_workers: int = 4, kv_config: KVTierConfig | None = None) -> None:
+                 fsync: bool = True, num_workers: int = 4, prefetch_layers: bool | None = None,
+                 kv_config: KVTierConfig | None = None) -> None:
         self.num_layers, self.num_kv_heads, self.head_dim = attention_shape(config)
         if kv_config is not None:
             _check_kv_config(kv_config, self.num_kv_heads, self.head_dim)
@@ -60,6 +65,7 @@ class TieredCache(Cache):
             raise ValueError("the config has no max_position_embeddings: give TieredCache(device_blocks=...)")
         self.device_blocks, self.host_blocks, self.block_size = device_blocks, host_blocks, block_size
         self.disk_dir, self.disk_bytes, self.fsync, self.num_workers = disk_dir, disk_bytes, fsync, num_workers
+        self.prefetch_layers = prefetch_layers
         self._id = uuid.uuid4().hex
         self.kv: TieredKVCache | None = None  # opened at the first update, when dtype, device and batch are known
         self.store: LayerStore | None = None
@@ -134,7 +140,11 @@ class TieredLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         store = self._store()
         if self.index == 0 and key_states.shape[-2] > 1:
             self.owner.reused_tokens = store.num_tokens(0)
-        return store.append(self.index, key_states, value_states)
+        out = store.append(self.index, key_states, value_states)
+        prefetch = self.owner.prefetch_layers
+        if prefetch or (prefetch is None and key_states.is_cuda):  # NOTE: the next layer's blocks come back meanwhile
+            store.prefetch((self.index + 1) % self.owner.num_layers)
+        return out
 
     def _store(self) -> LayerStore:
         store = self.owner.store

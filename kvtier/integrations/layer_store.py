@@ -54,6 +54,8 @@ class LayerStore:
         self._rows: list[list[_Row]] = [[] for _ in range(num_layers)]
         self._next_token_id = itertools.count()
         self._seq_ids = itertools.count()
+        self._prefetches: dict[tuple[int, int], SeqId] = {}  # (layer, row) -> the sequence reading its blocks
+        self.prefetched_rows = 0  # rows whose blocks a prefetch began reading
 
     def num_tokens(self, layer: int) -> int:
         rows = self._rows[layer]
@@ -80,9 +82,48 @@ class LayerStore:
         # NOTE: head-major, as the pool's pages are, so the gather from the pool is the only copy
         out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))
         out_v = values.new_empty(out_k.shape)
+        for index in range(len(rows)):  # NOTE: all first, so no row's prefetch holds blocks another row needs
+            self._land_prefetch(layer, index)
         for index, row in enumerate(rows):
             self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
         return out_k, out_v
+
+    def prefetch(self, layer: int) -> None:
+        """Start reading back, in the transfer engine's workers, the blocks of `layer` that left the
+        device, so they come back while earlier layers compute; `append` then finds them there.
+
+        A row whose blocks are all on the device, or that finds no room, is left to `append`.
+        """
+        if not self.cache.tiers:
+            return
+        for index, row in enumerate(self._rows[layer]):
+            if (layer, index) in self._prefetches or not row.hashes:
+                continue
+            if len(self.cache.manager.find_cached_prefix(row.hashes, len(row.token_ids) + 1)) == len(row.hashes):
+                continue
+            seq_id = SeqId(f"layer-store-{next(self._seq_ids)}")
+            try:
+                self.cache.allocate(seq_id, [*row.token_ids, 0], self._namespaces[layer], block_hashes=row.hashes,
+                                    wait=False)
+            except OutOfBlocksError:
+                return
+            self._prefetches[(layer, index)] = seq_id
+            self.prefetched_rows += 1
+
+    def _land_prefetch(self, layer: int, index: int) -> None:
+        """Place a row's prefetched blocks in the pool and release them there as cached blocks,
+        last in line for eviction, so the row's allocation right after hits them."""
+        seq_id = self._prefetches.pop((layer, index), None)
+        if seq_id is not None:
+            try:
+                self.cache.finish_onload(seq_id)
+            finally:
+                self.cache.free(seq_id)
+
+    def _drop_prefetches(self, layer: int) -> None:
+        """Forget `layer`'s prefetches (its rows are about to change): their reads end or are cancelled."""
+        for index in [i for (at, i) in self._prefetches if at == layer]:
+            self.cache.free(self._prefetches.pop((layer, index)))
 
     def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
                     out_k: torch.Tensor, out_v: torch.Tensor) -> None:
@@ -148,6 +189,7 @@ class LayerStore:
         """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
         are then shared, and what each copy adds later gets blocks of its own)."""
         rows = self._rows[layer]
+        self._drop_prefetches(layer)
         if rows:
             self._rows[layer] = [_Row(list(rows[i].token_ids), list(rows[i].hashes), rows[i].tail_k, rows[i].tail_v)
                                  for i in indices]
@@ -155,6 +197,7 @@ class LayerStore:
     def truncate(self, layer: int, num_tokens: int) -> None:
         """Keep the first `num_tokens` tokens of every row of `layer`."""
         bs = self.block_size
+        self._drop_prefetches(layer)
         for row in self._rows[layer]:
             if num_tokens >= row.num_tokens:
                 continue
@@ -183,4 +226,5 @@ class LayerStore:
 
     def clear(self, layer: int) -> None:
         """Forget every row of `layer` (their blocks age out of the tiers)."""
+        self._drop_prefetches(layer)
         self._rows[layer] = []

@@ -168,6 +168,7 @@ class TransferEngine:
             if data is not None:
                 future.set_result(data if slot is None else slot.copy_(data))
             else:
+                assert tier is not None, f"a lower hit of block {key.block_hash.hex()[:16]} with neither tier nor data"
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
                 reads.append((tier, key, slot, future))
             futures.append(future)

@@ -14,10 +14,11 @@ class LowerHit(NamedTuple):
     """A prefix block found below the device: pinned in `tier`, or still on its way there.
 
     `data` is set for a block whose spill to `tier` is in flight: the engine's own copy, served
-    as is (nothing to pin or read).
+    as is (nothing to pin or read); and for a block the device pool holds further along a prompt
+    whose earlier blocks it does not (`tier` None): its pages, copied at once.
     """
 
-    tier: TierStore
+    tier: TierStore | None
     key: BlockKey
     data: torch.Tensor | None = None
 

@@ -38,10 +38,13 @@ def prompts(batch: int, length: int = PROMPT_LEN) -> torch.Tensor:
 
 
 def caches(model, tmp_path: Path):
-    """(name, cache factory): all resident, and spilling (a device pool of 7 blocks, 4 host blocks, a disk)."""
+    """(name, cache factory): all resident, and spilling (a device pool of 7 blocks, 4 host blocks, a
+    disk), with and without the next layer's blocks prefetched."""
     return [("resident", lambda: TieredCache(model.config)),
             ("spilling", lambda: TieredCache(model.config, device_blocks=7, host_blocks=4,
-                                             disk_dir=str(tmp_path), fsync=False))]
+                                             disk_dir=str(tmp_path), fsync=False, prefetch_layers=False)),
+            ("spilling-prefetch", lambda: TieredCache(model.config, device_blocks=7, host_blocks=4,
+                                                      disk_dir=str(tmp_path), fsync=False, prefetch_layers=True))]
 
 
 def generate(model, cache, ids, **kwargs):
@@ -75,7 +78,8 @@ MODES = {
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_generate_gives_dynamic_caches_tokens(tmp_path: Path, name: str, mode: str) -> None:
     def spilled_and_came_back(label: str, cache: TieredCache) -> None:
-        if label == "spilling":
+        if label.startswith("spilling"):
+            assert (cache.store.prefetched_rows > 0) == (label == "spilling-prefetch"), cache.store.prefetched_rows
             lower = sum(n for kind, n in cache.kv.stats.hit_blocks.items() if kind.value != "device")
             assert cache.kv.stats.offloaded_blocks > 0 and lower > 0, cache.kv.stats
 
