@@ -118,13 +118,14 @@ class LLMEngine:
         """Allocate waiting sequences in order while blocks and seats allow (preempted ones first)."""
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
+            admitted = time.perf_counter()  # NOTE: before allocate, whose hashing and lookups a restore includes
             try:
                 state = self.cache.allocate(seq.seq_id, seq.tokens, seq.namespace, wait=False)
             except OutOfBlocksError:
                 return  # NOTE: it waits for running sequences to finish; _refusal caught the impossible
             self.waiting.popleft()
             seq.status, seq.num_computed = SeqStatus.ONLOADING, state.num_cached_tokens
-            seq.admitted_s = time.perf_counter()
+            seq.admitted_s = admitted
             self.running.append(seq)
 
     def _finish_onloads(self) -> None:
