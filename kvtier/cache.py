@@ -192,7 +192,7 @@ class TieredKVCache:
         if handle is None:
             return 0
         loaded = handle.wait(timeout_s)
-        if not isinstance(handle.landing, torch.Tensor) and handle.landing is not None:
+        if _lands_in_pool(handle):
             handle.settle()  # NOTE: a read past a failed one may still run, into pages about to be computed
         if not loaded:
             self._give_back(handle)
@@ -200,7 +200,7 @@ class TieredKVCache:
         seq = self.manager.seq(seq_id)
         start = seq.num_registered_blocks
         buffer = handle.landing
-        if isinstance(buffer, torch.Tensor) or buffer is None:
+        if isinstance(buffer, torch.Tensor) or buffer is None:  # NOTE: not _lands_in_pool, by type, for mypy
             in_place = buffer is not None and all(t.data_ptr() == buffer[i].data_ptr() for i, t in enumerate(loaded))
             data = buffer[:len(loaded)] if buffer is not None and in_place else torch.stack(loaded)
             self.pool.write_blocks(seq.block_ids[start:start + len(loaded)], data)
@@ -221,7 +221,7 @@ class TieredKVCache:
 
     def _give_back(self, handle: OnloadHandle) -> None:
         """Recycle a handle's landing buffer once no read can still write into it."""
-        if isinstance(handle.landing, torch.Tensor) and handle.done():
+        if isinstance(handle.landing, torch.Tensor) and handle.done():  # a host buffer, not the pool's blocks
             self._landing.give_back(handle.landing, self.pool.device)
 
     def _offload(self, blocks: list[Block]) -> None:
@@ -273,7 +273,7 @@ class TieredKVCache:
         """Release a sequence, cancelling any reads still queued for it (`evict_first`: see BlockManager.free)."""
         handle = self._onloads.pop(seq_id, None)
         if handle is not None:
-            if isinstance(handle.landing, torch.Tensor):
+            if not _lands_in_pool(handle):
                 handle.cancel()
                 self._give_back(handle)
             else:  # NOTE: reads land in the sequence's own pages: none may still write once they are free
@@ -319,6 +319,12 @@ class TieredKVCache:
             self.engine.close()
         for tier in dict.fromkeys(self.tiers + self.write_through):
             tier.close()
+
+
+def _lands_in_pool(handle: OnloadHandle) -> bool:
+    """Whether a handle's reads land in the device pool's own blocks (a CPU pool; see `_landing_for`)
+    rather than in a host buffer copied up afterwards."""
+    return handle.landing is not None and not isinstance(handle.landing, torch.Tensor)
 
 
 def _check_layouts(layout: KVLayout, what: str, tiers: Sequence[TierStore]) -> None:

@@ -22,6 +22,15 @@ def run_prompt(cache, seq_id, tokens, ns=NS):
     return seq
 
 
+def evicted_to(host, device="cpu"):
+    """A 4-block device pool over `host` in which prompt "a" (`range(13)`: 3 full blocks) was run,
+    then evicted to `host` by prompt "b"."""
+    cache = TieredKVCache(LAYOUT, 4, [host], device)
+    run_prompt(cache, "a", list(range(13)))
+    run_prompt(cache, "b", list(range(100, 116)))
+    return cache
+
+
 @pytest.mark.parametrize("device", POOL_DEVICES)
 def test_evicted_prefix_comes_back_from_host_bit_identical(device):
     cache = TieredKVCache(LAYOUT, 4, [HostStore(LAYOUT, 8)], device)
@@ -69,10 +78,7 @@ def test_host_eviction_cascades_to_the_next_tier():
 
 @pytest.mark.parametrize("device", POOL_DEVICES)
 def test_onload_runs_in_background_until_finish_onload(device):
-    host = HostStore(LAYOUT, 8)
-    cache = TieredKVCache(LAYOUT, 4, [host], device)
-    run_prompt(cache, "a", list(range(13)))
-    run_prompt(cache, "b", list(range(100, 116)))  # a's blocks now live in the host tier only
+    cache = evicted_to(HostStore(LAYOUT, 8), device)  # a's blocks now live in the host tier only
     seq = cache.allocate("c", list(range(13)), NS, wait=False)
     assert cache.is_onloading("c") and seq.num_cached_tokens < 12
     with pytest.raises(RuntimeError, match="has an onload in flight; call finish_onload first"):
@@ -84,9 +90,7 @@ def test_onload_runs_in_background_until_finish_onload(device):
 
 def test_free_during_onload_cancels_and_unpins():
     host = HostStore(LAYOUT, 8)
-    cache = TieredKVCache(LAYOUT, 4, [host])
-    run_prompt(cache, "a", list(range(13)))
-    run_prompt(cache, "b", list(range(100, 116)))
+    cache = evicted_to(host)
     seq = cache.allocate("c", list(range(13)), NS, wait=False)
     cache.free("c")
     cache.flush()
@@ -142,10 +146,7 @@ class _HeldHost(HostStore):
 
 
 def test_on_cpu_blocks_are_read_into_the_pool_pages_themselves():
-    host = HostStore(LAYOUT, 8)
-    cache = TieredKVCache(LAYOUT, 4, [host])
-    run_prompt(cache, "a", list(range(13)))
-    run_prompt(cache, "b", list(range(100, 116)))
+    cache = evicted_to(HostStore(LAYOUT, 8))
     seq = cache.allocate("c", list(range(13)), NS, wait=False)
     pages = cache._onloads["c"].landing
     assert [p.data_ptr() for p in pages] == [cache.pool.kv_cache[i].data_ptr() for i in seq.block_ids[:3]]
@@ -155,9 +156,7 @@ def test_on_cpu_blocks_are_read_into_the_pool_pages_themselves():
 
 def test_free_waits_for_a_running_read_into_the_pool_pages():
     host = _HeldHost(LAYOUT, 8)
-    cache = TieredKVCache(LAYOUT, 4, [host])
-    run_prompt(cache, "a", list(range(13)))
-    run_prompt(cache, "b", list(range(100, 116)))
+    cache = evicted_to(host)
     host.held = True
     cache.allocate("c", list(range(13)), NS, wait=False)
     handle = cache._onloads["c"]

@@ -20,8 +20,8 @@ class KVLayout:
     `[num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]`: block-major, with each
     layer's KV heads contiguous so that a range of heads can be read without the rest.
 
-    NOTE: a device page of one layer's K (or V) has the object's order, so a block read from a
-    file lands in the pool with one read per (layer, K|V) and no transposing copy after it.
+    NOTE: the device pool is block-major `[num_blocks, *block_shape]` (tiers/device.py), so a
+    block read from a file lands in the pool with one read and no copy after it.
     """
 
     num_layers: int
@@ -56,11 +56,6 @@ class KVLayout:
     def block_shape(self) -> tuple[int, int, int, int, int]:
         """Shape of one block off the device: [num_layers, 2, num_kv_heads, block_size, head_dim]."""
         return (self.num_layers, 2, self.num_kv_heads, self.block_size, self.head_dim)
-
-    @property
-    def device_cache_shape(self) -> tuple[int, int, int]:
-        """Per-block shape on the device, after num_blocks: [num_kv_heads, block_size, head_dim]."""
-        return (self.num_kv_heads, self.block_size, self.head_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -100,10 +100,15 @@ class TierStore(ABC):
                  outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
         """`get` of each key (into `outs[i]` when given), in order; a tier that can read a batch at
         once (the disk tier) does so."""
-        targets = list(outs) if outs is not None else [None] * len(keys)
+        return [self.get(key, out) for key, out in zip(keys, self._outputs(keys, outs))]
+
+    @staticmethod
+    def _outputs(keys: Sequence[BlockKey], outs: Sequence[torch.Tensor | None] | None) -> list[torch.Tensor | None]:
+        """`get_many`'s output buffers, one per key (None: none given)."""
+        targets: list[torch.Tensor | None] = list(outs) if outs is not None else [None] * len(keys)
         if len(targets) != len(keys):
             raise ValueError(f"get_many got {len(keys)} keys and {len(targets)} output tensors")
-        return [self.get(key, out) for key, out in zip(keys, targets)]
+        return targets
 
     @abstractmethod
     def pin(self, block_hash: BlockHash) -> None:

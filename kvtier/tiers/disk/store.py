@@ -149,14 +149,11 @@ class DiskStore(TierStore):
 
     def get_many(self, keys: Sequence[BlockKey],
                  outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
-        """`get` of each key, with every file read in one compiled call (read_blocks): per block, the
-        GIL is given up once for the read and once for the checksum instead of at every system call."""
-        targets = list(outs) if outs is not None else [None] * len(keys)
-        if len(targets) != len(keys):
-            raise ValueError(f"get_many got {len(keys)} keys and {len(targets)} output tensors")
+        """`get` of each key, the files read and checksummed `READ_BATCH_OBJECTS` at a time in one
+        compiled call (read_blocks), which gives the GIL up once instead of at every system call."""
         results: list[torch.Tensor | None] = [None] * len(keys)
         requests, where = [], []
-        for index, (key, out) in enumerate(zip(keys, targets)):
+        for index, (key, out) in enumerate(zip(keys, self._outputs(keys, outs))):
             if out is not None:
                 self.check_block(out, "get")
             found, known_header = self._lookup(key.block_hash)
