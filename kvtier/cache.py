@@ -18,6 +18,7 @@ from kvtier.block.manager import BlockManager, SeqState
 from kvtier.cache_stats import CacheStats
 from kvtier.config import KVLayout, KVTierConfig, SharedTierConfig
 from kvtier.errors import KVTierError
+from kvtier.parallel.agree import Agreement
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.device import DevicePool
 from kvtier.tiers.host import HostStore
@@ -41,6 +42,8 @@ class TieredKVCache:
         engine: the transfer engine to use (one is made and owned otherwise).
         landing_bytes: host memory for onloads to land in, allocated and touched now (see TransferConfig).
         prefault_pool: make every page of a CPU pool now (see DeviceTierConfig.prefault).
+        agreement: how the ranks of a parallel layout agree on what their tiers served
+            (kvtier/parallel/agree.py); a single process needs none.
 
     Raises:
         ValueError: a tier stores blocks of another layout.
@@ -49,7 +52,7 @@ class TieredKVCache:
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
                  device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
                  engine: TransferEngine | None = None, landing_bytes: int = 0,
-                 prefault_pool: bool = True) -> None:
+                 prefault_pool: bool = True, agreement: Agreement | None = None) -> None:
         _check_layouts(layout, "tier", lower_tiers)
         _check_layouts(layout, "write_through tier", write_through)
         self.layout = layout
@@ -67,9 +70,10 @@ class TieredKVCache:
         self._onloads: dict[SeqId, OnloadHandle] = {}
         self._hits: dict[SeqId, dict[TierKind, int]] = {}  # per live sequence: cached blocks by tier
         self.stats = CacheStats()
+        self.agreement = agreement or Agreement()
 
     @classmethod
-    def from_config(cls, config: KVTierConfig) -> TieredKVCache:
+    def from_config(cls, config: KVTierConfig, agreement: Agreement | None = None) -> TieredKVCache:
         """The cache `config` describes, with its tiers opened (folders warm-restarted) and its own engine.
 
         Raises:
@@ -89,7 +93,7 @@ class TieredKVCache:
         engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
         cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
                     write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes,
-                    prefault_pool=config.device.prefault)
+                    prefault_pool=config.device.prefault, agreement=agreement)
         cache._owns_engine = True
         return cache
 
@@ -114,13 +118,14 @@ class TieredKVCache:
         # NOTE: find and pin lower-tier hits before allocating, since allocating evicts device
         # blocks and the cascade of write-backs could otherwise push these very blocks out.
         found = self._find_lower(namespace, token_ids, hashes, num_device_hits, max_hits)
+        agreed = self.agreement.min([len(found)])[0]  # NOTE: a block one rank lacks is recomputed by all
+        _unpin(found[agreed:])
+        found = found[:agreed]
         try:
             seq = self.manager.allocate(seq_id, token_ids, namespace, block_hashes=hashes, extra_keys=extra_keys,
                                         cached_prefix=device_hits)
         except BaseException:
-            for hit in found:
-                if hit.tier is not None and hit.data is None:
-                    hit.tier.unpin(hit.key.block_hash)
+            _unpin(found)
             raise
         self.stats.lookup_blocks += max_hits
         self.stats.hit_blocks[TierKind.DEVICE] += num_device_hits
@@ -177,6 +182,11 @@ class TieredKVCache:
         handle = self._onloads.get(seq_id)
         return handle is None or handle.done()
 
+    def onloads_ready(self, seq_ids: Sequence[SeqId]) -> list[bool]:
+        """`onload_ready` of each sequence, true only where it is true on every rank (a scheduler's
+        view: every rank must place the same sequences in the same step)."""
+        return [bool(v) for v in self.agreement.min([int(self.onload_ready(s)) for s in seq_ids])]
+
     def cached_blocks_by_tier(self, seq_id: SeqId) -> dict[TierKind, int]:
         """How many of a live sequence's leading blocks each tier served at allocation."""
         return dict(self._hits.get(seq_id, {}))
@@ -192,6 +202,7 @@ class TieredKVCache:
         if handle is None:
             return 0
         loaded = handle.wait(timeout_s)
+        loaded = loaded[:self.agreement.min([len(loaded)])[0]]  # NOTE: a read one rank failed is redone by all
         if _lands_in_pool(handle):
             handle.settle()  # NOTE: a read past a failed one may still run, into pages about to be computed
         if not loaded:
@@ -319,6 +330,13 @@ class TieredKVCache:
             self.engine.close()
         for tier in dict.fromkeys(self.tiers + self.write_through):
             tier.close()
+
+
+def _unpin(hits: Sequence[LowerHit]) -> None:
+    """Release the tier pins of lower-tier hits that will not be read."""
+    for hit in hits:
+        if hit.tier is not None and hit.data is None:
+            hit.tier.unpin(hit.key.block_hash)
 
 
 def _lands_in_pool(handle: OnloadHandle) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kvtier.config.checks import check_positive_int, dtype_name, parse_dtype
+from kvtier.config.checks import check_nonnegative_int, check_positive_int, dtype_name, parse_dtype
 from kvtier.presets import MODEL_PRESET_NAMES, MODEL_PRESETS
 
 
@@ -22,6 +22,10 @@ class KVLayout:
 
     NOTE: the device pool is block-major `[num_blocks, *block_shape]` (tiers/device.py), so a
     block read from a file lands in the pool with one read and no copy after it.
+
+    Under tensor or pipeline parallelism a rank holds a shard of the model's KV: layers
+    [first_layer, first_layer + num_layers) and KV heads [first_kv_head, first_kv_head +
+    num_kv_heads) (kvtier/parallel/shards.py); its objects record that range in their header.
     """
 
     num_layers: int
@@ -29,10 +33,14 @@ class KVLayout:
     head_dim: int
     block_size: int  # tokens
     dtype: torch.dtype
+    first_layer: int = 0
+    first_kv_head: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "block_size"):
             check_positive_int("KVLayout", name, getattr(self, name))
+        for name in ("first_layer", "first_kv_head"):
+            check_nonnegative_int("KVLayout", name, getattr(self, name))
         if not isinstance(self.dtype, torch.dtype):
             raise ValueError(f"KVLayout.dtype must be a torch.dtype, got {self.dtype!r}")
         dtype_name(self.dtype)
@@ -57,14 +65,28 @@ class KVLayout:
         """Shape of one block off the device: [num_layers, 2, num_kv_heads, block_size, head_dim]."""
         return (self.num_layers, 2, self.num_kv_heads, self.block_size, self.head_dim)
 
+    @property
+    def head_range(self) -> tuple[int, int]:
+        """The model's KV heads this layout holds, [start, end)."""
+        return self.first_kv_head, self.first_kv_head + self.num_kv_heads
+
+    @property
+    def layer_range(self) -> tuple[int, int]:
+        """The model's layers this layout holds, [start, end)."""
+        return self.first_layer, self.first_layer + self.num_layers
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "num_layers": self.num_layers,
             "num_kv_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "block_size": self.block_size,
             "dtype": dtype_name(self.dtype),
         }
+        for name in ("first_layer", "first_kv_head"):  # NOTE: only a shard's; a whole model's dict stays as it was
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KVLayout:

@@ -97,7 +97,7 @@ def _layout(data: Any) -> KVLayout:
         dtype = parse_dtype(data["dtype"]) if "dtype" in data else None
         return model.kv_layout(block_size=data.get("block_size", 16), dtype=dtype)
     fields = {f.name for f in dataclasses.fields(KVLayout)}
-    _check_keys("[layout]", data, fields, required=fields)
+    _check_keys("[layout]", data, fields, required=fields - {"first_layer", "first_kv_head"})
     layout: KVLayout = _build(KVLayout, "[layout]", {**data, "dtype": parse_dtype(data["dtype"])})
     return layout
 

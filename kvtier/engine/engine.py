@@ -45,10 +45,10 @@ class LLMEngine:
     """Runs Requests to completion on `model`, keeping their KV in `cache`."""
 
     def __init__(self, model: Transformer, cache: TieredKVCache, config: EngineConfig | None = None) -> None:
-        if cache.layout != model.config.kv_layout(cache.layout.block_size, cache.layout.dtype) \
+        if cache.layout != model.kv_layout(cache.layout.block_size, cache.layout.dtype) \
                 or cache.layout.dtype != model.config.dtype:
             raise ValueError(f"the cache's layout {cache.layout} does not hold K/V of {model.config.name} "
-                             f"({model.config.kv_layout(cache.layout.block_size)})")
+                             f"({model.kv_layout(cache.layout.block_size)})")
         self.model, self.cache, self.config = model, cache, config or EngineConfig()
         self._fingerprint = fingerprint(model)
         self.waiting: deque[EngineSequence] = deque()
@@ -132,7 +132,7 @@ class LLMEngine:
         """Place the reads that are done; when nothing else could run this step, wait for the oldest
         (blocking, so the readers get the CPU instead of a polling loop)."""
         onloading = [s for s in self.running if s.status is SeqStatus.ONLOADING]
-        ready = [s for s in onloading if self.cache.onload_ready(s.seq_id)]
+        ready = [s for s, done in zip(onloading, self.cache.onloads_ready([s.seq_id for s in onloading])) if done]
         if onloading and not ready and len(onloading) == len(self.running):
             ready = onloading[:1]  # NOTE: nothing else can run this step: wait for the oldest read
         for seq in ready:

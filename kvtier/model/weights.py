@@ -84,5 +84,8 @@ def weights_digest(model: Transformer) -> str:
 
 
 def fingerprint(model: Transformer) -> str:
-    """The model fingerprint (architecture, dims, dtype, weights digest) that roots its block hashes."""
+    """The model fingerprint (architecture, dims, dtype, weights digest) that roots its block hashes;
+    a rank's shard of a parallel model gives the whole model's (taken before it was split)."""
+    if model.kv_fingerprint is not None:
+        return model.kv_fingerprint
     return model_fingerprint(model.config, weights_digest(model))

@@ -20,7 +20,8 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
             heads = `layout.num_kv_heads` or the size of `head_range`. Moved to CPU if needed.
         layout: the KV layout the block belongs to.
         codec: "raw" or "zstd" (byte planes, then zstandard).
-        head_range: the [start, end) KV heads held by `data`; all heads when None.
+        head_range: the model's KV heads [start, end) held by `data`, within `layout.head_range`;
+            all of the layout's when None.
 
     Returns:
         The header bytes and the payload; for "raw" the payload is a view of `data`'s memory,
@@ -29,7 +30,7 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
     Raises:
         ValueError: the key, shape, dtype, head range or codec is invalid.
     """
-    start, end = head_range if head_range is not None else (0, layout.num_kv_heads)
+    start, end = head_range if head_range is not None else layout.head_range
     shape = (layout.num_layers, 2, end - start, layout.block_size, layout.head_dim)
     if tuple(data.shape) != shape or data.dtype != layout.dtype:
         raise ValueError(f"encode_block expects a tensor of shape {list(shape)} and dtype {layout.dtype}, "

@@ -3,13 +3,17 @@
 Layout of one object (all integers little-endian):
 
     fixed part  magic 8s, version u16, header_len u32, namespace 32s, block_hash 32s,
-                num_layers u32, head_start u32, head_end u32, block_size u32, head_dim u32,
+                num_layers u32, first_layer u32, head_start u32, head_end u32, block_size u32, head_dim u32,
                 dtype u8, codec u8, flags u16 (0), num_tokens u32, payload_len u64,
                 payload_checksum u64
     token ids   num_tokens x u32
     zero pad    up to header_len - 8 (header_len is a multiple of 64, so the payload is aligned)
     checksum    u64: xxh3_64 of every header byte before it
     payload     payload_len bytes: the block [num_layers, 2, heads, block_size, head_dim], encoded
+
+The object holds the model's layers [first_layer, first_layer + num_layers) and KV heads
+[head_start, head_end): all of them, or one rank's shard under tensor or pipeline parallelism.
+Version 2 added first_layer; version 1 objects read as misses (and are removed as damaged).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from kvtier.tiers.format.codecs import CODEC_IDS, CODEC_NAMES
 from kvtier.types import BlockHash, Namespace
 
 MAGIC = b"KVTIERB\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_ALIGN = 64
 MAX_TOKENS = 1 << 20  # far above any block_size; bounds what a corrupt header can ask for
 MAX_DIM = 1 << 24
@@ -37,12 +41,12 @@ ZSTD_SLACK_BYTES = 1 << 20  # what an incompressible payload may grow by under z
 DTYPE_IDS: dict[torch.dtype, int] = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
 DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_IDS.items()}
 
-_FIXED = struct.Struct("<8sHI32s32sIIIIIBBHIQQ")
+_FIXED = struct.Struct("<8sHI32s32sIIIIIIBBHIQQ")
 _CHECKSUM = U64 = struct.Struct("<Q")
 _U32 = U32 = struct.Struct("<I")
 NAMESPACE_AT = struct.calcsize("<8sHI")  # offsets of the key's fields in the fixed part
 BLOCK_HASH_AT = NAMESPACE_AT + 32
-NUM_TOKENS_AT = struct.calcsize("<8sHI32s32sIIIIIBBH")
+NUM_TOKENS_AT = struct.calcsize("<8sHI32s32sIIIIIIBBH")
 PAYLOAD_CHECKSUM_AT = _FIXED.size - 8  # the fixed part's last field
 FIXED_HEADER_BYTES = _FIXED.size
 """Bytes needed to learn `header_len` (see `header_length`)."""
@@ -57,6 +61,7 @@ class BlockHeader(NamedTuple):
     block_hash: BlockHash
     token_ids: tuple[int, ...]
     num_layers: int
+    first_layer: int
     head_start: int
     head_end: int
     block_size: int
@@ -104,11 +109,15 @@ def max_object_bytes(layout: KVLayout) -> int:
 
 def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int, checksum: int,
                   head_range: tuple[int, int] | None = None) -> bytes:
-    """The header of one object (see the module docstring). Raises ValueError on bad input."""
+    """The header of one object (see the module docstring). Raises ValueError on bad input.
+
+    `head_range`: the model's KV heads the payload holds, within `layout.head_range` (all of it when None).
+    """
     _check_key(key)
-    start, end = head_range if head_range is not None else (0, layout.num_kv_heads)
-    if not 0 <= start < end <= layout.num_kv_heads:
-        raise ValueError(f"head_range must satisfy 0 <= start < end <= {layout.num_kv_heads}, got {head_range}")
+    start, end = head_range if head_range is not None else layout.head_range
+    first, last = layout.head_range
+    if not first <= start < end <= last:
+        raise ValueError(f"head_range must satisfy {first} <= start < end <= {last}, got {head_range}")
     if codec not in CODEC_IDS:
         raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
     try:
@@ -125,7 +134,7 @@ def pack_header(key: BlockKey, layout: KVLayout, codec_id: int, start: int, end:
     header_len = header_bytes_for(len(key.token_ids))
     buf = bytearray(header_len)
     _FIXED.pack_into(buf, 0, MAGIC, FORMAT_VERSION, header_len, key.namespace, key.block_hash,
-                     layout.num_layers, start, end, layout.block_size, layout.head_dim,
+                     layout.num_layers, layout.first_layer, start, end, layout.block_size, layout.head_dim,
                      DTYPE_IDS[layout.dtype], codec_id, 0, len(key.token_ids), payload_len, checksum)
     tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
     return buf
@@ -174,7 +183,7 @@ def decode_header(buf: BufferLike) -> BlockHeader:
     if checksum_of_header(view[:header_len]) != stored_header_checksum(view[:header_len]):
         raise FormatError("header checksum mismatch: the header is corrupt")
     fields = _FIXED.unpack_from(view, 0)
-    num_tokens = fields[13]
+    num_tokens = fields[14]
     if header_bytes_for(num_tokens) != header_len:
         raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids")
     token_ids = tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
@@ -185,17 +194,17 @@ def decode_header(buf: BufferLike) -> BlockHeader:
 
 
 def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], header_len: int) -> BlockHeader:
-    (_, _, _, namespace, block_hash, num_layers, head_start, head_end, block_size, head_dim,
+    (_, _, _, namespace, block_hash, num_layers, first_layer, head_start, head_end, block_size, head_dim,
      dtype_id, codec_id, flags, _, payload_len, checksum) = fields
-    dims = (num_layers, block_size, head_dim, head_end)
+    dims = (num_layers, block_size, head_dim, head_end, first_layer + num_layers)
     if not all(1 <= d <= MAX_DIM for d in dims):
-        raise FormatError(f"layout dims out of range (layers, block_size, head_dim, head_end)={dims}")
+        raise FormatError(f"layout dims out of range (layers, block_size, head_dim, head_end, layer_end)={dims}")
     if head_start >= head_end:
         raise FormatError(f"empty KV-head range [{head_start}, {head_end})")
     if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags != 0:
         raise FormatError(f"unknown dtype {dtype_id}, codec {codec_id} or flags {flags}")
     # NOTE: fields go in as plain bytes (no NewType calls): this runs on every slow-path read.
-    header = BlockHeader(namespace, block_hash, token_ids, num_layers, head_start,
+    header = BlockHeader(namespace, block_hash, token_ids, num_layers, first_layer, head_start,
                          head_end, block_size, head_dim, DTYPES[dtype_id], CODEC_NAMES[codec_id],
                          header_len, payload_len, checksum)
     raw_bytes = header.raw_payload_bytes

@@ -42,7 +42,7 @@ def decode_block(buf: BufferLike, key: BlockKey | None = None,
         buf: the object's bytes. A writable buffer is decoded without a copy for "raw" (the
             tensor shares its memory); a read-only one is copied.
         key: when given, the namespace, block hash and token ids must match it.
-        layout: when given, the stored layout must be a head range of it.
+        layout: when given, the stored block must be its layers and a range of its KV heads.
 
     Returns:
         The header and the block, `[num_layers, 2, heads, block_size, head_dim]`.
@@ -66,9 +66,9 @@ def verify_object(buf: BufferLike, key: BlockKey | None, layout: KVLayout,
     """
     view = memoryview(buf).cast("B")
     header = header if header is not None else decode_header(view)
-    if (header.head_start, header.head_end) != (0, layout.num_kv_heads):
+    if (header.head_start, header.head_end) != layout.head_range:
         raise FormatError(f"object holds KV heads [{header.head_start}, {header.head_end}), "
-                          f"this tier serves whole blocks of {layout.num_kv_heads} heads")
+                          f"this tier serves blocks of KV heads {list(layout.head_range)}")
     return header, _decode_verified(header, view, key, layout)
 
 
@@ -92,7 +92,7 @@ def payload_view(header: BlockHeader, buf: BufferLike) -> memoryview:
 
 
 def check_identity(header: BlockHeader, key: BlockKey | None, layout: KVLayout | None) -> None:
-    """Raise FormatError unless the header belongs to `key` and fits `layout` (a head range of it)."""
+    """Raise FormatError unless the header belongs to `key` and fits `layout` (its layers, a range of its heads)."""
     if key is not None:
         if header.namespace != key.namespace:
             raise FormatError("namespace mismatch: the object belongs to another model or tenant")
@@ -101,12 +101,13 @@ def check_identity(header: BlockHeader, key: BlockKey | None, layout: KVLayout |
         if header.token_ids != tuple(key.token_ids):
             raise FormatError("token ids mismatch: a hash collision or a corrupt writer")
     if layout is not None:
-        stored = (header.num_layers, header.block_size, header.head_dim, header.dtype)
-        wanted = (layout.num_layers, layout.block_size, layout.head_dim, layout.dtype)
-        if stored != wanted or header.head_end > layout.num_kv_heads:
-            raise FormatError(f"layout mismatch: object has (layers, block_size, head_dim, dtype, heads)="
-                              f"{stored + ((header.head_start, header.head_end),)}, expected "
-                              f"{wanted + ((0, layout.num_kv_heads),)}")
+        stored = (header.num_layers, header.first_layer, header.block_size, header.head_dim, header.dtype)
+        wanted = (layout.num_layers, layout.first_layer, layout.block_size, layout.head_dim, layout.dtype)
+        first, last = layout.head_range
+        if stored != wanted or not first <= header.head_start < header.head_end <= last:
+            raise FormatError(f"layout mismatch: object has (layers, first layer, block_size, head_dim, dtype, "
+                              f"heads)={stored + ((header.head_start, header.head_end),)}, expected "
+                              f"{wanted + (layout.head_range,)}")
 
 
 def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: int | None = None) -> int:
@@ -126,7 +127,7 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
             and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
         return int(U64.unpack_from(buf, PAYLOAD_CHECKSUM_AT)[0])
     try:
-        expected = pack_header(key, layout, CODEC_IDS["raw"], 0, layout.num_kv_heads, layout.page_size_bytes, 0)
+        expected = pack_header(key, layout, CODEC_IDS["raw"], *layout.head_range, layout.page_size_bytes, 0)
     except struct.error as exc:
         raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
     at, end = PAYLOAD_CHECKSUM_AT, FIXED_HEADER_BYTES
