@@ -57,8 +57,9 @@ class RankContext:
 RankFn = Callable[..., None]
 
 
-def launch(fn: RankFn, parallel: ParallelConfig, *args: Any, device: str = "cpu") -> None:
-    """Run `fn(RankContext, *args)` on every rank of `parallel` (see the module docstring).
+def launch(fn: RankFn, parallel: ParallelConfig, *args: Any, device: str = "cpu") -> int | None:
+    """Run `fn(RankContext, *args)` on every rank of `parallel` (see the module docstring); returns
+    the rank this process ran under torchrun, None when the ranks were spawned (and have all ended).
 
     `fn` and `args` cross into spawned processes, so `fn` must be a module-level function.
 
@@ -70,8 +71,9 @@ def launch(fn: RankFn, parallel: ParallelConfig, *args: Any, device: str = "cpu"
         if world != parallel.world_size:
             raise ValueError(f"torchrun started {world} ranks, --tp {parallel.tp_size} --pp {parallel.pp_size} "
                              f"needs {parallel.world_size}; pass --nproc-per-node {parallel.world_size}")
-        _run_rank(int(os.environ["RANK"]), fn, parallel, "env://", device, args)
-        return
+        rank = int(os.environ["RANK"])
+        _run_rank(rank, fn, parallel, "env://", device, args)
+        return rank
     store = tempfile.mkdtemp(prefix="kvtier-ranks-")
     try:
         context = start_processes(_spawned, args=(fn, parallel, store, device, args),  # type: ignore[no-untyped-call]
@@ -84,6 +86,7 @@ def launch(fn: RankFn, parallel: ParallelConfig, *args: Any, device: str = "cpu"
             raise _failed(parallel, rank, how) from None
     finally:
         shutil.rmtree(store, ignore_errors=True)
+    return None
 
 
 def _first_failure(store: str, exit_codes: list[int | None], exc: ProcessException) -> tuple[int, str]:

