@@ -147,9 +147,9 @@ def test_generate_runs_as_the_ranks_torchrun_starts(tmp_path: Path, capsys: pyte
     flags = ["--model", "tiny", "--prompts", prompts, "--no-disk", "--device-blocks", "16"]
     (one,) = run(capsys, *flags)
     out = tmp_path / "out.jsonl"
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                               "2", "-m", "kvtier", "generate", *flags, "--tp", "2",
-                               "--output", str(out)], capture_output=True, text=True, timeout=120)  # a hang fails, not waits
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    launched = subprocess.run([*torchrun, "-m", "kvtier", "generate", *flags, "--tp", "2", "--output", str(out)],
+                              capture_output=True, text=True, timeout=120)  # NOTE: a hang fails, it is not waited out
     assert launched.returncode == 0, launched.stderr[-2000:]
     (result,) = [json.loads(line) for line in out.read_text().splitlines()]  # rank 0's, once
     assert result["token_ids"] == one["token_ids"]
