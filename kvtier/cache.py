@@ -44,6 +44,8 @@ class TieredKVCache:
         prefault_pool: make every page of a CPU pool now (see DeviceTierConfig.prefault).
         agreement: how the ranks of a parallel layout agree on what their tiers served
             (kvtier/parallel/agree.py); a single process needs none.
+        read_tiers: tiers that are only read, after `lower_tiers` (other parallel layouts' objects:
+            tiers/disk/other_layouts.py); nothing is spilled, persisted or written to them.
 
     Raises:
         ValueError: a tier stores blocks of another layout.
@@ -52,8 +54,10 @@ class TieredKVCache:
     def __init__(self, layout: KVLayout, num_device_blocks: int, lower_tiers: Sequence[TierStore] = (),
                  device: torch.device | str = "cpu", *, write_through: Sequence[TierStore] = (),
                  engine: TransferEngine | None = None, landing_bytes: int = 0,
-                 prefault_pool: bool = True, agreement: Agreement | None = None) -> None:
+                 prefault_pool: bool = True, agreement: Agreement | None = None,
+                 read_tiers: Sequence[TierStore] = ()) -> None:
         _check_layouts(layout, "tier", lower_tiers)
+        _check_layouts(layout, "read tier", read_tiers)
         _check_layouts(layout, "write_through tier", write_through)
         self.layout = layout
         self.pool = DevicePool(layout, num_device_blocks, device, prefault=prefault_pool)
@@ -62,6 +66,7 @@ class TieredKVCache:
                                        prefault_blocks=landing_bytes // layout.page_size_bytes)
         self.manager = BlockManager(num_device_blocks, layout.block_size, eviction_hook=self._offload)
         self.tiers = list(lower_tiers)
+        self.read_tiers = list(read_tiers)
         self.write_through = list(write_through)
         self.engine = engine or TransferEngine()
         self._owns_engine = engine is None
@@ -73,8 +78,10 @@ class TieredKVCache:
         self.agreement = agreement or Agreement()
 
     @classmethod
-    def from_config(cls, config: KVTierConfig, agreement: Agreement | None = None) -> TieredKVCache:
-        """The cache `config` describes, with its tiers opened (folders warm-restarted) and its own engine.
+    def from_config(cls, config: KVTierConfig, agreement: Agreement | None = None,
+                    read_tiers: Sequence[TierStore] = ()) -> TieredKVCache:
+        """The cache `config` describes, with its tiers opened (folders warm-restarted) and its own engine
+        (`agreement`, `read_tiers`: see the class).
 
         Raises:
             TierIOError: a folder tier's path cannot be used.
@@ -93,7 +100,7 @@ class TieredKVCache:
         engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
         cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
                     write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes,
-                    prefault_pool=config.device.prefault, agreement=agreement)
+                    prefault_pool=config.device.prefault, agreement=agreement, read_tiers=read_tiers)
         cache._owns_engine = True
         return cache
 
@@ -165,7 +172,7 @@ class TieredKVCache:
         return found
 
     def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:
-        for tier in self.tiers:
+        for tier in (*self.tiers, *self.read_tiers):
             if tier.contains(key.block_hash):
                 try:
                     tier.pin(key.block_hash)
@@ -328,7 +335,7 @@ class TieredKVCache:
         self.flush()
         if self._owns_engine:
             self.engine.close()
-        for tier in dict.fromkeys(self.tiers + self.write_through):
+        for tier in dict.fromkeys(self.tiers + self.write_through + self.read_tiers):
             tier.close()
 
 

@@ -19,6 +19,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, hidden_size=576,
                          intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
                          tie_word_embeddings=True, dtype="float32"),  # the demo model's shape (its weights: GGUF)
+    "qwen2.5-0.5b": dict(num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, hidden_size=896,
+                         intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,
+                         rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=True,
+                         dtype="float32"),  # splits at TP=2 (SmolLM2-135M's 9 heads do not): kvtier bench parallel
     "qwen2.5-7b": dict(num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, hidden_size=3584,
                        intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768,
                        rope_theta=1000000.0, norm_eps=1e-6, dtype="bfloat16"),

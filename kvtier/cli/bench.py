@@ -20,6 +20,7 @@ def register(commands: Any) -> None:
     benches = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _register_storage(benches)
     _register_codec(benches)
+    _register_parallel(benches)
     from kvtier.cli import replay
 
     replay.register(benches)
@@ -121,3 +122,43 @@ def run_codec(args: argparse.Namespace) -> int:
                   f"{row['encode_gbps']:.2f} GB/s, decode {row['decode_gbps']:.2f} GB/s "
                   f"({row['block_bytes']} B blocks)")
     return 0
+
+
+def _register_parallel(benches: Any) -> None:
+    from kvtier.bench.parallel import LAYOUTS, ParallelBenchConfig
+
+    d = ParallelBenchConfig()
+    p = benches.add_parser(
+        "parallel", help="one multi-turn chat workload at TP=1, TP=2, PP=2 and DP=2, side by side",
+        description="Serve the same multi-turn chats (a shared system prompt, then turns whose history comes "
+                    "back from the tiered cache) with the model whole, tensor-parallel, pipeline-parallel, and "
+                    "as two data-parallel engines sharing one cache folder; report output tokens/s, TTFT and ITL "
+                    "per layout and which served best. Replies are checked identical across layouts.")
+    p.add_argument("--model", default=d.model, help=f"a preset or a model folder (default {d.model}: random weights)")
+    p.add_argument("--dtype", default=d.dtype, help=f"(default {d.dtype})")
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated (default {','.join(LAYOUTS)})")
+    for name in ("conversations", "turns", "system_tokens", "user_tokens", "reply_tokens", "device_blocks",
+                 "host_blocks"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
+                       help=f"(default {getattr(d, name)})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run_parallel, parser=p)
+
+
+def _run_parallel(args: argparse.Namespace) -> int:
+    from kvtier.bench.parallel import ParallelBenchConfig, format_table, run_parallel_bench
+
+    try:
+        config = ParallelBenchConfig(
+            model=args.model, dtype=args.dtype, layouts=tuple(x for x in args.layouts.split(",") if x),
+            **{name: getattr(args, name) for name in ("conversations", "turns", "system_tokens", "user_tokens",
+                                                      "reply_tokens", "device_blocks", "host_blocks")})
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    try:
+        report = run_parallel_bench(config)
+    except KVTierError as exc:
+        print(f"kvtier bench parallel: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0 if report["replies_match"] else 1

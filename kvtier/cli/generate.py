@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace, model: Any, tokenizer: Any, config: Any) ->
     from kvtier.engine.engine import EngineConfig, LLMEngine
     from kvtier.engine.jsonl import parse_line, result_dict
     from kvtier.engine.request import Request
+    from kvtier.parallel.rank_cache import other_layout_tiers
 
     text = sys.stdin.read() if args.prompts == "-" else open(args.prompts, encoding="utf-8").read()
     parsed = [parse_line(line, n, tokenizer) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -70,7 +71,7 @@ def _serve(args: argparse.Namespace, model: Any, tokenizer: Any, config: Any) ->
         if os.environ.get("RANK", "0") != "0":  # NOTE: under torchrun rank 0 alone writes the results
             return 0
     else:
-        cache = TieredKVCache.from_config(config)
+        cache = TieredKVCache.from_config(config, read_tiers=other_layout_tiers(config, config.layout))
         engine = LLMEngine(model, cache, engine_config)
         try:
             outputs = [engine.add_request(item) if isinstance(item, Request) else item for item in parsed]

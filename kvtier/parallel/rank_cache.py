@@ -2,8 +2,9 @@
 
 Device and host tiers are counted in blocks, so every rank keeps the same number of blocks (a
 rank's block is its shard of the model's). A folder tier's objects for a shard live under
-`PATH/shards/layers-A-B.heads-C-D/`, a normal tier folder of their own (budget, index, warm restart),
-so the shards of one block never share a name; the whole model's objects stay at PATH itself.
+`PATH/shards/layers-A-B.heads-C-D/` (tiers/disk/shard_names.py): a normal tier folder of their
+own (budget, index, warm restart), so the shards of one block never share a name; the whole
+model's objects stay at PATH itself. Other layouts' objects there are read through OtherLayouts.
 Byte budgets are scaled by the shard's share of a block, so every rank's folder holds as many blocks.
 
 Ranks that hold copies of the same KV heads (more tensor ranks than KV heads) keep a folder each
@@ -15,14 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from kvtier.config import FolderTierConfig, KVLayout, KVTierConfig
-
-SHARDS_DIR = "shards"
-
-
-def shard_folder_name(layout: KVLayout, replica: int = 0) -> str:
-    (a, b), (c, d) = layout.layer_range, layout.head_range
-    return f"layers-{a}-{b}.heads-{c}-{d}" + (f".replica-{replica}" if replica else "")
+from kvtier.config import FolderTierConfig, KVLayout, KVTierConfig, SharedTierConfig
+from kvtier.tiers.disk.other_layouts import OtherLayouts
+from kvtier.tiers.disk.shard_names import SHARDS_DIR, shard_folder_name
 
 
 def is_whole(layout: KVLayout, whole: KVLayout) -> bool:
@@ -35,7 +31,7 @@ def shard_path(path: str, layout: KVLayout, whole: KVLayout, replica: int = 0) -
     (`replica`: which copy of those heads, see the module docstring)."""
     if is_whole(layout, whole) and not replica:
         return path
-    return os.path.join(path, SHARDS_DIR, shard_folder_name(layout, replica))
+    return os.path.join(path, SHARDS_DIR, shard_folder_name(layout.layer_range, layout.head_range, replica))
 
 
 def rank_cache_config(config: KVTierConfig, layout: KVLayout, replica: int = 0) -> KVTierConfig:
@@ -56,3 +52,13 @@ def rank_cache_config(config: KVTierConfig, layout: KVLayout, replica: int = 0) 
         if isinstance(tier, FolderTierConfig) else tier
         for tier in config.tiers)
     return dataclasses.replace(config, layout=layout, tiers=tiers)
+
+
+def other_layout_tiers(config: KVTierConfig, layout: KVLayout, replica: int = 0) -> list[OtherLayouts]:
+    """For each folder tier of `config` (the whole model's), a read-only tier that serves shard `layout`
+    from what other layouts wrote there (to pass as TieredKVCache's `read_tiers`)."""
+    from kvtier.types import TierKind
+
+    return [OtherLayouts(layout, tier.path, config.layout, shard_path(tier.path, layout, config.layout, replica),
+                         TierKind.SHARED if isinstance(tier, SharedTierConfig) else TierKind.DISK)
+            for tier in config.tiers if isinstance(tier, FolderTierConfig)]

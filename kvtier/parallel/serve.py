@@ -73,21 +73,22 @@ def generate_parallel(job: GenerateJob, parallel: ParallelConfig, *, device: str
 
 def generate_on_rank(ctx: RankContext, job: GenerateJob, results_path: str) -> None:
     """One rank's part of `generate_parallel`: rank 0 writes the outputs to `RESULTS_PATH.json`, every
-    rank its tier counters to `RESULTS_PATH.rankR.json`."""
+    rank its tier counters to `RESULTS_PATH.rankR.json` (its own tiers', then those it read other
+    layouts' objects through)."""
     from dataclasses import asdict
 
     from kvtier.cache import TieredKVCache
     from kvtier.engine.engine import LLMEngine
     from kvtier.model.load import load_model
     from kvtier.parallel.agree import RanksAgreement
-    from kvtier.parallel.rank_cache import rank_cache_config
+    from kvtier.parallel.rank_cache import other_layout_tiers, rank_cache_config
     from kvtier.parallel.transform import parallelize
 
     model = load_model(job.model, dtype=job.dtype, device=ctx.device, seed=job.seed)
     shard = parallelize(model, ctx.parallel, ctx.rank, ctx.tp_group)
-    config = rank_cache_config(job.cache, model.kv_layout(job.cache.layout.block_size, job.cache.layout.dtype),
-                               shard.kv_replica)
-    cache = TieredKVCache.from_config(config, RanksAgreement())
+    layout = model.kv_layout(job.cache.layout.block_size, job.cache.layout.dtype)
+    cache = TieredKVCache.from_config(rank_cache_config(job.cache, layout, shard.kv_replica), RanksAgreement(),
+                                      other_layout_tiers(job.cache, layout, shard.kv_replica))
     try:
         outputs = LLMEngine(model, cache, job.engine).generate(job.requests)
         if job.persist:
@@ -96,7 +97,8 @@ def generate_on_rank(ctx: RankContext, job: GenerateJob, results_path: str) -> N
         cache.close()
     check_ranks_agree([o.token_ids for o in outputs])
     with open(f"{results_path}.rank{ctx.rank}.json", "w", encoding="utf-8") as f:
-        json.dump({tier.kind.value: tier.stats.as_dict() for tier in cache.tiers}, f)
+        json.dump({tier.kind.value: tier.stats.as_dict() for tier in cache.tiers}
+                  | {f"other_layouts_{tier.kind.value}": tier.stats.as_dict() for tier in cache.read_tiers}, f)
     if ctx.rank == 0:
         with open(f"{results_path}.json", "w", encoding="utf-8") as f:
             json.dump([asdict(o) for o in outputs], f)

@@ -15,9 +15,9 @@ from kvtier.engine.engine import EngineConfig, LLMEngine
 from kvtier.engine.request import Request, RequestOutput
 from kvtier.model.load import load_model
 from kvtier.parallel.launch import RankFailedError, launch
-from kvtier.parallel.rank_cache import SHARDS_DIR
 from kvtier.parallel.serve import GenerateJob, ParallelRun, generate_parallel
 from kvtier.parallel.shards import ParallelConfig
+from kvtier.tiers.disk.shard_names import SHARDS_DIR
 from tests.parallel import rank_faults
 
 transformers = pytest.importorskip("transformers")
@@ -126,3 +126,31 @@ def test_a_killed_rank_ends_the_run_naming_it() -> None:
 def test_a_rank_that_raises_ends_the_run_with_its_error() -> None:
     with pytest.raises(RankFailedError, match="rank 2 of 3 .*ValueError: rank 2 could not open its tier"):
         launch(rank_faults.raises_on_last_rank, ParallelConfig(pp_size=3))
+
+
+def test_a_folder_written_at_tp2_serves_tp1_and_pp2(tmp_path: Path) -> None:
+    model = checkpoint(tmp_path / "gqa", "gqa")
+    folder = tmp_path / "cache"
+    written = parallel(model, folder, 2, 1, persist=True)
+    for tp, pp in [(1, 1), (1, 2)]:
+        run = parallel(model, folder, tp, pp)
+        assert [o.token_ids for o in run.outputs] == [o.token_ids for o in written.outputs]
+        assert all(o.num_cached_tokens >= 32 for o in run.outputs)  # every prompt's prefix, from TP=2's objects
+        assert all(stats["other_layouts_disk"]["hits"] > 0 for stats in run.tier_stats)
+
+
+def test_a_folder_written_at_tp1_serves_tp2_and_tp4_reading_only_their_heads(tmp_path: Path) -> None:
+    from kvtier.tiers.format import header_bytes_for, num_segments
+
+    model = checkpoint(tmp_path / "gqa", "gqa")
+    whole = cache_config(model, tmp_path).layout
+    object_bytes = header_bytes_for(whole.block_size, num_segments(whole)) + whole.page_size_bytes
+    for tp in (2, 4):  # four ranks over two KV heads: each reads the one it replicates
+        folder = tmp_path / f"cache-{tp}"  # NOTE: a fresh TP=1 folder: TP=2's own shards would serve TP=4's first copy
+        written = parallel(model, folder, 1, 1, persist=True)
+        run = parallel(model, folder, tp, 1)
+        assert [o.token_ids for o in run.outputs] == [o.token_ids for o in written.outputs]
+        assert all(o.num_cached_tokens >= 32 for o in run.outputs)
+        for stats in run.tier_stats:
+            read = stats["other_layouts_disk"]
+            assert read["hits"] > 0 and read["bytes_read"] / read["hits"] <= 0.55 * object_bytes

@@ -35,8 +35,8 @@ def same_bits(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 
 def object_bytes(layout: KVLayout = LAYOUT) -> int:
     """File size of one raw object of `layout` (header of block_size token ids + payload)."""
-    from kvtier.tiers.format import header_bytes_for
-    return header_bytes_for(layout.block_size) + layout.page_size_bytes
+    from kvtier.tiers.format import header_bytes_for, num_segments
+    return header_bytes_for(layout.block_size, num_segments(layout)) + layout.page_size_bytes
 
 
 def open_store(path: Path, num_blocks: int = 100, *, shared: bool = False, **options: object) -> DiskStore:

@@ -227,3 +227,28 @@ def test_tensor_bytes_views_contiguous_memory_and_keeps_it_alive() -> None:
     assert alive() is not None  # the view owns the tensor's memory
     strided = torch.arange(6, dtype=torch.float16).reshape(2, 3).t()
     assert bytes(tensor_bytes(strided)) == strided.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def test_a_raw_header_carries_each_segments_checksum_and_a_shards_ranges() -> None:
+    import dataclasses
+
+    import xxhash
+
+    from kvtier.tiers.format import num_segments, segment_bytes
+
+    layout = dataclasses.replace(LAYOUT, first_layer=3, first_kv_head=2)
+    data = torch.randn(layout.block_shape).to(layout.dtype)
+    header_bytes, payload = encode_block(make_key(1), data, layout, "raw")
+    header = decode_header(header_bytes)
+    assert (header.first_layer, header.head_start, header.head_end) == (3, 2, 4)
+    seg, flat = segment_bytes(layout), memoryview(payload).cast("B")
+    expected = [xxhash.xxh3_64_intdigest(flat[i * seg:(i + 1) * seg]) for i in range(num_segments(layout))]
+    assert list(memoryview(header.segment_checksums).cast("Q")) == expected
+
+
+def test_segment_checksums_on_a_compressed_payload_are_refused() -> None:
+    from kvtier.tiers.format import encode_header, num_segments
+
+    forged = encode_header(make_key(1), LAYOUT, "zstd", 100, 0, segments=bytes(8 * num_segments(LAYOUT)))
+    with pytest.raises(FormatError, match="segment checksums on a 'zstd' payload"):
+        decode_header(forged)

@@ -28,6 +28,7 @@ from kvtier.tiers.format import (
     header_bytes_for,
     header_length,
     max_object_bytes,
+    num_segments,
     pieces_checksum,
     stored_header_checksum,
     verify_object,
@@ -76,7 +77,7 @@ def read_block(io: FileIO, root_fd: int, fanout: str, name: str, key: BlockKey |
             another key or layout.
     """
     if key is not None:
-        landing = _landing(out, layout, header_bytes_for(len(key.token_ids)))
+        landing = _landing(out, layout, header_bytes_for(len(key.token_ids), num_segments(layout)))
         got, size, inode = io.read_into(root_fd, fanout, name, landing.parts, landing.object_bytes)
         return _landed(root_fd, fanout, name, key, layout, out, known_header, landing, got, size, inode)
     return _delivered(_read_parsed(root_fd, fanout, name, key, layout), out)
@@ -100,7 +101,9 @@ def read_blocks(io: FileIO, root_fd: int, requests: list[ReadRequest],
     each checksum taken while the payload is still in the core's cache), then each verified in
     turn. Each result is what read_block returns, or the OSError or DamagedObjectError it raises.
     """
-    landings = [_landing(r.out, layout, header_bytes_for(len(r.key.token_ids)), keep=False) for r in requests]
+    segments = num_segments(layout)
+    landings = [_landing(r.out, layout, header_bytes_for(len(r.key.token_ids), segments), keep=False)
+                for r in requests]
     outcomes = io.read_many_into(root_fd, [(r.fanout, r.name, landing.parts, landing.object_bytes, len(landing.header))
                                            for r, landing in zip(requests, landings)])
     results: list[ReadResult | OSError | DamagedObjectError] = []

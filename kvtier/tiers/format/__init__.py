@@ -23,6 +23,9 @@ from kvtier.tiers.format.header import (
     header_bytes_for,
     header_length,
     max_object_bytes,
+    num_segments,
+    segment_bytes,
+    segment_checksums,
     stored_header_checksum,
 )
 from kvtier.tiers.format.verify import (
@@ -37,6 +40,7 @@ __all__ = [
     "CHECKSUM_CHUNK_BYTES", "FIXED_HEADER_BYTES", "MAX_HEADER_BYTES", "MAX_OBJECT_BYTES", "MAX_PAYLOAD_BYTES",
     "MAX_TOKENS", "BlockHeader",
     "BufferLike", "check_identity", "checksum_pieces", "decode_block", "decode_header", "encode_block",
-    "encode_header", "header_bytes_for", "header_length", "max_object_bytes", "payload_checksum", "payload_view",
-    "pieces_checksum", "stored_header_checksum", "verify_object", "verify_raw_header",
+    "encode_header", "header_bytes_for", "header_length", "max_object_bytes", "num_segments", "payload_checksum",
+    "payload_view", "pieces_checksum", "segment_bytes", "segment_checksums", "stored_header_checksum",
+    "verify_object", "verify_raw_header",
 ]

@@ -7,7 +7,7 @@ from kvtier.config import KVLayout
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.format.checksum import BufferLike, payload_checksum
 from kvtier.tiers.format.codecs import encode_payload
-from kvtier.tiers.format.header import encode_header
+from kvtier.tiers.format.header import encode_header, segment_bytes, segment_checksums
 
 
 def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str = "raw",
@@ -36,5 +36,6 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         raise ValueError(f"encode_block expects a tensor of shape {list(shape)} and dtype {layout.dtype}, "
                          f"got {list(data.shape)} {data.dtype}")
     payload = encode_payload(data, codec)
-    header = encode_header(key, layout, codec, len(payload), payload_checksum(payload), (start, end))
+    segments = segment_checksums(payload, segment_bytes(layout)) if codec == "raw" else b""
+    header = encode_header(key, layout, codec, len(payload), payload_checksum(payload), (start, end), segments)
     return [header, payload]

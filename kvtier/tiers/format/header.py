@@ -7,13 +7,17 @@ Layout of one object (all integers little-endian):
                 dtype u8, codec u8, flags u16 (0), num_tokens u32, payload_len u64,
                 payload_checksum u64
     token ids   num_tokens x u32
+    segments    num_layers x 2 x heads u64 (flags bit 0; raw payloads): xxh3_64 of each contiguous
+                [block_size, head_dim] run of the payload, in payload order, so that a reader of some
+                layers or heads verifies exactly the bytes it reads
     zero pad    up to header_len - 8 (header_len is a multiple of 64, so the payload is aligned)
     checksum    u64: xxh3_64 of every header byte before it
     payload     payload_len bytes: the block [num_layers, 2, heads, block_size, head_dim], encoded
 
 The object holds the model's layers [first_layer, first_layer + num_layers) and KV heads
 [head_start, head_end): all of them, or one rank's shard under tensor or pipeline parallelism.
-Version 2 added first_layer; version 1 objects read as misses (and are removed as damaged).
+Version 2 added first_layer and the segment checksums; version 1 objects read as misses (and are
+removed as damaged).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ MAX_TOKENS = 1 << 20  # far above any block_size; bounds what a corrupt header c
 MAX_DIM = 1 << 24
 MAX_PAYLOAD_BYTES = 1 << 30  # far above any real block (Llama-3-70B at 16 tokens: 5 MiB); bounds a read
 ZSTD_SLACK_BYTES = 1 << 20  # what an incompressible payload may grow by under zstd
+FLAG_SEGMENT_CHECKSUMS = 1
 DTYPE_IDS: dict[torch.dtype, int] = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
 DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_IDS.items()}
 
@@ -71,6 +76,12 @@ class BlockHeader(NamedTuple):
     header_len: int
     payload_len: int
     payload_checksum: int
+    segment_checksums: bytes = b""  # num_layers * 2 * heads little-endian u64, or none
+
+    @property
+    def segment_bytes(self) -> int:
+        """Bytes of one [block_size, head_dim] run of the payload (what one segment checksum covers)."""
+        return self.block_size * self.head_dim * self.dtype.itemsize
 
     @property
     def key(self) -> BlockKey:
@@ -96,22 +107,42 @@ def tokens_struct(num_tokens: int) -> struct.Struct:
     return struct.Struct(f"<{num_tokens}I")
 
 
-def header_bytes_for(num_tokens: int) -> int:
-    """The header length of an object whose block carries `num_tokens` token ids."""
-    unpadded = _FIXED.size + 4 * num_tokens + _CHECKSUM.size
+def header_bytes_for(num_tokens: int, num_segments: int = 0) -> int:
+    """The header length of an object whose block carries `num_tokens` token ids and `num_segments`
+    segment checksums."""
+    unpadded = _FIXED.size + 4 * num_tokens + 8 * num_segments + _CHECKSUM.size
     return -(-unpadded // HEADER_ALIGN) * HEADER_ALIGN
+
+
+def num_segments(layout: KVLayout) -> int:
+    """Segment checksums in the header of a raw object of `layout`: one per (layer, K|V, KV head)."""
+    return layout.num_layers * 2 * layout.num_kv_heads
+
+
+def segment_bytes(layout: KVLayout) -> int:
+    """Bytes of one [block_size, head_dim] run of a block of `layout`."""
+    return layout.block_size * layout.head_dim * layout.dtype.itemsize
+
+
+def segment_checksums(payload: BufferLike, segment_len: int) -> bytes:
+    """xxh3_64 of each `segment_len`-byte run of a raw payload, packed little-endian (the header's table)."""
+    view = memoryview(payload).cast("B")
+    digest = xxhash.xxh3_64_intdigest
+    values = [digest(view[at:at + segment_len]) for at in range(0, view.nbytes, segment_len)]
+    return struct.pack(f"<{len(values)}Q", *values)
 
 
 def max_object_bytes(layout: KVLayout) -> int:
     """The largest object a block of `layout` can be stored as (zstd may grow a payload a little)."""
-    return header_bytes_for(layout.block_size) + layout.page_size_bytes + ZSTD_SLACK_BYTES
+    return header_bytes_for(layout.block_size, num_segments(layout)) + layout.page_size_bytes + ZSTD_SLACK_BYTES
 
 
 def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int, checksum: int,
-                  head_range: tuple[int, int] | None = None) -> bytes:
+                  head_range: tuple[int, int] | None = None, segments: bytes = b"") -> bytes:
     """The header of one object (see the module docstring). Raises ValueError on bad input.
 
     `head_range`: the model's KV heads the payload holds, within `layout.head_range` (all of it when None).
+    `segments`: the payload's segment checksums (`segment_checksums`), or none.
     """
     _check_key(key)
     start, end = head_range if head_range is not None else layout.head_range
@@ -121,7 +152,7 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
     if codec not in CODEC_IDS:
         raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
     try:
-        buf = pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum)
+        buf = pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum, segments)
     except struct.error as exc:  # NOTE: struct range-checks every token id (cheaper than a loop here)
         raise ValueError(f"token ids must be integers in [0, 2**32): {exc}") from exc
     _CHECKSUM.pack_into(buf, len(buf) - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
@@ -129,14 +160,17 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
 
 
 def pack_header(key: BlockKey, layout: KVLayout, codec_id: int, start: int, end: int,
-                payload_len: int, checksum: int) -> bytearray:
+                payload_len: int, checksum: int, segments: bytes = b"") -> bytearray:
     """Every header byte but the trailing header checksum (left zero); inputs already valid."""
-    header_len = header_bytes_for(len(key.token_ids))
+    header_len = header_bytes_for(len(key.token_ids), len(segments) // 8)
     buf = bytearray(header_len)
     _FIXED.pack_into(buf, 0, MAGIC, FORMAT_VERSION, header_len, key.namespace, key.block_hash,
                      layout.num_layers, layout.first_layer, start, end, layout.block_size, layout.head_dim,
-                     DTYPE_IDS[layout.dtype], codec_id, 0, len(key.token_ids), payload_len, checksum)
+                     DTYPE_IDS[layout.dtype], codec_id, FLAG_SEGMENT_CHECKSUMS if segments else 0,
+                     len(key.token_ids), payload_len, checksum)
+    at = _FIXED.size + 4 * len(key.token_ids)
     tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
+    buf[at:at + len(segments)] = segments
     return buf
 
 
@@ -183,17 +217,21 @@ def decode_header(buf: BufferLike) -> BlockHeader:
     if checksum_of_header(view[:header_len]) != stored_header_checksum(view[:header_len]):
         raise FormatError("header checksum mismatch: the header is corrupt")
     fields = _FIXED.unpack_from(view, 0)
-    num_tokens = fields[14]
-    if header_bytes_for(num_tokens) != header_len:
-        raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids")
+    num_tokens, flags, layers, heads = fields[14], fields[13], fields[5], fields[8] - fields[7]
+    segments = layers * 2 * heads if flags & FLAG_SEGMENT_CHECKSUMS and 0 < heads <= MAX_DIM else 0
+    if header_bytes_for(num_tokens, segments) != header_len:
+        raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids and {segments} "
+                          "segment checksums")
     token_ids = tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
-    padding = view[_FIXED.size + 4 * num_tokens:header_len - 8]
+    at = _FIXED.size + 4 * num_tokens
+    padding = view[at + 8 * segments:header_len - 8]
     if padding.nbytes and padding != bytes(padding.nbytes):
         raise FormatError("header padding is not zero")
-    return _header_from_fields(fields, tuple(token_ids), header_len)
+    return _header_from_fields(fields, tuple(token_ids), header_len, bytes(view[at:at + 8 * segments]))
 
 
-def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], header_len: int) -> BlockHeader:
+def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], header_len: int,
+                        segments: bytes) -> BlockHeader:
     (_, _, _, namespace, block_hash, num_layers, first_layer, head_start, head_end, block_size, head_dim,
      dtype_id, codec_id, flags, _, payload_len, checksum) = fields
     dims = (num_layers, block_size, head_dim, head_end, first_layer + num_layers)
@@ -201,12 +239,14 @@ def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], hea
         raise FormatError(f"layout dims out of range (layers, block_size, head_dim, head_end, layer_end)={dims}")
     if head_start >= head_end:
         raise FormatError(f"empty KV-head range [{head_start}, {head_end})")
-    if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags != 0:
+    if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags & ~FLAG_SEGMENT_CHECKSUMS:
         raise FormatError(f"unknown dtype {dtype_id}, codec {codec_id} or flags {flags}")
+    if segments and CODEC_NAMES[codec_id] != "raw":
+        raise FormatError(f"segment checksums on a {CODEC_NAMES[codec_id]!r} payload (only raw payloads have them)")
     # NOTE: fields go in as plain bytes (no NewType calls): this runs on every slow-path read.
     header = BlockHeader(namespace, block_hash, token_ids, num_layers, first_layer, head_start,
                          head_end, block_size, head_dim, DTYPES[dtype_id], CODEC_NAMES[codec_id],
-                         header_len, payload_len, checksum)
+                         header_len, payload_len, checksum, segments)
     raw_bytes = header.raw_payload_bytes
     if raw_bytes > MAX_PAYLOAD_BYTES:
         raise FormatError(f"header announces a {raw_bytes}-byte block, above the {MAX_PAYLOAD_BYTES} any block can be")

@@ -27,6 +27,7 @@ from kvtier.tiers.format.header import (
     BlockHeader,
     checksum_of_header,
     decode_header,
+    num_segments,
     pack_header,
     stored_header_checksum,
     stored_payload_checksum,
@@ -127,11 +128,14 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
             and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
         return int(U64.unpack_from(buf, PAYLOAD_CHECKSUM_AT)[0])
     try:
-        expected = pack_header(key, layout, CODEC_IDS["raw"], *layout.head_range, layout.page_size_bytes, 0)
+        expected = pack_header(key, layout, CODEC_IDS["raw"], *layout.head_range, layout.page_size_bytes, 0,
+                               bytes(8 * num_segments(layout)))
     except struct.error as exc:
         raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
     at, end = PAYLOAD_CHECKSUM_AT, FIXED_HEADER_BYTES
-    expected[at:end] = view[at:end]  # NOTE: the one field a reader cannot know
+    expected[at:end] = view[at:end]  # NOTE: the fields a reader cannot know: the payload's checksums
+    table = FIXED_HEADER_BYTES + 4 * len(key.token_ids)
+    expected[table:table + 8 * num_segments(layout)] = view[table:table + 8 * num_segments(layout)]
     if (len(buf) == len(expected) and view[:-8] == memoryview(expected)[:-8]
             and checksum_of_header(view) == stored_header_checksum(view)):
         return stored_payload_checksum(buf)
