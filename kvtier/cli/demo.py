@@ -28,6 +28,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
     parser.add_argument("--max-batched-tokens", type=int, default=2048, help="prefill chunk per step (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--tp", type=int, default=1, metavar="N", help="tensor-parallel ranks (default 1; the demo "
+                        "model's 3 KV heads split at 3)")
+    parser.add_argument("--pp", type=int, default=1, metavar="M", help="pipeline-parallel stages (default 1)")
     add_cache_flags(parser, device_blocks=None, host_blocks=16)
     parser.set_defaults(func=run, parser=parser)
 
@@ -60,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:
             args.parser.error(str(exc))
         try:
-            report = run_demo(model, chat, config, settings, progress)
+            if args.tp * args.pp > 1:
+                report = _run_parallel(args, model, settings, config)
+            else:
+                report = run_demo(model, chat, config, settings, progress)
         except KVTierError as exc:
             print(f"kvtier demo: error: {exc}", file=sys.stderr)
             return 1
@@ -69,6 +75,20 @@ def run(args: argparse.Namespace) -> int:
         print("kvtier demo: error: a reply differs from the all-resident run's", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_parallel(args: argparse.Namespace, model: Any, settings: Any, config: Any) -> dict[str, Any]:
+    """The demo on --tp x --pp ranks (a layout the model cannot take is refused before any rank starts)."""
+    from kvtier.cli.model_flags import resolve_model
+    from kvtier.demo.parallel import DemoJob, run_demo_parallel
+    from kvtier.parallel.shards import ParallelConfig, rank_shard
+
+    if args.tp < 1 or args.pp < 1:
+        args.parser.error(f"--tp and --pp must be integers >= 1, got {args.tp} and {args.pp}")
+    parallel = ParallelConfig(tp_size=args.tp, pp_size=args.pp)
+    rank_shard(model.config, parallel, 0)
+    job = DemoJob(model=resolve_model(args.model, args.dtype), dtype=args.dtype, settings=settings, cache=config)
+    return run_demo_parallel(job, parallel, args.device)
 
 
 def _load(args: argparse.Namespace, progress: Any) -> tuple[Any, Any]:

@@ -155,11 +155,13 @@ def recompute_ttfts(model: Transformer, layout: KVLayout, settings: DemoSettings
 
 
 def run_demo(model: Transformer, chat: ChatTokens, config: KVTierConfig, settings: DemoSettings,
-             progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """The three runs and the report (see the module docstring)."""
+             progress: Callable[[str], None] = lambda _: None,
+             open_cache: Callable[[KVTierConfig], TieredKVCache] = TieredKVCache.from_config) -> dict[str, Any]:
+    """The three runs and the report (see the module docstring). `open_cache` opens run 1's tiered
+    cache from `config` (a rank of a parallel layout passes one that agrees with the other ranks)."""
     started = time.perf_counter()
     progress("run 1 of 3: the chat on the tiered cache")
-    turns, prompts = play(model, chat, settings, lambda: TieredKVCache.from_config(config),
+    turns, prompts = play(model, chat, settings, lambda: open_cache(config),
                           restart_at=settings.restart_at, measure_floor=True, progress=progress)
     progress("run 2 of 3: the same chat with every block resident on the device")
     everything = settings.device_blocks(chat, config.layout.block_size) * len(settings.schedule())

@@ -37,6 +37,21 @@ def test_tiny_chat_spills_restarts_and_matches_the_resident_run(tmp_path: Path,
     assert sum(t["offloaded_bytes"] for t in turns) > 0 and any(tmp_path.rglob("*.kvb"))
 
 
+@pytest.mark.parametrize("layout", [["--tp", "2"], ["--pp", "2"]])
+def test_the_demo_split_over_ranks_serves_one_processs_replies_and_hits(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: list[str]) -> None:
+    flags = ["--model", "tiny", *SMALL, "--host-blocks", "4", "--device-blocks", "28"]
+    one = demo_json(capsys, *flags, "--disk", str(tmp_path / "one"))
+    ranks = demo_json(capsys, *flags, "--disk", str(tmp_path / "ranks"), *layout)
+    expected_layout = {"tp": 2, "pp": 1} if layout[0] == "--tp" else {"tp": 1, "pp": 2}
+    assert ranks["outputs_match"] is True and ranks["parallel"] == expected_layout
+    turns: list[dict] = ranks["turns"]  # type: ignore[assignment]
+    one_turns: list[dict] = one["turns"]  # type: ignore[assignment]
+    assert [t["reply_token_ids"] for t in turns] == [t["reply_token_ids"] for t in one_turns]
+    assert [t["cached_blocks_by_tier"] for t in turns] == [t["cached_blocks_by_tier"] for t in one_turns]
+    assert any((tmp_path / "ranks" / "shards").rglob("*.kvb"))  # each rank's shard, in its own folder
+
+
 def test_text_report_and_a_bad_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--model", "tiny", *SMALL, "--turns", "1"]) == 0
     out = capsys.readouterr().out
