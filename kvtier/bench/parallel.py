@@ -6,7 +6,7 @@ The workload: `conversations` chats share a system prompt; each turn appends a u
 (device pool, host RAM, a disk folder), so a turn's history comes back as prefix hits.
 
 - TP=N and PP=N: one engine whose model is split over N ranks (kvtier/parallel), the turns of all
-  chats batched together, round by round.
+  chats batched together, round by round. TP=Nr: the same with a replicated LM head.
 - DP=2: two independent engine processes, each with the whole model and half the chats, sharing one
   cache folder (a shared tier, written through), so each can find the blocks the other wrote. (They
   are launched as a world of two ranks only to start together and share the clock's barriers.)
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # NOTE: torch is imported when a run starts, not when `kvtier
     from kvtier.parallel.launch import RankContext
 
 LAYOUTS = ("tp1", "tp2", "pp2", "dp2")
+EXTRA_LAYOUTS = ("tp2r",)  # TP=2 with a replicated LM head instead of a vocab-parallel one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,9 +55,9 @@ class ParallelBenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        unknown = sorted(set(self.layouts) - set(LAYOUTS))
+        unknown = sorted(set(self.layouts) - set(LAYOUTS + EXTRA_LAYOUTS))
         if unknown or not self.layouts:
-            raise ValueError(f"unknown layouts {unknown}; choose from {list(LAYOUTS)}")
+            raise ValueError(f"unknown layouts {unknown}; choose from {list(LAYOUTS + EXTRA_LAYOUTS)}")
 
 
 @dataclass(slots=True)
@@ -99,8 +100,9 @@ def run_layout(config: ParallelBenchConfig, layout: str) -> LayoutResult:
     from kvtier.parallel.launch import launch
     from kvtier.parallel.shards import ParallelConfig
 
-    kind, size = layout[:2], int(layout[2:])
-    parallel = ParallelConfig(tp_size=size if kind in ("tp", "dp") else 1, pp_size=size if kind == "pp" else 1)
+    kind, size = layout[:2], int(layout[2:].rstrip("r"))
+    parallel = ParallelConfig(tp_size=size if kind in ("tp", "dp") else 1, pp_size=size if kind == "pp" else 1,
+                              vocab_parallel=not layout.endswith("r"))
     with tempfile.TemporaryDirectory(prefix=f"kvtier-bench-{layout}-") as scratch:
         results = os.path.join(scratch, "result")
         launch(_serve_on_rank, parallel, config, kind == "dp", scratch, results)

@@ -25,20 +25,32 @@ from kvtier.errors import OutOfBlocksError
 from kvtier.model.batch import Chunk, ForwardBatch
 from kvtier.model.decoder import Transformer
 from kvtier.model.weights import fingerprint
+from kvtier.types import SeqId
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
-    """`max_num_batched_tokens` is the token budget of one step (decode tokens plus prefill chunks)."""
+    """`max_num_batched_tokens` is the token budget of one step (decode tokens plus prefill chunks).
+
+    `deterministic`: a sequence's lower-tier reads are waited for in the step after it is
+    admitted, instead of placed whenever they are done (its first step still overlaps the others'
+    compute), so which sequences share a step (and with it every chunk boundary and the float
+    rounding of the sums) does not depend on I/O timing. Without it a run's greedy tokens can
+    differ from another run's where two logits nearly tie: seen once in a TP=2 parity test while
+    both cores ran other work.
+    """
 
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"EngineConfig.deterministic must be a bool, got {self.deterministic!r}")
 
 
 class LLMEngine:
@@ -79,8 +91,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Admit, compute one step, sample; the outputs of the requests that finished in it."""
         finished = self._drop_refused()
-        self._admit()
-        self._finish_onloads()
+        admitted = self._admit()
+        self._finish_onloads(admitted)
         plan = self._plan()
         finished += self._failed
         self._failed = []
@@ -114,25 +126,32 @@ class LLMEngine:
         self.waiting = deque(s for s in self.waiting if s.status is not SeqStatus.FINISHED)
         return [s.output for s in refused]
 
-    def _admit(self) -> None:
-        """Allocate waiting sequences in order while blocks and seats allow (preempted ones first)."""
+    def _admit(self) -> set[SeqId]:
+        """Allocate waiting sequences in order while blocks and seats allow (preempted ones first);
+        the seq ids admitted."""
+        admitted_ids: set[SeqId] = set()
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             admitted = time.perf_counter()  # NOTE: before allocate, whose hashing and lookups a restore includes
             try:
                 state = self.cache.allocate(seq.seq_id, seq.tokens, seq.namespace, wait=False)
             except OutOfBlocksError:
-                return  # NOTE: it waits for running sequences to finish; _refusal caught the impossible
+                return admitted_ids  # NOTE: it waits for running sequences to finish; _refusal caught the impossible
             self.waiting.popleft()
             seq.status, seq.num_computed = SeqStatus.ONLOADING, state.num_cached_tokens
             seq.admitted_s = admitted
             self.running.append(seq)
+            admitted_ids.add(seq.seq_id)
+        return admitted_ids
 
-    def _finish_onloads(self) -> None:
+    def _finish_onloads(self, just_admitted: set[SeqId]) -> None:
         """Place the reads that are done; when nothing else could run this step, wait for the oldest
         (blocking, so the readers get the CPU instead of a polling loop)."""
         onloading = [s for s in self.running if s.status is SeqStatus.ONLOADING]
-        ready = [s for s, done in zip(onloading, self.cache.onloads_ready([s.seq_id for s in onloading])) if done]
+        if self.config.deterministic:  # NOTE: no reads, or reads of a step before (done or not): no timing in it
+            ready = [s for s in onloading if s.seq_id not in just_admitted or not self.cache.is_onloading(s.seq_id)]
+        else:
+            ready = [s for s, done in zip(onloading, self.cache.onloads_ready([s.seq_id for s in onloading])) if done]
         if onloading and not ready and len(onloading) == len(self.running):
             ready = onloading[:1]  # NOTE: nothing else can run this step: wait for the oldest read
         for seq in ready:

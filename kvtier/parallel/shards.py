@@ -21,10 +21,15 @@ from kvtier.errors import UnsupportedModelError
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParallelConfig:
-    """`tp_size` ranks per pipeline stage, `pp_size` stages."""
+    """`tp_size` ranks per pipeline stage, `pp_size` stages.
+
+    `vocab_parallel` (the default): each tensor rank computes 1/tp of the LM head's vocabulary and
+    the ranks all-gather the logits; False: every rank computes them all (kvtier/parallel/tensor.py).
+    """
 
     tp_size: int = 1
     pp_size: int = 1
+    vocab_parallel: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tp_size", "pp_size"):
@@ -99,9 +104,6 @@ def rank_shard(config: ModelConfig, parallel: ParallelConfig, rank: int) -> Rank
     stage, tp_rank = divmod(rank, tp)
     layers = split_layers(config.num_layers, parallel.pp_size)[stage]
     heads_per_rank, ffn_per_rank = config.num_heads // tp, config.intermediate_size // tp
-    if tp <= config.num_kv_heads:
-        per = config.num_kv_heads // tp
-        kv_heads = range(tp_rank * per, (tp_rank + 1) * per)
     replica = 0
     if tp <= config.num_kv_heads:
         per = config.num_kv_heads // tp

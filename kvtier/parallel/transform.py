@@ -10,7 +10,7 @@ from kvtier.model.decoder import DecoderLayer, Transformer
 from kvtier.model.weights import fingerprint
 from kvtier.parallel.pipeline import PipelineStage
 from kvtier.parallel.shards import ParallelConfig, RankShard, rank_shard
-from kvtier.parallel.tensor import shard_layer
+from kvtier.parallel.tensor import shard_layer, shard_lm_head
 
 
 def parallelize(model: Transformer, parallel: ParallelConfig, rank: int, tp_group: Any = None) -> RankShard:
@@ -31,6 +31,8 @@ def parallelize(model: Transformer, parallel: ParallelConfig, rank: int, tp_grou
         for layer in model.model.layers:
             assert isinstance(layer, DecoderLayer)
             shard_layer(layer, shard, tp_group, model.config.head_dim)
+        if parallel.vocab_parallel:
+            shard_lm_head(model.lm_head, shard.tp_rank, parallel.tp_size, tp_group)
     model.layer_range = (shard.layers.start, shard.layers.stop)
     model.kv_head_range = (shard.kv_heads.start, shard.kv_heads.stop)
     if parallel.pp_size > 1:

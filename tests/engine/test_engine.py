@@ -103,11 +103,11 @@ def test_sampling_follows_its_seed() -> None:
     assert run(7, top_k=1) == reference(PROMPTS[:3], 12) == run(3, top_p=1e-6)
 
 
-def spilled_to_a_slow_tier() -> tuple[FakeTier, LLMEngine, list[int]]:
+def spilled_to_a_slow_tier(config: EngineConfig | None = None) -> tuple[FakeTier, LLMEngine, list[int]]:
     """An engine over 12 device blocks and a gated tier that now holds a 33-token prompt's blocks."""
     slow = FakeTier(LAYOUT)
     cache = TieredKVCache(LAYOUT, 12, [slow])
-    engine = LLMEngine(MODEL, cache)
+    engine = LLMEngine(MODEL, cache, config)
     long_prompt = [(5 * i) % 250 for i in range(33)]
     engine.generate(requests([long_prompt], 1))
     engine.generate(requests([[(3 * i + 1) % 250 for i in range(44)]], 1))  # pushes its blocks out to the slow tier
@@ -148,6 +148,24 @@ def test_a_lone_onloading_request_is_waited_for_not_polled() -> None:
     engine.step()  # nothing else to run: the step waits for the reads, then computes the rest of the prompt
     assert engine.running[0].status is SeqStatus.RUNNING and len(output.token_ids) == 1
     assert output.onload_s is not None and output.cached_blocks_by_tier.get("host", 0) > 0
+
+
+def test_a_deterministic_engine_places_an_onload_in_the_step_after_admission() -> None:
+    slow, engine, long_prompt = spilled_to_a_slow_tier(EngineConfig(deterministic=True))
+    slow.gate.clear()  # the reads submitted at admission wait
+    engine.add_request(Request(request_id="onload", prompt_token_ids=tuple(long_prompt), max_tokens=3))
+    engine.add_request(Request(request_id="other", prompt_token_ids=tuple(PROMPTS[0]), max_tokens=3))
+    onload = engine.waiting[0]
+    engine.step()  # admits both; the other request computes while the reads wait
+    assert onload.status is SeqStatus.ONLOADING
+    slow.gate.set()
+    engine.step()  # whether or not the reads are done yet, this step waits for them and places them
+    assert onload.status is SeqStatus.RUNNING and len(onload.output.token_ids) == 1
+    while engine.has_unfinished():
+        engine.step()
+    assert onload.output.token_ids == reference([long_prompt], 3)[0]
+    with pytest.raises(ValueError, match="deterministic must be a bool"):
+        EngineConfig(deterministic=1)  # type: ignore[arg-type]
 
 
 def test_a_sequence_that_outgrows_the_whole_pool_ends_with_an_error_not_a_loop() -> None:

@@ -22,14 +22,15 @@ from tests.parallel import rank_faults
 
 transformers = pytest.importorskip("transformers")
 
-ENGINE = EngineConfig(max_num_seqs=4, max_num_batched_tokens=48)
+ENGINE = EngineConfig(max_num_seqs=4, max_num_batched_tokens=48, deterministic=True)  # NOTE: batches free of I/O timing
 
 
-def checkpoint(path: Path, kind: str) -> str:
+def checkpoint(path: Path, kind: str, vocab_size: int = 128) -> str:
     """A random HF checkpoint: a GQA Llama (4 query heads, 2 KV heads) or an MQA Qwen2 (1 KV head, biases),
     three layers so that two pipeline stages split them unevenly."""
-    shape = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                 max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    shape = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=4, max_position_embeddings=512, bos_token_id=None, eos_token_id=None,
+                 pad_token_id=None)
     torch.manual_seed(0)
     if kind == "gqa":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(num_key_value_heads=2, **shape))
@@ -64,10 +65,11 @@ def one_process(model: str, folder: Path) -> list[RequestOutput]:
         cache.close()
 
 
-def parallel(model: str, folder: Path, tp: int, pp: int, persist: bool = False) -> ParallelRun:
+def parallel(model: str, folder: Path, tp: int, pp: int, persist: bool = False,
+             vocab_parallel: bool = True) -> ParallelRun:
     job = GenerateJob(model=model, requests=requests(), cache=cache_config(model, folder), engine=ENGINE,
                       dtype="float32", persist=persist)
-    return generate_parallel(job, ParallelConfig(tp_size=tp, pp_size=pp))
+    return generate_parallel(job, ParallelConfig(tp_size=tp, pp_size=pp, vocab_parallel=vocab_parallel))
 
 
 @pytest.fixture(scope="module", params=["gqa", "mqa"])
@@ -91,6 +93,18 @@ def test_tensor_and_pipeline_parallel_runs_give_one_processs_tokens_while_spilli
     else:  # two KV heads split, one replicated
         assert shards == (["layers-0-3.heads-0-1", "layers-0-3.heads-1-2"] if kv == "2"
                           else ["layers-0-3.heads-0-1.replica-1"])  # the first copy of the whole KV is at the root
+
+
+@pytest.mark.parametrize("vocab_parallel", [True, False])
+def test_an_lm_head_vocab_parallel_or_replicated_gives_one_processs_tokens(tmp_path: Path,
+                                                                            vocab_parallel: bool) -> None:
+    """127 tokens over two tensor ranks of two stages: vocab-parallel slices of 64 rows (the second padded with
+    a zero row, dropped after the gather, the logits then broadcast from the last stage), or every row on each."""
+    model = checkpoint(tmp_path / "gqa", "gqa", vocab_size=127)
+    expected = one_process(model, tmp_path / "one")
+    run = parallel(model, tmp_path / "ranks", 2, 2, vocab_parallel=vocab_parallel)
+    assert [o.token_ids for o in run.outputs] == [o.token_ids for o in expected]
+    assert [o.num_cached_tokens for o in run.outputs] == [o.num_cached_tokens for o in expected]
 
 
 def test_four_tensor_ranks_over_two_kv_heads_replicate_them(tmp_path: Path) -> None:
