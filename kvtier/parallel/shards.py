@@ -36,6 +36,8 @@ class ParallelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ParallelConfig.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.vocab_parallel, bool):
+            raise ValueError(f"ParallelConfig.vocab_parallel must be a bool, got {self.vocab_parallel!r}")
 
     @property
     def world_size(self) -> int:

@@ -7,7 +7,7 @@ all-reduce each. Embedding and norms stay whole on every rank. The LM head is vo
 by default: each rank computes 1/tp of the vocabulary and the ranks all-gather the logits, the
 same numbers on every rank. `ParallelConfig(vocab_parallel=False)` replicates it instead (every
 rank computes all the logits, no collective). On Qwen2.5-0.5B's shape at TP=2 here (a 136M-weight
-head, a quarter of the model) vocab-parallel served 5-55% more tokens/s in four of four rounds
+head, a quarter of the model) vocab-parallel served 5-56% more tokens/s in four of four rounds
 (README's parallel section: `kvtier bench parallel --layouts tp2,tp2r`).
 """
 from __future__ import annotations

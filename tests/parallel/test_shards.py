@@ -123,3 +123,9 @@ def test_one_ranks_miss_is_everyones_miss(tmp_path: Path) -> None:
         assert cache.onloads_ready([SeqId("b")]) == [True]
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("field, value", [("tp_size", 0), ("pp_size", True), ("vocab_parallel", 1)])
+def test_a_bad_parallel_config_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"ParallelConfig.{field} must be"):
+        ParallelConfig(**{field: value})  # type: ignore[arg-type]
