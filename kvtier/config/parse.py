@@ -84,7 +84,7 @@ def config_from_dict(data: dict[str, Any]) -> KVTierConfig:
     if not isinstance(tiers, list):
         raise ValueError(f"[tiers] must be a list of tables ([[tiers]] in TOML), got {type(tiers).__name__}")
     return KVTierConfig(layout=_layout(data["layout"]), device=_build(DeviceTierConfig, "[device]", data["device"]),
-                        tiers=tuple(_tier(i, t) for i, t in enumerate(tiers)),
+                        tiers=tuple(tier_from_dict(f"[tiers][{i}]", t) for i, t in enumerate(tiers)),
                         transfer=_build(TransferConfig, "[transfer]", data.get("transfer", {})))
 
 
@@ -102,8 +102,8 @@ def _layout(data: Any) -> KVLayout:
     return layout
 
 
-def _tier(index: int, data: Any) -> Any:
-    where = f"[tiers][{index}]"
+def tier_from_dict(where: str, data: Any) -> Any:
+    """One tier's config from a table with a `kind` (host, disk or shared); `where` names it in errors."""
     if not isinstance(data, dict) or data.get("kind") not in TIER_KINDS:
         kind = data.get("kind") if isinstance(data, dict) else data
         raise ValueError(f"{where}.kind must be one of {sorted(TIER_KINDS)}, got {kind!r}")
