@@ -5,6 +5,7 @@ from kvtier.config import KVLayout
 from kvtier.config.checks import parse_dtype
 from kvtier.integrations.vllm.manager import KVTierManager
 from kvtier.integrations.vllm.options import VLLMTierOptions
+from kvtier.integrations.vllm.pages import check_page_format
 from kvtier.integrations.vllm.slab import HostSlab, slab_path, slot_stride
 from kvtier.integrations.vllm.vllm_api import (
     CanonicalKVCaches,
@@ -13,6 +14,7 @@ from kvtier.integrations.vllm.vllm_api import (
     OffloadingSpec,
     OffloadingWorker,
     current_kv_shape,
+    page_format,
 )
 from kvtier.integrations.vllm.worker import KVTierWorker, layer_pages
 
@@ -51,11 +53,13 @@ class KVTierSpec(OffloadingSpec):  # type: ignore[misc]  # vLLM is untyped
         return self._manager
 
     def get_worker(self, kv_caches: CanonicalKVCaches) -> OffloadingWorker:
-        num_kv_heads, head_size, block_size, dtype = current_kv_shape()
+        num_kv_heads, head_size, block_size, dtype, cache_dtype = current_kv_shape()
         layout = KVLayout(num_layers=len(kv_caches.group_data_refs[0]) if kv_caches.group_data_refs else 0,
                           num_kv_heads=num_kv_heads, head_dim=head_size, block_size=block_size,
                           dtype=parse_dtype(dtype))
+        check_page_format(page_format(layout.dtype, block_size, head_size, cache_dtype))
         pages = layer_pages(kv_caches, layout)
         slab = HostSlab(self.path, self.num_slots, self.slot_bytes)
+        slab.prefault()
         slab.publish_layout(layout)
         return KVTierWorker(slab, pages, layout)

@@ -6,7 +6,12 @@ import torch
 
 from kvtier.config import DiskTierConfig, KVLayout, SharedTierConfig
 from kvtier.integrations.vllm.options import VLLMTierOptions
-from kvtier.integrations.vllm.pages import block_to_pages, pages_to_block, pages_to_block_reference
+from kvtier.integrations.vllm.pages import (
+    block_to_pages,
+    check_page_format,
+    pages_to_block,
+    pages_to_block_reference,
+)
 from kvtier.integrations.vllm.slab import HEADER_BYTES, HostSlab, slab_path, slot_stride
 from kvtier.integrations.vllm.slots import SlotState, SlotTable
 
@@ -130,3 +135,17 @@ def test_page_copies_match_their_twin_and_round_trip() -> None:
     n = LAYOUT.layer_page_size_bytes
     for original, copy in zip(pages, copies):
         assert torch.equal(copy[1, :n], original[3, :n]) and not copy[1, n:].any() and not copy[0].any()
+
+
+def test_k_is_transposed_in_a_page_and_unknown_formats_are_refused() -> None:
+    layout = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=3, dtype=torch.float32)
+    # one head: K^T [D=2, N=3] then V [N=3, D=2]
+    page = torch.tensor([[0, 1, 2, 10, 11, 12, 20, 21, 30, 31, 40, 41]], dtype=torch.float32).view(torch.int8)
+    block = torch.empty(layout.block_shape)
+    pages_to_block([page], 0, block, layout)
+    assert block[0, 0, 0].tolist() == [[0, 10], [1, 11], [2, 12]]  # token n: (K[n, 0], K[n, 1])
+    assert block[0, 1, 0].tolist() == [[20, 21], [30, 31], [40, 41]]
+    check_page_format("cpu-vec")
+    for name in ("cpu-amx", "cuda-unverified"):
+        with pytest.raises(ValueError, match="kvtier's plug-in knows"):
+            check_page_format(name)

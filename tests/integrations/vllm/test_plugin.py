@@ -72,6 +72,33 @@ def test_later_engine_hits_the_folder(tiny_llama: str, work: Path, baseline: dic
     assert later["stats"]["stores"] == 0
 
 
+def test_objects_hold_the_models_k_and_v_in_kvtiers_layout(tiny_llama: str, work: Path, first: dict) -> None:
+    """What vLLM's plug-in wrote is a kvtier block [L, 2, H, N, D]: it matches transformers' own K/V for
+    the same checkpoint, block by block (so any kvtier reader may use it), and verifies."""
+    import torch
+    import transformers
+
+    from kvtier.tiers.format.verify import decode_block
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    expected = []
+    for prompt in PROMPTS:
+        with torch.no_grad():
+            cache = model(torch.tensor([prompt]), use_cache=True).past_key_values
+        for b in range(len(prompt) // BLOCK):
+            span = slice(b * BLOCK, (b + 1) * BLOCK)
+            expected.append(torch.stack([torch.stack([layer.keys[0, :, span], layer.values[0, :, span]])
+                                         for layer in cache.layers]))
+    objects = sorted(p for p in (work / "folder").glob("[0-9a-f][0-9a-f]/*") if p.is_file())
+    assert len(objects) == first["stats"]["stores"] == 5
+    for path in objects:
+        header, block = decode_block(bytearray(path.read_bytes()))
+        assert header.token_ids == () and tuple(block.shape) == tuple(expected[0].shape)
+        errors = [float((block.float() - want).norm() / want.norm()) for want in expected]
+        tolerance = 1e-3 if block.dtype == torch.float32 else 2e-2
+        assert min(errors) < tolerance, (path.name, block.dtype, sorted(errors)[:2])
+
+
 def _damage(folder: Path) -> int:
     """Flip a payload byte, truncate, or put another object's bytes at a name, round-robin; how many."""
     objects = sorted(p for p in folder.glob("[0-9a-f][0-9a-f]/*") if p.is_file())
