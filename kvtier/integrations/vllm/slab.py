@@ -35,6 +35,19 @@ def slab_path(host_dir: str, engine_id: str, rank: int) -> str:
     return os.path.join(host_dir, f"kvtier-vllm-{safe}-r{rank}.slab")
 
 
+def _allocate(fd: int, size: int, path: str) -> None:
+    """Reserve the file's pages now: a sparse file on a tmpfs too small for it (Docker's /dev/shm is
+    64 MiB) would be a SIGBUS at the first copy, not an error."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        os.ftruncate(fd, 0)
+        raise ValueError(f"cannot reserve {size} bytes of host slots in {path} ({st.f_bavail * st.f_frsize} free "
+                         f"there): {exc.strerror}; lower kv_connector_extra_config['kvtier']['host_bytes'], or "
+                         f"give it another host_dir (in Docker: --shm-size)") from None
+
+
 class HostSlab:
     """`num_slots` slots of `slot_bytes` in a shared file; either process may open it first."""
 
@@ -53,7 +66,7 @@ class HostSlab:
                                  f"({num_slots} slots of {self.stride}): another engine with the same id? "
                                  f"remove the file or give each engine its own host_dir")
             if have == 0:
-                os.ftruncate(fd, size)
+                _allocate(fd, size, path)
             self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)

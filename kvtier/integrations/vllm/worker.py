@@ -2,11 +2,10 @@
 
 `submit_store` / `submit_load` queue a job and return at once; one copier thread runs the jobs in
 order (copies are memory-bound: a second thread on the same cores gains nothing) and `get_finished`
-reports the ones done. On CUDA the pages are device tensors and the copy runs on a side stream.
+reports the ones done. CPU pages only: GPU page formats are refused at start (pages.py).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
@@ -54,7 +53,6 @@ class KVTierWorker(OffloadingWorker):  # type: ignore[misc]  # vLLM is untyped
         self.slab, self.pages, self.layout = slab, pages, layout
         self._copier = ThreadPoolExecutor(1, thread_name_prefix="kvtier-vllm-copy")
         self._jobs: dict[int, Future[TransferResult]] = {}
-        self._stream = torch.cuda.Stream(pages[0].device) if pages[0].is_cuda else None  # type: ignore[no-untyped-call]
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: SlotSpec) -> bool:
         self._jobs[job_id] = self._copier.submit(self._store, job_id, src_spec.block_ids.tolist(),
@@ -70,22 +68,17 @@ class KVTierWorker(OffloadingWorker):  # type: ignore[misc]  # vLLM is untyped
         start = time.perf_counter()
         if len(block_ids) != len(slots):
             raise ValueError(f"store job {job_id}: {len(block_ids)} vLLM blocks for {len(slots)} slots")
-        with self._on_stream():
-            for block_id, slot in zip(block_ids, slots):
-                pages_to_block(self.pages, block_id, self.slab.slot(slot), self.layout)
+        for block_id, slot in zip(block_ids, slots):
+            pages_to_block(self.pages, block_id, self.slab.slot(slot), self.layout)
         return TransferResult(job_id, True, len(slots) * self.slab.slot_bytes, time.perf_counter() - start)
 
     def _load(self, job_id: int, slots: list[int], block_ids: list[int]) -> TransferResult:
         start = time.perf_counter()
         if len(block_ids) != len(slots):
             raise ValueError(f"load job {job_id}: {len(slots)} slots for {len(block_ids)} vLLM blocks")
-        with self._on_stream():
-            for slot, block_id in zip(slots, block_ids):
-                block_to_pages(self.slab.slot(slot), self.pages, block_id, self.layout)
+        for slot, block_id in zip(slots, block_ids):
+            block_to_pages(self.slab.slot(slot), self.pages, block_id, self.layout)
         return TransferResult(job_id, True, len(slots) * self.slab.slot_bytes, time.perf_counter() - start)
-
-    def _on_stream(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext() if self._stream is None else _synced(self._stream)
 
     def get_finished(self) -> list[TransferResult]:
         done = [job_id for job_id, future in self._jobs.items() if future.done()]
@@ -98,19 +91,3 @@ class KVTierWorker(OffloadingWorker):  # type: ignore[misc]  # vLLM is untyped
     def shutdown(self) -> None:
         self._copier.shutdown(wait=True)
         self.slab.unlink()
-
-
-class _synced(contextlib.AbstractContextManager[None]):
-    """Run the copies on a side stream and wait for them before the job is reported done."""
-
-    def __init__(self, stream: torch.cuda.Stream) -> None:
-        self.stream = stream
-
-    def __enter__(self) -> None:
-        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-        self._ctx = torch.cuda.stream(self.stream)
-        self._ctx.__enter__()  # type: ignore[no-untyped-call]
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
-        self.stream.synchronize()

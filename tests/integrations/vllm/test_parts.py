@@ -120,6 +120,20 @@ def test_slab_refuses_mismatched_settings(tmp_path) -> None:
         HostSlab(str(tmp_path / "v.slab"), 1, LAYOUT.page_size_bytes).slot(0)
 
 
+def test_slab_too_large_for_its_tmpfs_is_an_error_not_a_crash(tmp_path) -> None:
+    from tests.tiers.disk_support import tmpfs_mount, tmpfs_unmount
+
+    mount_point = tmp_path / "shm"
+    tmpfs_mount(mount_point, "size=1m")
+    try:
+        with pytest.raises(ValueError, match=r"cannot reserve \d+ bytes .* free there.*--shm-size"):
+            HostSlab(str(mount_point / "s.slab"), 512, LAYOUT.page_size_bytes * 8)  # 4 MiB
+        slab = HostSlab(str(mount_point / "s.slab"), 2, LAYOUT.page_size_bytes)  # the failed one left nothing
+        slab.prefault()
+    finally:
+        tmpfs_unmount(mount_point)
+
+
 # -- pages -----------------------------------------------------------------------------------------
 
 def test_page_copies_match_their_twin_and_round_trip() -> None:

@@ -72,6 +72,16 @@ def test_later_engine_hits_the_folder(tiny_llama: str, work: Path, baseline: dic
     assert later["stats"]["stores"] == 0
 
 
+def test_another_salt_never_hits(tiny_llama: str, work: Path, baseline: dict, first: dict) -> None:
+    """Invariant 5: the first engine wrote without a salt; a tenant with one finds none of it."""
+    salted = {**options(work / "folder", work / "salted.stats"), "salt": "tenant-b"}
+    other = run_engine(spec(tiny_llama, kvtier=salted), work, "salted")
+    assert other["rounds"][0]["tokens"] == baseline["rounds"][0]["tokens"]
+    assert other["rounds"][0]["cached"] == baseline["rounds"][0]["cached"]  # vLLM's own prefix hit only
+    assert other["stats"]["folder_reads"] == other["stats"]["host_hits"] == 0
+    assert other["stats"]["stores"] == first["stats"]["stores"]  # its own copies, under its own names
+
+
 def test_objects_hold_the_models_k_and_v_in_kvtiers_layout(tiny_llama: str, work: Path, first: dict) -> None:
     """What vLLM's plug-in wrote is a kvtier block [L, 2, H, N, D]: it matches transformers' own K/V for
     the same checkpoint, block by block (so any kvtier reader may use it), and verifies."""
@@ -90,7 +100,7 @@ def test_objects_hold_the_models_k_and_v_in_kvtiers_layout(tiny_llama: str, work
             expected.append(torch.stack([torch.stack([layer.keys[0, :, span], layer.values[0, :, span]])
                                          for layer in cache.layers]))
     objects = sorted(p for p in (work / "folder").glob("[0-9a-f][0-9a-f]/*") if p.is_file())
-    assert len(objects) == first["stats"]["stores"] == 5
+    assert len(objects) >= first["stats"]["stores"] == 5  # (and the salted tenant's copies, when it ran first)
     for path in objects:
         header, block = decode_block(bytearray(path.read_bytes()))
         assert header.token_ids == () and tuple(block.shape) == tuple(expected[0].shape)
@@ -146,3 +156,20 @@ def test_concurrent_engine_on_a_shared_folder(tiny_llama: str, work: Path, basel
     assert reader["rounds"][0]["tokens"] == baseline["rounds"][0]["tokens"] == wrote["rounds"][0]["tokens"]
     assert reader["rounds"][0]["cached"] == [full_blocks(p) for p in PROMPTS]
     assert reader["stats"]["folder_reads"] == wrote["stats"]["stores"] > 0
+
+
+def test_spec_refuses_what_it_does_not_serve() -> None:
+    import os
+    import subprocess
+
+    from tests.integrations.vllm.conftest import ROOT, vllm_python
+
+    done = subprocess.run([str(vllm_python()), "-m", "tests.integrations.vllm.spec_checks"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ok"] == "ok 16 slots"  # 1 MiB of 64 KiB blocks
+    assert "runs one worker per engine; this engine has 2 (tp 2, pp 1)" in out["tp2"]
+    assert "serves one KV cache group; this model has 2" in out["two_groups"]
+    assert "one vLLM block per object" in out["chunks"] and "got 2 blocks of 128 tokens" in out["chunks"]
+    assert "missing key 'capacity_bytes'" in out["bad_option"]
