@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-all bench lint clean vllm-venv
+.PHONY: demo test test-all bench lint clean vllm-venv packages
 
 # vLLM's CPU build, for the plug-in's tests (tests/integrations/vllm) and benches/bench_vllm.py: its own
 # venv, since it pins its own torch and transformers. kvtier runs in it from this folder (PYTHONPATH).
@@ -35,13 +35,17 @@ $(VLLM_STAMP):
 
 vllm-venv: $(VLLM_STAMP)
 
+# A real Redis server for the remote tier's tests (Debian's package, when missing and root).
+packages:
+	bash scripts/ensure_packages.sh
+
 demo: $(STAMP)
 	$(BIN)/kvtier demo
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) packages
 	bash scripts/test.sh $(BIN)
 
-test-all: $(STAMP) $(VLLM_STAMP)
+test-all: $(STAMP) $(VLLM_STAMP) packages
 	$(BIN)/python -m pytest -m "not gpu and not multi_gpu"
 
 bench: $(STAMP)

@@ -165,7 +165,9 @@ class TieredKVCache:
             if block is not None:
                 found.append(LowerHit(None, key, self.pool.block_pages([block.block_id])[0].clone()))
                 continue
-            hit = self._pin_in_tier(key) or self.engine.inflight(key)
+            # NOTE: the spill in flight first: asked after a tier said no, a spill that finished in between
+            # (a round trip to a remote tier is long enough) would be in neither, and the block lost
+            hit = self.engine.inflight(key) or self._pin_in_tier(key)
             if hit is None:
                 break
             found.append(hit)

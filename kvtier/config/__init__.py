@@ -17,6 +17,7 @@ from kvtier.config.tiers import (
     DiskTierConfig,
     FolderTierConfig,
     HostTierConfig,
+    RemoteTierConfig,
     SharedTierConfig,
     TierConfig,
 )
@@ -24,7 +25,8 @@ from kvtier.presets import MODEL_PRESET_NAMES
 
 __all__ = [
     "MODEL_PRESET_NAMES", "SUPPORTED_DTYPES", "DeviceTierConfig", "DiskTierConfig", "FolderTierConfig",
-    "HostTierConfig", "KVLayout", "KVTierConfig", "ModelConfig", "RopeScaling", "SharedTierConfig", "TierConfig",
+    "HostTierConfig", "KVLayout", "KVTierConfig", "ModelConfig", "RemoteTierConfig", "RopeScaling", "SharedTierConfig",
+    "TierConfig",
     "TransferConfig",
     "check_bool", "check_mode", "check_nonnegative_int", "check_positive_int", "dtype_name", "model_fingerprint",
     "parse_dtype",

@@ -12,6 +12,7 @@ from kvtier.config.tiers import (
     DiskTierConfig,
     FolderTierConfig,
     HostTierConfig,
+    RemoteTierConfig,
     SharedTierConfig,
     TierConfig,
 )
@@ -49,9 +50,9 @@ class KVTierConfig:
                              f"got {type(self.layout).__name__} and {type(self.device).__name__}")
         paths: list[str] = []
         for i, tier in enumerate(self.tiers):
-            if not isinstance(tier, (HostTierConfig, DiskTierConfig, SharedTierConfig)):
-                raise ValueError(f"KVTierConfig.tiers[{i}] must be a HostTierConfig, DiskTierConfig or "
-                                 f"SharedTierConfig, got {type(tier).__name__}")
+            if not isinstance(tier, (HostTierConfig, DiskTierConfig, SharedTierConfig, RemoteTierConfig)):
+                raise ValueError(f"KVTierConfig.tiers[{i}] must be a HostTierConfig, DiskTierConfig, "
+                                 f"SharedTierConfig or RemoteTierConfig, got {type(tier).__name__}")
             if isinstance(tier, HostTierConfig) and i > 0:
                 raise ValueError(f"KVTierConfig.tiers[{i}] is a host tier; a host tier can only be the first "
                                  "(fastest) tier below the device")

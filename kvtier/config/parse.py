@@ -32,6 +32,7 @@ from kvtier.config.tiers import (
     DeviceTierConfig,
     DiskTierConfig,
     HostTierConfig,
+    RemoteTierConfig,
     SharedTierConfig,
 )
 
@@ -40,7 +41,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TIER_KINDS: dict[str, type] = {"host": HostTierConfig, "disk": DiskTierConfig, "shared": SharedTierConfig}
+TIER_KINDS: dict[str, type] = {"host": HostTierConfig, "disk": DiskTierConfig, "shared": SharedTierConfig,
+                               "remote": RemoteTierConfig}
 BYTE_FIELDS = {"capacity_bytes", "min_free_bytes", "max_inflight_write_bytes", "landing_bytes"}
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
@@ -103,7 +105,7 @@ def _layout(data: Any) -> KVLayout:
 
 
 def tier_from_dict(where: str, data: Any) -> Any:
-    """One tier's config from a table with a `kind` (host, disk or shared); `where` names it in errors."""
+    """One tier's config from a table with a `kind` (host, disk, shared or remote); `where` names it in errors."""
     if not isinstance(data, dict) or data.get("kind") not in TIER_KINDS:
         kind = data.get("kind") if isinstance(data, dict) else data
         raise ValueError(f"{where}.kind must be one of {sorted(TIER_KINDS)}, got {kind!r}")

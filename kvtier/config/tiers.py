@@ -1,4 +1,4 @@
-"""One frozen config per tier: the device pool, host RAM, a local disk folder, a shared folder."""
+"""One frozen config per tier: the device pool, host RAM, a local disk folder, a shared folder, a Redis server."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,4 +110,51 @@ class SharedTierConfig(FolderTierConfig):
                              f"got {self.stale_temp_age_s!r}")
 
 
-TierConfig = HostTierConfig | DiskTierConfig | SharedTierConfig
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteTierConfig:
+    """A Redis or Valkey server (or cluster) that several engines share: the same verified objects as a folder.
+
+    url: redis://[user[:password]@]host:port[/db], rediss:// (TLS) or unix:///path.sock; a password in
+        the URL, or in the environment variable `password_env` names (kept out of configs and logs).
+    capacity_bytes: what this process may keep there (it evicts its own least recently used objects
+        past it); the server's own maxmemory bounds everything.
+    ttl_s: objects expire on the server after this many seconds (None: never).
+    timeout_s: socket timeout of one command; retries: attempts after the first, with exponential
+        backoff from backoff_s; after breaker_failures failed calls in a row the tier stops asking
+        (every call a miss) for breaker_reset_s, then lets one call through to see if it is back.
+    cluster: a Redis Cluster (keys carry a hash tag per namespace and prefix segment).
+    """
+
+    url: str
+    capacity_bytes: int
+    ttl_s: float | None = None
+    timeout_s: float = 0.5
+    retries: int = 2
+    backoff_s: float = 0.02
+    breaker_failures: int = 3
+    breaker_reset_s: float = 2.0
+    password_env: str | None = None
+    max_connections: int = 16
+    cluster: bool = False
+    codec: str = "raw"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"RemoteTierConfig.url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        check_positive_int("RemoteTierConfig", "capacity_bytes", self.capacity_bytes)
+        check_nonnegative_int("RemoteTierConfig", "retries", self.retries)
+        check_positive_int("RemoteTierConfig", "breaker_failures", self.breaker_failures)
+        check_positive_int("RemoteTierConfig", "max_connections", self.max_connections)
+        check_bool("RemoteTierConfig", "cluster", self.cluster)
+        for name in ("timeout_s", "backoff_s", "breaker_reset_s") + (("ttl_s",) if self.ttl_s is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"RemoteTierConfig.{name} must be a number of seconds > 0, got {value!r}")
+        if self.password_env is not None and (not isinstance(self.password_env, str) or not self.password_env):
+            raise ValueError(f"RemoteTierConfig.password_env must name an environment variable, "
+                             f"got {self.password_env!r}")
+        if self.codec not in ("raw", "zstd"):
+            raise ValueError(f"RemoteTierConfig.codec must be 'raw' or 'zstd', got {self.codec!r}")
+
+
+TierConfig = HostTierConfig | DiskTierConfig | SharedTierConfig | RemoteTierConfig

@@ -5,6 +5,7 @@ from kvtier.config import (
     DiskTierConfig,
     HostTierConfig,
     KVLayout,
+    RemoteTierConfig,
     SharedTierConfig,
     TierConfig,
 )
@@ -23,5 +24,8 @@ def open_tier(layout: KVLayout, config: TierConfig) -> TierStore:
     if isinstance(config, (DiskTierConfig, SharedTierConfig)):
         from kvtier.tiers.disk import DiskStore
         return DiskStore(layout, config)
-    raise ValueError(f"no tier is built from a {type(config).__name__}; pass a HostTierConfig, DiskTierConfig "
-                     "or SharedTierConfig")
+    if isinstance(config, RemoteTierConfig):
+        from kvtier.tiers.remote import RemoteStore
+        return RemoteStore(layout, config)
+    raise ValueError(f"no tier is built from a {type(config).__name__}; pass a HostTierConfig, DiskTierConfig, "
+                     "SharedTierConfig or RemoteTierConfig")

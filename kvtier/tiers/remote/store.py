@@ -1,0 +1,262 @@
+"""RemoteStore: block objects in Redis/Valkey, verified like a folder's, failures as misses.
+
+Every value is the object a folder tier would write (tiers/format/): header with namespace, block
+hash and checksums, then the payload; a read verifies it all, so a value another writer damaged or
+put under the wrong key is a miss, and it is deleted. Keys are `kv:<block hash hex>` (the hash
+chains the namespace, and the header repeats it); a put never overwrites (SET NX: objects are
+content-named), so engines sharing a server write each block once. Connection errors and timeouts are retried by
+redis-py (exponential backoff); past that a call is a miss (get) or a TierIOError (put), and a
+circuit breaker stops calling a server that keeps failing until a probe finds it back.
+
+Why redis-py: the reference client of both Redis and Valkey (valkey-py is its fork with the same
+API), with connection pooling, retries with backoff, pipelines, TLS, AUTH and Redis Cluster.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kvtier.config import KVLayout, RemoteTierConfig
+from kvtier.errors import FormatError, TierFullError, TierIOError
+from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.tiers.format.encode import encode_block
+from kvtier.tiers.format.verify import verify_object
+from kvtier.tiers.remote.breaker import CircuitBreaker
+from kvtier.types import BlockHash, TierKind
+
+logger = logging.getLogger(__name__)
+
+
+def redis_key(block_hash: BlockHash) -> str:
+    return f"kv:{block_hash.hex()}"
+
+
+def connect(config: RemoteTierConfig) -> Any:
+    """A pooled redis-py client for `config.url`, retrying connection errors and timeouts with backoff."""
+    try:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+    except ImportError as exc:  # pragma: no cover - the extra is missing
+        raise TierIOError("the remote tier needs redis-py: pip install 'kvtier[redis]'") from exc
+    options: dict[str, Any] = {
+        "socket_timeout": config.timeout_s, "socket_connect_timeout": config.timeout_s,
+        "retry": Retry(ExponentialBackoff(cap=config.backoff_s * 2 ** config.retries, base=config.backoff_s),
+                       config.retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+    if config.password_env is not None:
+        if config.password_env not in os.environ:
+            raise TierIOError(f"RemoteTierConfig.password_env names {config.password_env}, which is not set")
+        options["password"] = os.environ[config.password_env]
+    if config.cluster:
+        return redis.RedisCluster.from_url(config.url, **options)
+    pool = redis.BlockingConnectionPool.from_url(config.url, max_connections=config.max_connections,
+                                                 timeout=config.timeout_s, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+class RemoteStore(TierStore):
+    """A TierStore over one Redis/Valkey server or cluster; see the module docstring."""
+
+    kind = TierKind.REMOTE
+
+    def __init__(self, layout: KVLayout, config: RemoteTierConfig) -> None:
+        super().__init__(layout)
+        import redis
+
+        self.config = config
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._oom = redis.exceptions.OutOfMemoryError
+        self._client = connect(config)
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
+        self._lock = threading.Lock()
+        self._mine: OrderedDict[BlockHash, int] = OrderedDict()  # objects this process wrote: bytes, LRU first
+        self._used = 0
+        self._pins: dict[BlockHash, int] = {}
+        self._ttl_ms = None if config.ttl_s is None else max(1, int(config.ttl_s * 1000))
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.config.capacity_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used
+
+    @property
+    def num_blocks(self) -> int:
+        with self._lock:
+            return len(self._mine)
+
+    # -- calls to the server, each a miss or an error when it fails ------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any) -> tuple[bool, Any]:
+        """(True, result), or (False, None) when the breaker is open or the call failed after retries."""
+        if not self.breaker.allow():
+            return False, None
+        try:
+            result = fn(*args)
+        except self._oom:
+            raise
+        except self._errors as exc:
+            self.breaker.failed()
+            with self._lock:
+                self.stats.io_errors += 1
+            logger.warning("remote tier %s: %s failed (%s)%s", self.config.url.split("@")[-1], what, exc,
+                           "; not calling it for a while" if self.breaker.is_open else "")
+            return False, None
+        self.breaker.succeeded()
+        return True, result
+
+    def contains(self, block_hash: BlockHash) -> bool:
+        with self._lock:
+            if block_hash in self._mine:
+                return True
+        ok, found = self._call("EXISTS", self._client.exists, redis_key(block_hash))
+        return bool(ok and found)
+
+    def put(self, key: BlockKey, data: torch.Tensor) -> None:
+        """Store one block; see TierStore.put.
+
+        Raises:
+            TierFullError: past capacity_bytes with every object of this process pinned.
+            TierIOError: the server is unreachable, refused the write (full: maxmemory), or the breaker is open.
+        """
+        self.check_block(data)
+        with self._lock:
+            if key.block_hash in self._mine:  # content-named and immutable: nothing to write
+                self._mine.move_to_end(key.block_hash)
+                return
+        value = b"".join(bytes(part) for part in encode_block(key, data, self.layout, self.config.codec))
+        self._make_room(key.block_hash, len(value))
+        name = redis_key(key.block_hash)
+        try:
+            ok, created = self._call("SET", functools.partial(self._client.set, nx=True, px=self._ttl_ms), name, value)
+        except self._oom as exc:
+            with self._lock:
+                self.stats.rejected += 1
+            raise TierIOError(f"remote tier {self.config.url.split('@')[-1]} is full (maxmemory): {exc}; raise the "
+                              f"server's maxmemory or set an eviction policy") from None
+        if not ok:
+            raise TierIOError(f"remote tier {self.config.url.split('@')[-1]} did not store {name} (unreachable, "
+                              f"or paused after failures)")
+        if not created:  # another engine wrote it first (NX): theirs, not charged to this budget
+            return
+        with self._lock:
+            old = self._mine.pop(key.block_hash, 0)
+            self._mine[key.block_hash] = len(value)
+            self._used += len(value) - old
+            self.stats.puts += 1
+            self.stats.bytes_written += len(value)
+
+    def _make_room(self, block_hash: BlockHash, size: int) -> None:
+        """Delete this process's least recently used unpinned objects until `size` more bytes fit."""
+        victims: list[BlockHash] = []
+        with self._lock:
+            need = self._used + size - self._mine.get(block_hash, 0) - self.config.capacity_bytes
+            for victim, victim_size in list(self._mine.items()):
+                if need <= 0:
+                    break
+                if victim == block_hash or self._pins.get(victim):
+                    continue
+                victims.append(victim)
+                need -= victim_size
+            if need > 0:
+                raise TierFullError(f"remote tier: {size} more bytes would exceed capacity_bytes="
+                                    f"{self.config.capacity_bytes} and every object of this process is pinned")
+            for victim in victims:
+                self._used -= self._mine.pop(victim)
+                self.stats.evictions += 1
+        if victims:
+            self._call("DEL", self._client.delete, *(redis_key(v) for v in victims))
+
+    def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        return self.get_many([key], [out])[0]
+
+    def get_many(self, keys: Sequence[BlockKey],
+                 outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
+        """The verified blocks (into `outs[i]` when given), None for each miss; one pipelined round trip."""
+        targets = self._outputs(keys, outs)
+        for out in targets:
+            if out is not None:
+                self.check_block(out, "get")
+        if not keys:
+            return []
+        ok, values = self._call("GET", self._client.mget, [redis_key(k.block_hash) for k in keys])
+        if not ok:
+            values = [None] * len(keys)
+        results: list[torch.Tensor | None] = []
+        damaged: list[BlockHash] = []
+        for key, out, value in zip(keys, targets, values):
+            block = self._verified(key, value)
+            if block is None:
+                if value is not None:
+                    damaged.append(key.block_hash)
+                results.append(None)
+                continue
+            if out is not None:
+                out.copy_(block)
+                block = out
+            results.append(block)
+        with self._lock:
+            served = [r for r in results if r is not None]
+            self.stats.hits += len(served)
+            self.stats.misses += len(results) - len(served)
+            self.stats.bytes_read += sum(len(v) for v in values if v is not None)
+            for block_hash in damaged:
+                self._used -= self._mine.pop(block_hash, 0)
+            for key, result in zip(keys, results):
+                if result is not None and key.block_hash in self._mine:
+                    self._mine.move_to_end(key.block_hash)
+        if damaged:
+            self._call("DEL", self._client.delete, *(redis_key(h) for h in damaged))
+        return results
+
+    def _verified(self, key: BlockKey, value: bytes | None) -> torch.Tensor | None:
+        if value is None:
+            return None
+        try:
+            _, block = verify_object(bytearray(value), key, self.layout)
+            return block
+        except FormatError as exc:
+            with self._lock:
+                self.stats.corrupt += 1
+            logger.warning("remote tier value %s failed verification (%s); deleted", redis_key(key.block_hash), exc)
+            return None
+
+    def pin(self, block_hash: BlockHash) -> None:
+        with self._lock:
+            self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
+
+    def unpin(self, block_hash: BlockHash) -> None:
+        with self._lock:
+            count = self._pins.get(block_hash, 0)
+            if count == 0:
+                raise RuntimeError(f"unpin of {block_hash.hex()}: not pinned")
+            if count == 1:
+                del self._pins[block_hash]
+            else:
+                self._pins[block_hash] = count - 1
+
+    def evict(self, block_hash: BlockHash) -> bool:
+        with self._lock:
+            if self._pins.get(block_hash):
+                raise RuntimeError(f"evict of pinned block {block_hash.hex()}")
+            self._used -= self._mine.pop(block_hash, 0)
+        ok, removed = self._call("DEL", self._client.delete, redis_key(block_hash))
+        return bool(ok and removed)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except self._errors:
+            pass

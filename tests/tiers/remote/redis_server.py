@@ -1,0 +1,94 @@
+"""A real redis-server (or valkey-server) on a free loopback port, started and stopped by the tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SERVER_NAMES = ("valkey-server", "redis-server")
+
+
+def server_binary() -> str:
+    for name in SERVER_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("no valkey-server or redis-server on PATH: `make test` installs Debian's redis-server "
+                "(scripts/ensure_packages.sh); or apt-get install redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One server process; `stop()` kills it (a crash, as far as clients can tell), `start()` brings it back
+    on the same port, empty (no persistence), as a restarted cache server would be."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir, self.args = workdir, args
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(self.workdir), *self.args]
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not self._answers():  # the server's own readiness: it answers PING
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited {self.proc.returncode}: see {log.name}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{cmd[0]} did not answer on port {self.port} within 20 s")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+                return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")  # up (AUTH asked first)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cli(self, *args: str) -> str:
+        """A command through redis-py (no redis-cli needed)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        try:
+            return str(client.execute_command(*args))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+if os.environ.get("KVTIER_REDIS_SERVER"):  # pragma: no cover - a developer's own server binary
+    SERVER_NAMES = (os.environ["KVTIER_REDIS_SERVER"],)

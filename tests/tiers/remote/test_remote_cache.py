@@ -1,0 +1,48 @@
+"""The remote tier under TieredKVCache: spills and a second cache (another engine) served from Redis,
+damaged values recomputed, a dead server only misses."""
+from __future__ import annotations
+
+from kvtier.cache import TieredKVCache
+from kvtier.config import RemoteTierConfig
+from kvtier.tiers.host import HostStore
+from kvtier.tiers.remote import RemoteStore
+from kvtier.types import TierKind
+from tests.test_cache_disk import LAYOUT, NUM_DEVICE_BLOCKS, replay
+from tests.tiers.remote.redis_server import RedisServer
+
+
+def remote(server: RedisServer) -> RemoteStore:
+    return RemoteStore(LAYOUT, RemoteTierConfig(url=server.url, capacity_bytes=1 << 22, timeout_s=0.2, retries=0))
+
+
+def test_spills_cycle_through_redis_and_another_cache_hits_them(redis_server: RedisServer) -> None:
+    store = remote(redis_server)
+    cache = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [HostStore(LAYOUT, 8), store])
+    assert replay(cache, rounds=3) == 2 * 8 * 4  # every served block bit-identical (run_prefill checks)
+    assert cache.stats.hit_blocks[TierKind.REMOTE] > 0 and store.stats.corrupt == 0
+    cache.close()
+    writer = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [], write_through=[remote(redis_server)])
+    replay(writer, rounds=1)
+    writer.close()
+    other = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [remote(redis_server)])
+    assert replay(other, rounds=1) == 8 * 4
+    assert other.stats.hit_blocks[TierKind.REMOTE] == 8 * 4
+    other.close()
+
+
+def test_damaged_values_are_recomputed_and_a_dead_server_only_misses(redis_server: RedisServer) -> None:
+    writer = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [], write_through=[remote(redis_server)])
+    replay(writer, rounds=1)
+    writer.close()
+    store = remote(redis_server)
+    names = sorted(store._client.keys("kv:*"))
+    for name in names[::3]:
+        value = bytearray(store._client.get(name))
+        value[-5] ^= 0x40
+        store._client.set(name, bytes(value))
+    cache = TieredKVCache(LAYOUT, NUM_DEVICE_BLOCKS, [store])
+    assert replay(cache, rounds=1) < 8 * 4  # asserts every served block is bit-identical
+    assert store.stats.corrupt > 0
+    redis_server.stop()
+    assert replay(cache, rounds=1) >= 0 and store.stats.io_errors > 0  # misses, recomputed: no exception
+    cache.close()

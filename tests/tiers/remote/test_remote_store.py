@@ -1,0 +1,165 @@
+"""RemoteStore against a real redis-server on loopback: verified values, faults as misses, budgets, TTL, AUTH."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+import torch
+
+from kvtier.config import KVLayout, RemoteTierConfig
+from kvtier.errors import TierFullError, TierIOError
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.remote import RemoteStore
+from kvtier.tiers.remote.breaker import CircuitBreaker
+from kvtier.tiers.remote.store import redis_key
+from kvtier.types import BlockHash, Namespace
+from tests.tiers.remote.redis_server import RedisServer
+
+LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.float16)
+NS = Namespace(hashlib.sha256(b"ns").digest())
+
+
+def key(i: int, namespace: bytes = NS) -> BlockKey:
+    return BlockKey(Namespace(namespace), BlockHash(hashlib.sha256(namespace + b"%d" % i).digest()), (i, i + 1))
+
+
+def block(i: int) -> torch.Tensor:
+    return torch.full(LAYOUT.block_shape, float(i), dtype=LAYOUT.dtype) + torch.arange(8, dtype=LAYOUT.dtype)
+
+
+def store_for(server: RedisServer, **changes: object) -> RemoteStore:
+    config = RemoteTierConfig(**{"url": server.url, "capacity_bytes": 1 << 20, "timeout_s": 0.2, **changes})
+    return RemoteStore(LAYOUT, config)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_blocks_round_trip_in_one_pipelined_read(redis_server: RedisServer) -> None:
+    store = store_for(redis_server)
+    for i in range(4):
+        store.put(key(i), block(i))
+    outs = [torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype) for _ in range(5)]
+    got = store.get_many([key(i) for i in range(5)], outs)
+    assert [g is outs[i] for i, g in enumerate(got[:4])] == [True] * 4 and got[4] is None
+    assert all(torch.equal(outs[i], block(i)) for i in range(4))
+    assert store.contains(key(2).block_hash) and not store.contains(key(9).block_hash)
+    assert store.stats.hits == 4 and store.stats.misses == 1 and store.stats.puts == 4
+    assert all(re.fullmatch(r"kv:[0-9a-f]{64}", k.decode()) for k in store._client.keys("*"))  # hex digests only
+
+
+def test_damaged_or_foreign_values_are_misses_and_deleted(redis_server: RedisServer) -> None:
+    store = store_for(redis_server)
+    store.put(key(0), block(0))
+    store.put(key(1), block(1))
+    raw = store._client.get(redis_key(key(0).block_hash))
+    flipped = bytearray(raw)
+    flipped[-3] ^= 1
+    store._client.set(redis_key(key(0).block_hash), bytes(flipped))
+    store._client.set(redis_key(key(2).block_hash), store._client.get(redis_key(key(1).block_hash)))  # another's
+    store._client.set(redis_key(key(3).block_hash), raw[:40])  # truncated
+    assert store.get_many([key(0), key(1), key(2), key(3)]) [1] is not None
+    assert store.stats.corrupt == 3
+    assert store._client.exists(*(redis_key(key(i).block_hash) for i in (0, 2, 3))) == 0  # deleted
+
+
+def test_dead_server_is_a_miss_then_paused_then_back(tmp_path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    store = store_for(server, retries=1, backoff_s=0.01, breaker_failures=2, breaker_reset_s=5.0)
+    clock = FakeClock()
+    store.breaker = CircuitBreaker(2, 5.0, clock)
+    store.put(key(0), block(0))
+    server.stop()
+    assert store.get(key(0)) is None  # refused: retried, then a miss
+    with pytest.raises(TierIOError, match="did not store"):
+        store.put(key(1), block(1))
+    assert store.breaker.is_open and store.stats.io_errors == 2
+    server.start()  # back, empty
+    assert store.get(key(0)) is None and store.stats.io_errors == 2  # still paused: not even asked
+    clock.now = 5.0
+    store.put(key(2), block(2))  # the probe succeeds and closes the breaker
+    assert not store.breaker.is_open
+    assert torch.equal(store.get(key(2)), block(2))
+    server.stop()
+
+
+def test_full_server_refuses_writes_without_crashing(tmp_path) -> None:
+    server = RedisServer(tmp_path, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    server.start()
+    try:
+        store = store_for(server, capacity_bytes=1 << 30)
+        big = KVLayout(num_layers=2, num_kv_heads=2, head_dim=64, block_size=256, dtype=torch.float16)  # 256 KiB
+        store = RemoteStore(big, store.config)
+        stored = 0
+        with pytest.raises(TierIOError, match="is full"):
+            for i in range(64):
+                store.put(key(i), torch.ones(big.block_shape, dtype=big.dtype))
+                stored += 1
+        assert 0 < stored < 64 and store.stats.rejected == 1
+        assert torch.equal(store.get(key(0)), torch.ones(big.block_shape, dtype=big.dtype))
+        assert not store.breaker.is_open  # a full server is not a dead one
+    finally:
+        server.stop()
+
+
+def test_budget_evicts_own_least_recently_used_and_respects_pins(redis_server: RedisServer) -> None:
+    one = len(b"".join(bytes(p) for p in __import__("kvtier.tiers.format.encode", fromlist=["x"]).encode_block(
+        key(0), block(0), LAYOUT)))
+    store = store_for(redis_server, capacity_bytes=3 * one)
+    for i in range(3):
+        store.put(key(i), block(i))
+    store.get(key(0))  # 1 is now the least recently used
+    store.put(key(3), block(3))
+    assert not store.contains(key(1).block_hash) and store.used_bytes == 3 * one and store.stats.evictions == 1
+    for i in (0, 2, 3):
+        store.pin(key(i).block_hash)
+    with pytest.raises(TierFullError, match="pinned"):
+        store.put(key(4), block(4))
+    store.unpin(key(2).block_hash)
+    store.put(key(4), block(4))
+    assert not store.contains(key(2).block_hash) and store.used_bytes <= 3 * one
+
+
+def test_ttl_and_password_from_the_environment(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    server.start()
+    try:
+        with pytest.raises(TierIOError, match="KVTIER_TEST_PW, which is not set"):
+            store_for(server, password_env="KVTIER_TEST_PW")
+        wrong = store_for(server)  # no password: every call fails (a miss), never an exception
+        assert wrong.get(key(0)) is None and wrong.stats.io_errors == 1
+        monkeypatch.setenv("KVTIER_TEST_PW", "s3cret")
+        store = store_for(server, password_env="KVTIER_TEST_PW", ttl_s=60)
+        store.put(key(0), block(0))
+        assert 0 < store._client.pttl(redis_key(key(0).block_hash)) <= 60_000
+        in_url = RemoteStore(LAYOUT, RemoteTierConfig(url=f"redis://:s3cret@127.0.0.1:{server.port}/0",
+                                                      capacity_bytes=1 << 20))
+        assert torch.equal(in_url.get(key(0)), block(0))
+    finally:
+        server.stop()
+
+
+def test_breaker_opens_after_failures_and_one_probe_closes_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 2.0, clock)
+    for _ in range(2):
+        breaker.failed()
+    assert breaker.allow()
+    breaker.failed()
+    assert not breaker.allow() and breaker.opened == 1
+    clock.now = 2.0
+    assert breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.failed()  # the probe failed: open again, from now
+    clock.now = 3.9
+    assert not breaker.allow()
+    clock.now = 4.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.allow() and not breaker.is_open
