@@ -136,7 +136,7 @@ class RemoteStore(TierStore):
             if key.block_hash in self._mine:  # content-named and immutable: nothing to write
                 self._mine.move_to_end(key.block_hash)
                 return
-        value = b"".join(bytes(part) for part in encode_block(key, data, self.layout, self.config.codec))
+        value = b"".join(encode_block(key, data, self.layout, self.config.codec))  # one copy: header + payload
         self._make_room(key.block_hash, len(value))
         name = redis_key(key.block_hash)
         try:
