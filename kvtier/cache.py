@@ -16,7 +16,7 @@ import torch
 from kvtier.block.block import Block
 from kvtier.block.manager import BlockManager, SeqState
 from kvtier.cache_stats import CacheStats
-from kvtier.config import KVLayout, KVTierConfig, SharedTierConfig
+from kvtier.config import KVLayout, KVTierConfig, RemoteTierConfig, SharedTierConfig
 from kvtier.errors import KVTierError
 from kvtier.parallel.agree import Agreement
 from kvtier.tiers.base import BlockKey, TierStore
@@ -96,7 +96,8 @@ class TieredKVCache:
             for tier in tiers:
                 tier.close()
             raise
-        write_through = [t for t, c in zip(tiers, config.tiers) if isinstance(c, SharedTierConfig) and c.write_through]
+        write_through = [t for t, c in zip(tiers, config.tiers)
+                         if isinstance(c, (SharedTierConfig, RemoteTierConfig)) and c.write_through]
         engine = TransferEngine(config.transfer.num_workers, config.transfer.max_inflight_write_bytes)
         cache = cls(config.layout, config.device.num_blocks, tiers, config.device.device,
                     write_through=write_through, engine=engine, landing_bytes=config.transfer.landing_bytes,

@@ -21,6 +21,10 @@ def add_cache_flags(parser: argparse.ArgumentParser, *, device_blocks: int | Non
     parser.add_argument("--disk-bytes", type=byte_count, default=256 << 20, metavar="BYTES",
                         help="disk tier budget (default 256MiB)")
     parser.add_argument("--no-disk", action="store_true", help="no disk tier")
+    parser.add_argument("--remote", metavar="URL", help="a Redis/Valkey tier below the disk: redis://[:PASSWORD@]HOST:"
+                        "PORT[/DB], rediss:// (TLS) or unix://PATH (password also from $KVTIER_REDIS_PASSWORD)")
+    parser.add_argument("--remote-bytes", type=byte_count, default=1 << 30, metavar="BYTES",
+                        help="what this process may keep in the remote tier (default 1GiB)")
     parser.add_argument("--device", default="cpu", help="where the device pool lives (default cpu)")
 
 
@@ -30,7 +34,9 @@ def cache_config(args: argparse.Namespace, layout: KVLayout, scratch: str) -> KV
     Raises:
         ValueError, OSError: the file or a flag breaks a rule (the message names it).
     """
-    from kvtier.config import DeviceTierConfig, DiskTierConfig, HostTierConfig, KVTierConfig
+    import os
+
+    from kvtier.config import DeviceTierConfig, DiskTierConfig, HostTierConfig, KVTierConfig, RemoteTierConfig
 
     if args.config:
         config = KVTierConfig.from_toml(args.config)
@@ -40,5 +46,9 @@ def cache_config(args: argparse.Namespace, layout: KVLayout, scratch: str) -> KV
     tiers: list[Any] = [HostTierConfig(num_blocks=args.host_blocks)] if args.host_blocks else []
     if not args.no_disk:
         tiers.append(DiskTierConfig(path=args.disk or scratch, capacity_bytes=args.disk_bytes, fsync=False))
+    if args.remote:
+        tiers.append(RemoteTierConfig(url=args.remote, capacity_bytes=args.remote_bytes,
+                                      password_env="KVTIER_REDIS_PASSWORD" if "KVTIER_REDIS_PASSWORD" in os.environ
+                                      else None))
     return KVTierConfig(layout=layout, device=DeviceTierConfig(num_blocks=args.device_blocks, device=args.device),
                         tiers=tuple(tiers))

@@ -122,7 +122,11 @@ class RemoteTierConfig:
     timeout_s: socket timeout of one command; retries: attempts after the first, with exponential
         backoff from backoff_s; after breaker_failures failed calls in a row the tier stops asking
         (every call a miss) for breaker_reset_s, then lets one call through to see if it is back.
-    cluster: a Redis Cluster (keys carry a hash tag per namespace and prefix segment).
+    write_through: every newly computed block is written at once, so other engines can hit it (as a
+        shared folder's); else only blocks evicted from the tiers above.
+    cluster: a Redis Cluster (redis-py's cluster client; keys are spread by block hash).
+    shard: set per rank under tensor/pipeline parallelism (kvtier/parallel/rank_cache.py): a rank's
+        objects hold its layers and heads only, so their keys carry a digest of that shard.
     """
 
     url: str
@@ -135,8 +139,10 @@ class RemoteTierConfig:
     breaker_reset_s: float = 2.0
     password_env: str | None = None
     max_connections: int = 16
+    write_through: bool = True
     cluster: bool = False
     codec: str = "raw"
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -146,6 +152,7 @@ class RemoteTierConfig:
         check_positive_int("RemoteTierConfig", "breaker_failures", self.breaker_failures)
         check_positive_int("RemoteTierConfig", "max_connections", self.max_connections)
         check_bool("RemoteTierConfig", "cluster", self.cluster)
+        check_bool("RemoteTierConfig", "write_through", self.write_through)
         for name in ("timeout_s", "backoff_s", "breaker_reset_s") + (("ttl_s",) if self.ttl_s is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -155,6 +162,8 @@ class RemoteTierConfig:
                              f"got {self.password_env!r}")
         if self.codec not in ("raw", "zstd"):
             raise ValueError(f"RemoteTierConfig.codec must be 'raw' or 'zstd', got {self.codec!r}")
+        if self.shard is not None and (not isinstance(self.shard, str) or not self.shard):
+            raise ValueError(f"RemoteTierConfig.shard must be a non-empty string, got {self.shard!r}")
 
 
 TierConfig = HostTierConfig | DiskTierConfig | SharedTierConfig | RemoteTierConfig

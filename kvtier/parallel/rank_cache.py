@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from kvtier.config import FolderTierConfig, KVLayout, KVTierConfig, SharedTierConfig
+from kvtier.config import FolderTierConfig, KVLayout, KVTierConfig, RemoteTierConfig, SharedTierConfig
 from kvtier.tiers.disk.other_layouts import OtherLayouts
 from kvtier.tiers.disk.shard_names import SHARDS_DIR, shard_folder_name
 
@@ -49,7 +49,11 @@ def rank_cache_config(config: KVTierConfig, layout: KVLayout, replica: int = 0) 
     tiers = tuple(
         dataclasses.replace(tier, path=shard_path(tier.path, layout, whole, replica),
                             capacity_bytes=max(1, int(tier.capacity_bytes * share + 0.5)))
-        if isinstance(tier, FolderTierConfig) else tier
+        if isinstance(tier, FolderTierConfig) else
+        dataclasses.replace(tier, shard=None if is_whole(layout, whole) and not replica else
+                            shard_folder_name(layout.layer_range, layout.head_range, replica),
+                            capacity_bytes=max(1, int(tier.capacity_bytes * share + 0.5)))
+        if isinstance(tier, RemoteTierConfig) else tier
         for tier in config.tiers)
     return dataclasses.replace(config, layout=layout, tiers=tiers)
 

@@ -5,8 +5,9 @@ reads and verifies objects from the folder into a slot, the worker copies a slot
 (and back). A slot holds one block in kvtier's layout `[L, 2, H, N, D]`, so a slot is exactly the
 payload of a kvtier object and the folder tier reads into it with no copy after the read.
 
-The worker, which knows the model's KV shape, writes it into the first page; the manager reads it
-there, then unlinks the file (both have it mapped: nothing is left in /dev/shm if either dies).
+The worker, which vLLM builds first and which knows the model's KV shape, makes the file and writes
+the shape into its first page; the manager opens it, reads the shape, then unlinks the file (both
+have it mapped: nothing is left in /dev/shm if either dies).
 """
 from __future__ import annotations
 
@@ -42,31 +43,40 @@ def _allocate(fd: int, size: int, path: str) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         st = os.statvfs(os.path.dirname(path) or ".")
-        os.ftruncate(fd, 0)
+        os.unlink(path)
         raise ValueError(f"cannot reserve {size} bytes of host slots in {path} ({st.f_bavail * st.f_frsize} free "
                          f"there): {exc.strerror}; lower kv_connector_extra_config['kvtier']['host_bytes'], or "
                          f"give it another host_dir (in Docker: --shm-size)") from None
 
 
 class HostSlab:
-    """`num_slots` slots of `slot_bytes` in a shared file; either process may open it first."""
+    """`num_slots` slots of `slot_bytes` in a shared file: made by the worker (`create=True`, which vLLM
+    builds first), opened by the manager. A file already there is another engine's: refused."""
 
-    def __init__(self, path: str, num_slots: int, slot_bytes: int) -> None:
+    def __init__(self, path: str, num_slots: int, slot_bytes: int, *, create: bool) -> None:
         if num_slots < 1:
             raise ValueError(f"the host tier holds no block: a block is {slot_bytes} bytes; raise "
                              f'kv_connector_extra_config["kvtier"]["host_bytes"] to at least that')
         self.path, self.num_slots, self.slot_bytes = path, num_slots, slot_bytes
         self.stride = slot_stride(slot_bytes)
         size = HEADER_BYTES + num_slots * self.stride
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise ValueError(f"{path} exists: another engine on this host has the same engine_id, or one that "
+                             f"died left it; give each engine its own kv_transfer_config engine_id (vLLM's "
+                             f"default is unique) or remove the file") from None
+        except FileNotFoundError:
+            raise ValueError(f"{path} is not there: the vLLM worker makes it before the scheduler opens it "
+                             f"(a vLLM change of order? this plug-in supports vLLM 0.32)") from None
         try:
             have = os.fstat(fd).st_size
-            if have not in (0, size):
-                raise ValueError(f"{path} is {have} bytes, not the {size} this engine's settings make "
-                                 f"({num_slots} slots of {self.stride}): another engine with the same id? "
-                                 f"remove the file or give each engine its own host_dir")
-            if have == 0:
+            if create:
                 _allocate(fd, size, path)
+            elif have != size:
+                raise ValueError(f"{path} is {have} bytes, not the {size} this engine's settings make "
+                                 f"({num_slots} slots of {self.stride})")
             self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)

@@ -48,7 +48,7 @@ class KVTierSpec(OffloadingSpec):  # type: ignore[misc]  # vLLM is untyped
 
     def get_manager(self) -> OffloadingManager:
         if self._manager is None:
-            slab = HostSlab(self.path, self.num_slots, self.slot_bytes)
+            slab = HostSlab(self.path, self.num_slots, self.slot_bytes, create=False)
             self._manager = KVTierManager(slab, self.options, self.config.model.name)
         return self._manager
 
@@ -59,7 +59,7 @@ class KVTierSpec(OffloadingSpec):  # type: ignore[misc]  # vLLM is untyped
                           dtype=parse_dtype(dtype))
         check_page_format(page_format(layout.dtype, block_size, head_size, cache_dtype))
         pages = layer_pages(kv_caches, layout)
-        slab = HostSlab(self.path, self.num_slots, self.slot_bytes)
+        slab = HostSlab(self.path, self.num_slots, self.slot_bytes, create=True)
         slab.prefault()
         slab.publish_layout(layout)
         return KVTierWorker(slab, pages, layout)

@@ -14,6 +14,7 @@ API), with connection pooling, retries with backoff, pipelines, TLS, AUTH and Re
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -34,8 +35,11 @@ from kvtier.types import BlockHash, TierKind
 logger = logging.getLogger(__name__)
 
 
-def redis_key(block_hash: BlockHash) -> str:
-    return f"kv:{block_hash.hex()}"
+def redis_key(block_hash: BlockHash, shard: str | None = None) -> str:
+    """`kv:<block hash hex>`, or `kv:<shard digest hex>:<block hash hex>` for a rank's shard (hex only)."""
+    if shard is None:
+        return f"kv:{block_hash.hex()}"
+    return f"kv:{hashlib.sha256(shard.encode()).hexdigest()[:16]}:{block_hash.hex()}"
 
 
 def connect(config: RemoteTierConfig) -> Any:
@@ -99,6 +103,9 @@ class RemoteStore(TierStore):
 
     # -- calls to the server, each a miss or an error when it fails ------------------------------
 
+    def _key(self, block_hash: BlockHash) -> str:
+        return redis_key(block_hash, self.config.shard)
+
     def _call(self, what: str, fn: Any, *args: Any) -> tuple[bool, Any]:
         """(True, result), or (False, None) when the breaker is open or the call failed after retries."""
         if not self.breaker.allow():
@@ -121,7 +128,7 @@ class RemoteStore(TierStore):
         with self._lock:
             if block_hash in self._mine:
                 return True
-        ok, found = self._call("EXISTS", self._client.exists, redis_key(block_hash))
+        ok, found = self._call("EXISTS", self._client.exists, self._key(block_hash))
         return bool(ok and found)
 
     def put(self, key: BlockKey, data: torch.Tensor) -> None:
@@ -138,7 +145,7 @@ class RemoteStore(TierStore):
                 return
         value = b"".join(encode_block(key, data, self.layout, self.config.codec))  # one copy: header + payload
         self._make_room(key.block_hash, len(value))
-        name = redis_key(key.block_hash)
+        name = self._key(key.block_hash)
         try:
             ok, created = self._call("SET", functools.partial(self._client.set, nx=True, px=self._ttl_ms), name, value)
         except self._oom as exc:
@@ -177,7 +184,7 @@ class RemoteStore(TierStore):
                 self._used -= self._mine.pop(victim)
                 self.stats.evictions += 1
         if victims:
-            self._call("DEL", self._client.delete, *(redis_key(v) for v in victims))
+            self._call("DEL", self._client.delete, *(self._key(v) for v in victims))
 
     def get(self, key: BlockKey, out: torch.Tensor | None = None) -> torch.Tensor | None:
         return self.get_many([key], [out])[0]
@@ -191,7 +198,7 @@ class RemoteStore(TierStore):
                 self.check_block(out, "get")
         if not keys:
             return []
-        ok, values = self._call("GET", self._client.mget, [redis_key(k.block_hash) for k in keys])
+        ok, values = self._call("GET", self._client.mget, [self._key(k.block_hash) for k in keys])
         if not ok:
             values = [None] * len(keys)
         results: list[torch.Tensor | None] = []
@@ -218,7 +225,7 @@ class RemoteStore(TierStore):
                 if result is not None and key.block_hash in self._mine:
                     self._mine.move_to_end(key.block_hash)
         if damaged:
-            self._call("DEL", self._client.delete, *(redis_key(h) for h in damaged))
+            self._call("DEL", self._client.delete, *(self._key(h) for h in damaged))
         return results
 
     def _verified(self, key: BlockKey, value: bytes | None) -> torch.Tensor | None:
@@ -230,7 +237,7 @@ class RemoteStore(TierStore):
         except FormatError as exc:
             with self._lock:
                 self.stats.corrupt += 1
-            logger.warning("remote tier value %s failed verification (%s); deleted", redis_key(key.block_hash), exc)
+            logger.warning("remote tier value %s failed verification (%s); deleted", self._key(key.block_hash), exc)
             return None
 
     def pin(self, block_hash: BlockHash) -> None:
@@ -252,7 +259,7 @@ class RemoteStore(TierStore):
             if self._pins.get(block_hash):
                 raise RuntimeError(f"evict of pinned block {block_hash.hex()}")
             self._used -= self._mine.pop(block_hash, 0)
-        ok, removed = self._call("DEL", self._client.delete, redis_key(block_hash))
+        ok, removed = self._call("DEL", self._client.delete, self._key(block_hash))
         return bool(ok and removed)
 
     def close(self) -> None:

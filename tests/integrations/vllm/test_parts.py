@@ -91,8 +91,8 @@ def test_slots_partial_claim_release_and_clear() -> None:
 def test_two_openers_share_slots_and_the_layout(tmp_path) -> None:
     path = slab_path(str(tmp_path), "engine/../1", 0)
     assert "/" not in path.removeprefix(str(tmp_path) + "/")
-    manager = HostSlab(path, 3, LAYOUT.page_size_bytes)  # either side may open first
-    worker = HostSlab(path, 3, LAYOUT.page_size_bytes)
+    worker = HostSlab(path, 3, LAYOUT.page_size_bytes, create=True)
+    manager = HostSlab(path, 3, LAYOUT.page_size_bytes, create=False)
     assert manager.read_layout() is None
     worker.publish_layout(LAYOUT)
     assert manager.read_layout() == LAYOUT
@@ -107,17 +107,21 @@ def test_two_openers_share_slots_and_the_layout(tmp_path) -> None:
         manager.slot(3)
 
 
-def test_slab_refuses_mismatched_settings(tmp_path) -> None:
+def test_slab_refuses_another_engines_file_and_mismatched_settings(tmp_path) -> None:
     path = str(tmp_path / "s.slab")
-    HostSlab(path, 2, LAYOUT.page_size_bytes)
-    with pytest.raises(ValueError, match="another engine with the same id"):
-        HostSlab(path, 4, LAYOUT.page_size_bytes)
+    HostSlab(path, 2, LAYOUT.page_size_bytes, create=True)
+    with pytest.raises(ValueError, match="another engine on this host has the same engine_id"):
+        HostSlab(path, 2, LAYOUT.page_size_bytes, create=True)
+    with pytest.raises(ValueError, match="not the .* this engine's settings make"):
+        HostSlab(path, 4, LAYOUT.page_size_bytes, create=False)
+    with pytest.raises(ValueError, match="the vLLM worker makes it before"):
+        HostSlab(str(tmp_path / "none.slab"), 2, LAYOUT.page_size_bytes, create=False)
     with pytest.raises(ValueError, match="raise .*host_bytes"):
-        HostSlab(str(tmp_path / "t.slab"), 0, LAYOUT.page_size_bytes)
+        HostSlab(str(tmp_path / "t.slab"), 0, LAYOUT.page_size_bytes, create=True)
     with pytest.raises(ValueError, match="vLLM reports"):
-        HostSlab(str(tmp_path / "u.slab"), 1, LAYOUT.page_size_bytes + 2).publish_layout(LAYOUT)
+        HostSlab(str(tmp_path / "u.slab"), 1, LAYOUT.page_size_bytes + 2, create=True).publish_layout(LAYOUT)
     with pytest.raises(RuntimeError, match="no layout yet"):
-        HostSlab(str(tmp_path / "v.slab"), 1, LAYOUT.page_size_bytes).slot(0)
+        HostSlab(str(tmp_path / "v.slab"), 1, LAYOUT.page_size_bytes, create=True).slot(0)
 
 
 def test_slab_too_large_for_its_tmpfs_is_an_error_not_a_crash(tmp_path) -> None:
@@ -127,8 +131,8 @@ def test_slab_too_large_for_its_tmpfs_is_an_error_not_a_crash(tmp_path) -> None:
     tmpfs_mount(mount_point, "size=1m")
     try:
         with pytest.raises(ValueError, match=r"cannot reserve \d+ bytes .* free there.*--shm-size"):
-            HostSlab(str(mount_point / "s.slab"), 512, LAYOUT.page_size_bytes * 8)  # 4 MiB
-        slab = HostSlab(str(mount_point / "s.slab"), 2, LAYOUT.page_size_bytes)  # the failed one left nothing
+            HostSlab(str(mount_point / "s.slab"), 512, LAYOUT.page_size_bytes * 8, create=True)  # 4 MiB
+        slab = HostSlab(str(mount_point / "s.slab"), 2, LAYOUT.page_size_bytes, create=True)  # none left behind
         slab.prefault()
     finally:
         tmpfs_unmount(mount_point)

@@ -46,3 +46,21 @@ def test_damaged_values_are_recomputed_and_a_dead_server_only_misses(redis_serve
     redis_server.stop()
     assert replay(cache, rounds=1) >= 0 and store.stats.io_errors > 0  # misses, recomputed: no exception
     cache.close()
+
+
+def test_two_generate_runs_share_blocks_through_redis(redis_server: RedisServer, tmp_path,
+                                                      capsys) -> None:
+    """`kvtier generate --remote URL`: a second engine, started after the first, hits the first's blocks."""
+    import json
+
+    from kvtier.cli.main import main
+
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt_token_ids": list(range(1, 70)), "max_tokens": 4}) + "\n")
+    runs = []
+    for _ in range(2):
+        assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-disk", "--host-blocks", "0",
+                     "--remote", redis_server.url]) == 0
+        runs.append(json.loads(capsys.readouterr().out.splitlines()[0]))
+    assert runs[1]["token_ids"] == runs[0]["token_ids"]
+    assert runs[0]["num_cached_tokens"] == 0 and runs[1]["num_cached_tokens"] == 64

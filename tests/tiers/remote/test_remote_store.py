@@ -163,3 +163,21 @@ def test_breaker_opens_after_failures_and_one_probe_closes_it() -> None:
     assert breaker.allow()
     breaker.succeeded()
     assert breaker.allow() and not breaker.is_open
+
+
+def test_a_ranks_shard_has_keys_of_its_own(redis_server: RedisServer) -> None:
+    from kvtier.config import DeviceTierConfig, KVTierConfig
+    from kvtier.parallel.rank_cache import rank_cache_config
+
+    whole = KVLayout(num_layers=2, num_kv_heads=4, head_dim=8, block_size=4, dtype=torch.float16)
+    half = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.float16, first_kv_head=2)
+    config = KVTierConfig(layout=whole, device=DeviceTierConfig(num_blocks=4),
+                          tiers=(RemoteTierConfig(url=redis_server.url, capacity_bytes=1 << 20),))
+    assert rank_cache_config(config, whole).tiers[0].shard is None
+    tier = rank_cache_config(config, half).tiers[0]
+    assert tier.shard and tier.capacity_bytes == 1 << 19
+    store = RemoteStore(half, tier)
+    store.put(key(0), torch.ones(half.block_shape, dtype=half.dtype))
+    (name,) = store._client.keys("*")
+    assert re.fullmatch(rf"kv:[0-9a-f]{{16}}:{key(0).block_hash.hex()}", name.decode())
+    assert not RemoteStore(whole, config.tiers[0]).contains(key(0).block_hash)  # the whole model's key differs
