@@ -181,3 +181,34 @@ def test_a_ranks_shard_has_keys_of_its_own(redis_server: RedisServer) -> None:
     (name,) = store._client.keys("*")
     assert re.fullmatch(rf"kv:[0-9a-f]{{16}}:{key(0).block_hash.hex()}", name.decode())
     assert not RemoteStore(whole, config.tiers[0]).contains(key(0).block_hash)  # the whole model's key differs
+
+
+def test_any_value_at_a_key_is_the_block_or_a_miss(redis_server: RedisServer) -> None:
+    """Thousands of hostile values (garbage, bit flips, truncations, splices of a valid object): only the
+    untouched object is served; everything else is a miss, never an exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    store = store_for(redis_server)
+    store.put(key(0), block(0))
+    valid = store._client.get(redis_key(key(0).block_hash))
+    name = redis_key(key(1).block_hash)
+
+    mutation = st.one_of(
+        st.binary(max_size=2 * len(valid)),
+        st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)).map(
+            lambda p: valid[:p[0]] + bytes([valid[p[0]] ^ p[1]]) + valid[p[0] + 1:]),
+        st.integers(0, len(valid) - 1).map(lambda n: valid[:n]),
+        st.tuples(st.integers(0, len(valid)), st.binary(max_size=64)).map(lambda p: valid[:p[0]] + p[1]))
+
+    @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=mutation)
+    def check(value: bytes) -> None:
+        store._client.set(name, value)
+        assert store.get(key(1)) is None  # another key's object, or damage: never served as key(1)
+        store._client.set(redis_key(key(0).block_hash), value)
+        got = store.get(key(0))
+        assert got is None or (value == valid and torch.equal(got, block(0)))
+
+    check()
+    assert store.stats.io_errors == 0
