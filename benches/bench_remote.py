@@ -5,6 +5,7 @@ Run: .venv/bin/python benches/bench_remote.py [--value-kib 256] [--clients 4] [-
      [--url redis://HOST:PORT]   (default: starts a redis-server on a free loopback port)
 Both sides use `--clients` connections at once and one command per round trip (no pipelining):
 the tier's puts are SET NX of a whole block object, its reads GET + verification + copy into a block.
+A third side, redis-py alone (SET/GET of raw bytes of the same size), shows what the client allows.
 """
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ def layout_for(value_kib: int):
                     dtype=torch.float16)
 
 
-def redis_benchmark(port: int, size: int, clients: int, ops: int) -> dict[str, float]:
-    """redis-benchmark's SET and GET rates (requests/s) for values of `size` bytes."""
+def redis_benchmark(port: int, size: int, clients: int, ops: int, batch: int) -> dict[str, float]:
+    """redis-benchmark's SET and GET rates (requests/s) for values of `size` bytes, `batch` commands a round trip."""
     done = subprocess.run([shutil.which("redis-benchmark") or shutil.which("valkey-benchmark") or "redis-benchmark",
                            "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-d", str(size), "-n", str(ops),
-                           "-c", str(clients), "-r", str(ops), "--csv"], capture_output=True, text=True, check=True)
+                           "-c", str(clients), "-r", str(ops), "-P", str(batch), "--csv"],
+                          capture_output=True, text=True, check=True)
     rows = {row[0]: float(row[1]) for row in csv.reader(io.StringIO(done.stdout)) if row and row[0] != "test"}
     return {"set": rows["SET"], "get": rows["GET"]}
 
 
-def tier_round(store, layout, clients: int, ops: int, offset: int) -> dict[str, float]:
+def tier_round(store, layout, clients: int, ops: int, offset: int, batch: int) -> dict[str, float]:
     import hashlib
 
     from kvtier.block.hashing import namespace_digest
@@ -60,12 +62,35 @@ def tier_round(store, layout, clients: int, ops: int, offset: int) -> dict[str, 
         list(pool.map(lambda k: store.put(k, data), keys))
         put_s = time.perf_counter() - start
         start = time.perf_counter()
-        got = list(pool.map(lambda ik: store.get(ik[1], outs[ik[0] % clients]), enumerate(keys)))
+        if batch == 1:
+            got = list(pool.map(lambda ik: store.get(ik[1], outs[ik[0] % clients]), enumerate(keys)))
+        else:  # the cache's onload path: get_many, one MGET per batch
+            batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
+            got = [b for part in pool.map(store.get_many, batches) for b in part]
         get_s = time.perf_counter() - start
     if any(g is None for g in got):
         raise AssertionError("a block put in this round was not read back")
     store._client.delete(*(f"kv:{k.block_hash.hex()}" for k in keys))
     return {"set": ops / put_s, "get": ops / get_s}
+
+
+def plain_round(url: str, size: int, clients: int, ops: int, offset: int) -> dict[str, float]:
+    """redis-py itself, SET/GET of `size` raw bytes (no object, no verification): the ceiling through the client."""
+    import redis
+
+    client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, max_connections=clients))
+    value = bytes(size)
+    names = [f"plain:{offset + i}" for i in range(ops)]
+    with ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda n: client.set(n, value), names))
+        set_s = time.perf_counter() - start
+        start = time.perf_counter()
+        list(pool.map(client.get, names))
+        get_s = time.perf_counter() - start
+    client.delete(*names)
+    client.close()
+    return {"set": ops / set_s, "get": ops / get_s}
 
 
 def main() -> None:
@@ -74,6 +99,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--ops", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1, help="reads per round trip: the tier's get_many (MGET) "
+                        "against redis-benchmark -P (writes stay one per round trip on the tier's side)")
     parser.add_argument("--url")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -102,21 +129,23 @@ def main() -> None:
                                                  max_connections=args.clients))
     tier: dict[str, list[float]] = {"set": [], "get": []}
     bench: dict[str, list[float]] = {"set": [], "get": []}
+    plain: dict[str, list[float]] = {"set": [], "get": []}
     try:
         for r in range(args.rounds):
-            sides = [("bench", lambda: redis_benchmark(port, size, args.clients, args.ops)),
-                     ("tier", lambda: tier_round(store, layout, args.clients, args.ops, r * args.ops))]
-            for name, fn in (sides if r % 2 == 0 else sides[::-1]):
+            sides = [(bench, lambda: redis_benchmark(port, size, args.clients, args.ops, args.batch)),
+                     (tier, lambda: tier_round(store, layout, args.clients, args.ops, r * args.ops, args.batch)),
+                     (plain, lambda: plain_round(url, size, args.clients, args.ops, r * args.ops))]
+            for rows, fn in (sides if r % 2 == 0 else sides[::-1]):
                 rates = fn()
                 for op in ("set", "get"):
-                    (tier if name == "tier" else bench)[op].append(rates[op])
+                    rows[op].append(rates[op])
     finally:
         store.close()
         if server is not None:
             server.stop()
     ratios = {op: [t / b for t, b in zip(tier[op], bench[op])] for op in ("set", "get")}
-    result = {"value_bytes": size, "clients": args.clients, "ops": args.ops, "tier_ops_s": tier,
-              "redis_benchmark_ops_s": bench, "ratio": ratios,
+    result = {"value_bytes": size, "clients": args.clients, "ops": args.ops, "batch": args.batch, "tier_ops_s": tier,
+              "redis_benchmark_ops_s": bench, "redis_py_plain_ops_s": plain, "ratio": ratios,
               "median_ratio": {op: statistics.median(v) for op, v in ratios.items()}}
     if args.json:
         print(json.dumps(result))
@@ -125,7 +154,8 @@ def main() -> None:
     for op in ("set", "get"):
         print(f"  {op.upper()}: tier {[round(x) for x in tier[op]]} ops/s, redis-benchmark "
               f"{[round(x) for x in bench[op]]} ops/s; ratio {[round(x, 2) for x in ratios[op]]} "
-              f"({size * statistics.median(tier[op]) / 1e9:.2f} GB/s tier median)")
+              f"({size * statistics.median(tier[op]) / 1e9:.2f} GB/s tier median); redis-py alone "
+              f"{[round(x) for x in plain[op]]} ops/s")
 
 
 if __name__ == "__main__":
