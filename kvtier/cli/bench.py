@@ -21,6 +21,7 @@ def register(commands: Any) -> None:
     _register_storage(benches)
     _register_codec(benches)
     _register_parallel(benches)
+    _register_serve(benches)
     from kvtier.cli import replay
 
     replay.register(benches)
@@ -161,4 +162,53 @@ def _run_parallel(args: argparse.Namespace) -> int:
         print(f"kvtier bench parallel: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report) if args.json else format_table(report))
+    return 0 if report["replies_match"] else 1
+
+
+def _register_serve(benches: Any) -> None:
+    from kvtier.bench.serve import ServeBenchConfig
+
+    d = ServeBenchConfig()
+    p = benches.add_parser(
+        "serve", help="a multi-turn chat workload through the engine, tiering on and off (AIPerf's metrics)",
+        description="Replay multi-turn chats (synthetic, or --workload FILE.jsonl) through the engine at a "
+                    "concurrency or a request rate, with tiering on (host RAM and a disk folder below the device "
+                    "pool) and off; report time_to_first_token, inter_token_latency and request_latency (p50, "
+                    "p90, p99), output_token_throughput and request_throughput side by side.")
+    p.add_argument("--model", default=d.model, help=f"(default {d.model}, the demo model)")
+    p.add_argument("--dtype", default=d.dtype)
+    for name in ("conversations", "turns", "system_tokens", "user_tokens", "reply_tokens", "concurrency",
+                 "device_blocks", "host_blocks", "block_size"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
+                       help=f"(default {getattr(d, name)})")
+    p.add_argument("--request-rate", type=float, help="conversation starts per second, Poisson (default: "
+                   "--concurrency conversations in flight)")
+    p.add_argument("--workload", metavar="FILE.jsonl", help='conversations, one per line: {"turns": [[ids], ...], '
+                   '"max_tokens": N}')
+    p.add_argument("--remote", metavar="URL", help="also a Redis tier below the disk (tiering on)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="a latency CDF and a bar per configuration (matplotlib)")
+    p.set_defaults(func=_run_serve, parser=p)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from kvtier.bench.serve import ServeBenchConfig, format_table, plot, run_serve_bench
+
+    names = ("model", "dtype", "conversations", "turns", "system_tokens", "user_tokens", "reply_tokens",
+             "concurrency", "request_rate", "device_blocks", "host_blocks", "block_size", "workload", "remote")
+    try:
+        config = ServeBenchConfig(**{name: getattr(args, name) for name in names})
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    try:
+        report = run_serve_bench(config)
+        if args.plot:
+            plot(report, args.plot)
+    except (KVTierError, ValueError, OSError) as exc:
+        print(f"kvtier bench serve: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
+    else:
+        print(format_table(report))
     return 0 if report["replies_match"] else 1
