@@ -47,12 +47,9 @@ def engine(spec: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    kwargs = {}
-    if spec["kvtier"] is not None:
-        kwargs["kv_transfer_config"] = {
-            "kv_connector": "OffloadingConnector", "kv_role": "kv_both",
-            "kv_connector_extra_config": {"spec_name": "KVTierSpec", "spec_module_path": "kvtier.integrations.vllm",
-                                          "kvtier": spec["kvtier"]}}
+    from tests.integrations.vllm.driver import kv_transfer_config
+
+    kwargs = {} if spec["kvtier"] is None else {"kv_transfer_config": kv_transfer_config(spec["kvtier"])}
     start = time.perf_counter()
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, enforce_eager=True, dtype="bfloat16",
               max_model_len=spec["prompt_len"] + 64, seed=0, **kwargs)

@@ -75,8 +75,8 @@ class LayoutResult:
     def summary(self) -> dict[str, Any]:
         return {"layout": self.layout, "ranks": self.ranks, "wall_s": round(self.wall_s, 3),
                 "output_tokens_per_s": round(self.output_tokens / self.wall_s, 2),
-                "ttft_p50_ms": _ms(_percentile(self.ttft_s, 50)), "ttft_p90_ms": _ms(_percentile(self.ttft_s, 90)),
-                "itl_p50_ms": _ms(_percentile(self.itl_s, 50)), "itl_p90_ms": _ms(_percentile(self.itl_s, 90)),
+                "ttft_p50_ms": _ms(percentile(self.ttft_s, 50)), "ttft_p90_ms": _ms(percentile(self.ttft_s, 90)),
+                "itl_p50_ms": _ms(percentile(self.itl_s, 50)), "itl_p90_ms": _ms(percentile(self.itl_s, 90)),
                 "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens}
 
 
@@ -202,7 +202,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _percentile(values: list[float], q: int) -> float:
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (inclusive method); NaN for no values."""
     if not values:
         return float("nan")
     if len(values) == 1:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import statistics
 import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from kvtier.bench.parallel import percentile
 
 CONFIGS = ("tiering_on", "tiering_off")
 LATENCY_METRICS = ("time_to_first_token", "inter_token_latency", "request_latency")
@@ -194,16 +195,8 @@ def _serve(model: Any, config: ServeBenchConfig, conversations: list[Conversatio
         "cached_tokens": cached, "replies": replies, "samples": samples}
     for metric in LATENCY_METRICS:
         for q in (50, 90, 99):
-            result[f"{metric}_p{q}_ms"] = round(_percentile(samples[metric], q) * 1000, 2)
+            result[f"{metric}_p{q}_ms"] = round(percentile(samples[metric], q) * 1000, 2)
     return result
-
-
-def _percentile(values: list[float], q: int) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def format_table(report: dict[str, Any]) -> str:

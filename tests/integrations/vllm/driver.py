@@ -42,18 +42,20 @@ def wait_for_writes(stats_file: str) -> dict:
         time.sleep(0.05)
 
 
+def kv_transfer_config(options: dict) -> dict:
+    """vLLM's kv_transfer_config for kvtier's plug-in with `options` (kv_connector_extra_config["kvtier"])."""
+    return {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
+            "kv_connector_extra_config": {"spec_name": "KVTierSpec", "spec_module_path": "kvtier.integrations.vllm",
+                                          "kvtier": options}}
+
+
 def main(spec_path: str, out_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    kwargs = {}
-    if spec.get("kvtier") is not None:
-        kwargs["kv_transfer_config"] = {
-            "kv_connector": "OffloadingConnector", "kv_role": "kv_both",
-            "kv_connector_extra_config": {"spec_name": "KVTierSpec", "spec_module_path": "kvtier.integrations.vllm",
-                                          "kvtier": spec["kvtier"]}}
+    kwargs = {} if spec.get("kvtier") is None else {"kv_transfer_config": kv_transfer_config(spec["kvtier"])}
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, enforce_eager=True, dtype=spec.get("dtype", "auto"),
               max_model_len=spec.get("max_model_len", 2048), seed=0, **kwargs)
     if spec.get("wait_for"):

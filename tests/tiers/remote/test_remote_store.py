@@ -10,6 +10,7 @@ import torch
 from kvtier.config import KVLayout, RemoteTierConfig
 from kvtier.errors import TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey
+from kvtier.tiers.format.encode import encode_block
 from kvtier.tiers.remote import RemoteStore
 from kvtier.tiers.remote.breaker import CircuitBreaker
 from kvtier.tiers.remote.store import redis_key
@@ -110,8 +111,7 @@ def test_full_server_refuses_writes_without_crashing(tmp_path) -> None:
 
 
 def test_budget_evicts_own_least_recently_used_and_respects_pins(redis_server: RedisServer) -> None:
-    one = len(b"".join(bytes(p) for p in __import__("kvtier.tiers.format.encode", fromlist=["x"]).encode_block(
-        key(0), block(0), LAYOUT)))
+    one = len(b"".join(encode_block(key(0), block(0), LAYOUT)))
     store = store_for(redis_server, capacity_bytes=3 * one)
     for i in range(3):
         store.put(key(i), block(i))
