@@ -82,7 +82,8 @@ def test_from_config_opens_every_tier_and_writes_through_to_shared_ones(tmp_path
 
 @pytest.mark.parametrize(("change", "message"), [
     (("[device]", "[devices]"), r"the top level: unknown key 'devices'; allowed keys are \['device', 'layout'"),
-    (('kind = "host"', 'kind = "ram"'), r"\[tiers\]\[0\].kind must be one of \['disk', 'host', 'shared'\], got 'ram'"),
+    (('kind = "host"', 'kind = "ram"'),
+     r"\[tiers\]\[0\].kind must be one of \['disk', 'host', 'remote', 'shared'\], got 'ram'"),
     (("num_workers = 2", "workers = 2"), r"\[transfer\]: unknown key 'workers'; allowed keys are"),
     (('capacity_bytes = "1.5GiB"', 'capacity_bytes = "0.5"'), r"\[tiers\]\[1\] \(disk tier\): not a whole number"),
     (("fsync = false", 'fsync = "no"'), r"\[tiers\]\[1\] \(disk tier\): DiskTierConfig.fsync must be True or False"),
