@@ -25,6 +25,9 @@ from kvtier.errors import LostBlocksError, OutOfBlocksError
 from kvtier.types import BlockHash, Namespace, SeqId
 
 MAX_TOKEN_ID = (1 << 32) - 1  # NOTE: the object header stores token ids as u32
+# NOTE: a run of consecutive blocks is one strided copy (15 us for 33 SmolLM2 blocks here), scattered
+# ids one index_select per head (50-70 us): runs win up to about this many (benches/bench_hf_cache.py)
+MAX_RUN_COPIES = 8
 
 
 @dataclass(slots=True)
@@ -35,10 +38,23 @@ class _Row:
     hashes: list[BlockHash]
     tail_k: torch.Tensor  # [num_kv_heads, < block_size, head_dim]
     tail_v: torch.Tensor
+    plan: _GatherPlan | None = None  # where its full blocks were on the device when last gathered
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids) + self.tail_k.shape[1]
+
+
+@dataclass(frozen=True, slots=True)
+class _GatherPlan:
+    """Where a row's full blocks sit in the pool, as runs of consecutive block ids, and the pool's
+    eviction count when that was true: no block changes place or hash without an eviction, so an
+    unchanged count means the plan still holds (a decode step then skips every lookup)."""
+
+    num_evicted: int
+    num_blocks: int
+    runs: tuple[tuple[int, int, int], ...]  # (first block index in the row, first block id, length)
+    ids: torch.Tensor | None  # every block id, for a gather of scattered ids (many runs); else None
 
 
 class LayerStore:
@@ -79,12 +95,16 @@ class LayerStore:
             rows += [_Row([], [], empty, empty) for _ in range(keys.shape[0])]
         if len(rows) != keys.shape[0]:
             raise ValueError(f"layer {layer} holds {len(rows)} rows, the update has {keys.shape[0]}")
+        for index in range(len(rows)):  # NOTE: all first, so no row's prefetch holds blocks another row needs
+            self._land_prefetch(layer, index)
+        if not rows[0].num_tokens:  # NOTE: nothing stored before: the layer's K/V are this update's
+            for index, row in enumerate(rows):
+                self._append_row(layer, row, keys[index], values[index], None, None)
+            return keys, values
         batch, heads, new, dim = keys.shape
         # NOTE: head-major, as the pool's pages are, so the gather from the pool is the only copy
         out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))
         out_v = values.new_empty(out_k.shape)
-        for index in range(len(rows)):  # NOTE: all first, so no row's prefetch holds blocks another row needs
-            self._land_prefetch(layer, index)
         for index, row in enumerate(rows):
             self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
         return out_k, out_v
@@ -127,25 +147,20 @@ class LayerStore:
             self.cache.free(self._prefetches.pop((layer, index)))
 
     def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
-                    out_k: torch.Tensor, out_v: torch.Tensor) -> None:
+                    out_k: torch.Tensor | None, out_v: torch.Tensor | None) -> None:
         """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out_k`
-        and `out_v` `[heads, tokens, head_dim]` (contiguous)."""
+        and `out_v` `[heads, tokens, head_dim]` (contiguous); None: store only."""
         bs = self.block_size
-        if out_k.shape[1] != row.num_tokens + keys.shape[1]:
+        if out_k is not None and out_k.shape[1] != row.num_tokens + keys.shape[1]:
             raise ValueError(f"layer {layer}: rows hold different numbers of tokens ({row.num_tokens} and "
                              f"{out_k.shape[1] - keys.shape[1]})")
         k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
         num_new_full = k_new.shape[1] // bs
         old_blocks = len(row.token_ids) // bs
-        if old_blocks + num_new_full == 0:
+        if not num_new_full and (not old_blocks or out_k is None or out_v is None
+                                or self._gather_resident(row, out_k, out_v)):
             row.tail_k, row.tail_v = k_new, v_new
-            out_k.copy_(k_new)
-            out_v.copy_(v_new)
-            return
-        if not num_new_full and self._gather_resident(row, out_k, out_v):
-            row.tail_k, row.tail_v = k_new, v_new
-            out_k[:, len(row.token_ids):].copy_(k_new)
-            out_v[:, len(row.token_ids):].copy_(v_new)
+            self._write_tail(row, out_k, out_v)
             return
         new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
         if new_ids and new_ids[-1] > MAX_TOKEN_ID:
@@ -179,14 +194,21 @@ class LayerStore:
                     pages = new[:, :num_new_full * bs].view(new.shape[0], num_new_full, bs, new.shape[2])
                     cache.index_copy_(0, fresh, pages.transpose(0, 1))
                 self.cache.mark_computed(seq_id, len(token_ids))
-            self._gather(seq.block_ids[:num_blocks], out_k, out_v)
+            plan = self._plan(seq.block_ids[:num_blocks])
+            if out_k is not None and out_v is not None:
+                self._gather(plan, out_k, out_v)
         finally:
             # NOTE: first in line for eviction: every other layer runs before this one needs them again
             self.cache.free(seq_id, evict_first=True)
-        row.token_ids, row.hashes = token_ids, hashes
+        row.token_ids, row.hashes, row.plan = token_ids, hashes, plan
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
-        out_k[:, len(token_ids):].copy_(row.tail_k)
-        out_v[:, len(token_ids):].copy_(row.tail_v)
+        self._write_tail(row, out_k, out_v)
+
+    @staticmethod
+    def _write_tail(row: _Row, out_k: torch.Tensor | None, out_v: torch.Tensor | None) -> None:
+        if out_k is not None and out_v is not None:
+            out_k[:, len(row.token_ids):].copy_(row.tail_k)
+            out_v[:, len(row.token_ids):].copy_(row.tail_v)
 
     def _gather_resident(self, row: _Row, out_k: torch.Tensor, out_v: torch.Tensor) -> bool:
         """Gather a row's full blocks into the outputs straight from the pool when every one of them
@@ -195,35 +217,40 @@ class LayerStore:
         NOTE: nothing is pinned: only an allocation evicts, and none runs until this returns. The
         blocks keep their place in the eviction order.
         """
-        cached = self.cache.manager.allocator.cached
-        blocks = [cached.get(block_hash) for block_hash in row.hashes]
-        if any(block is None for block in blocks):
-            return False
-        self._gather([block.block_id for block in blocks if block is not None], out_k, out_v)
+        plan = row.plan
+        if plan is None or plan.num_evicted != self.cache.manager.allocator.num_evicted:
+            cached = self.cache.manager.allocator.cached
+            blocks = [cached.get(block_hash) for block_hash in row.hashes]
+            if any(block is None for block in blocks):
+                return False
+            plan = row.plan = self._plan([block.block_id for block in blocks if block is not None])
+        self._gather(plan, out_k, out_v)
         return True
 
-    def _gather(self, block_ids: Sequence[int], out_k: torch.Tensor, out_v: torch.Tensor) -> None:
-        """Blocks `block_ids` of the pool into the first `len(block_ids) * block_size` tokens of
-        `out_k`, `out_v` (`[heads, tokens, head_dim]`).
-
-        NOTE: a row's blocks are mostly runs of consecutive ids; a run is one strided copy of a pool
-        slice (19 us for 32 SmolLM2 blocks here), scattered ids one index_select per head (46 us).
-        """
-        bs = self.block_size
+    def _plan(self, block_ids: Sequence[int]) -> _GatherPlan:
+        """The gather plan of blocks `block_ids`, valid until the pool next evicts."""
         breaks = [i for i in range(1, len(block_ids)) if block_ids[i] != block_ids[i - 1] + 1]
-        runs = list(zip([0, *breaks], [*breaks, len(block_ids)]))
+        runs = tuple((start, block_ids[start], stop - start) for start, stop in zip([0, *breaks],
+                                                                                  [*breaks, len(block_ids)]))
+        ids = None
+        if len(runs) > MAX_RUN_COPIES:
+            ids = torch.tensor(block_ids, dtype=torch.int64, device=self.cache.pool.k_cache(0).device)
+        return _GatherPlan(self.cache.manager.allocator.num_evicted, len(block_ids), runs, ids)
+
+    def _gather(self, plan: _GatherPlan, out_k: torch.Tensor, out_v: torch.Tensor) -> None:
+        """The blocks of `plan` into the first `plan.num_blocks * block_size` tokens of `out_k`,
+        `out_v` (`[heads, tokens, head_dim]`): a strided copy of a pool slice per run, or, past
+        MAX_RUN_COPIES runs, one index_select of whole `[bs, dim]` pages per head."""
+        bs, num = self.block_size, plan.num_blocks
         for cache, out in ((self.cache.pool.k_cache(0), out_k), (self.cache.pool.v_cache(0), out_v)):
             heads, dim = cache.shape[1], cache.shape[3]
-            if len(runs) <= 4:
-                for start, stop in runs:
-                    first = block_ids[start]
-                    out[:, start * bs:stop * bs].view(heads, stop - start, bs, dim).copy_(
-                        cache[first:first + stop - start].transpose(0, 1))
+            if plan.ids is None:
+                for start, first, length in plan.runs:
+                    out[:, start * bs:(start + length) * bs].view(heads, length, bs, dim).copy_(
+                        cache[first:first + length].transpose(0, 1))
                 continue
-            ids = torch.tensor(block_ids, dtype=torch.int64, device=cache.device)
-            for head in range(heads):  # NOTE: one gather of whole [bs, dim] pages per head
-                torch.index_select(cache[:, head], 0, ids, out=out[head, :len(block_ids) * bs].view(len(block_ids), bs,
-                                                                                                   dim))
+            for head in range(heads):
+                torch.index_select(cache[:, head], 0, plan.ids, out=out[head, :num * bs].view(num, bs, dim))
 
     def select_rows(self, layer: int, indices: list[int]) -> None:
         """Keep rows `indices` of `layer`, in that order; a row may appear more than once (its blocks
@@ -231,8 +258,8 @@ class LayerStore:
         rows = self._rows[layer]
         self._drop_prefetches(layer)
         if rows:
-            self._rows[layer] = [_Row(list(rows[i].token_ids), list(rows[i].hashes), rows[i].tail_k, rows[i].tail_v)
-                                 for i in indices]
+            self._rows[layer] = [_Row(list(rows[i].token_ids), list(rows[i].hashes), rows[i].tail_k, rows[i].tail_v,
+                                      rows[i].plan) for i in indices]
 
     def truncate(self, layer: int, num_tokens: int) -> None:
         """Keep the first `num_tokens` tokens of every row of `layer`."""
@@ -248,7 +275,7 @@ class LayerStore:
             full_k, full_v = self._read_full(layer, row)
             num_blocks = num_tokens // bs
             row.tail_k, row.tail_v = full_k[:, num_blocks * bs:num_tokens], full_v[:, num_blocks * bs:num_tokens]
-            row.token_ids, row.hashes = row.token_ids[:num_blocks * bs], row.hashes[:num_blocks]
+            row.token_ids, row.hashes, row.plan = row.token_ids[:num_blocks * bs], row.hashes[:num_blocks], None
 
     def _read_full(self, layer: int, row: _Row) -> tuple[torch.Tensor, torch.Tensor]:
         """A row's full blocks `[heads, tokens, head_dim]` (from whichever tier holds them)."""
