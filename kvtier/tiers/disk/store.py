@@ -12,6 +12,7 @@ import logging
 import stat
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -41,6 +42,12 @@ two I/O threads interleave (one reads while the other verifies). A 4k-token Smol
 objects of 738 KB, two threads) took the same time from 16 to 256 and ~20% longer at 4."""
 
 
+MIN_THREAD_READ_BYTES = 1 << 20
+"""A batch read gets one reader thread per this many bytes (up to `read_threads`): smaller batches
+are read in the caller's thread, since handing runs over cost more than it won for SmolLM2's
+24 KB one-layer blocks read back from the page cache (TieredCache, benches/bench_hf_cache.py)."""
+
+
 class DiskStore(TierStore):
     """Blocks as files under `config.path`: a local disk (DiskTierConfig) or a shared folder
     (SharedTierConfig: other hosts' objects are found by name, damaged ones are quarantined).
@@ -64,6 +71,8 @@ class DiskStore(TierStore):
         self._publisher = Publisher(self._io, self.folder, config.fsync, via_proc, config.file_mode)
         self._max_object_bytes = max_object_bytes(layout)
         self._lock = threading.Lock()
+        self._readers: ThreadPoolExecutor | None = None
+        self._closed = False
         self._index = DiskIndex()
         self._free_space = FreeSpace(self.root)
         try:
@@ -149,8 +158,12 @@ class DiskStore(TierStore):
 
     def get_many(self, keys: Sequence[BlockKey],
                  outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
-        """`get` of each key, the files read and checksummed `READ_BATCH_OBJECTS` at a time in one
-        compiled call (read_blocks), which gives the GIL up once instead of at every system call."""
+        """`get` of each key, into `outs` where given: the objects cut into runs of at most
+        `READ_BATCH_OBJECTS`, each run read and checksummed in one compiled call (read_blocks, the
+        GIL given up once per run instead of at every system call), up to `config.read_threads`
+        runs at once on the tier's own reader threads, one per MIN_THREAD_READ_BYTES of the batch
+        (one thread reading one object at a time reached 0.54-0.86 of four threads calling `get`,
+        cold, 2 MiB objects: benches/bench_get_many.py)."""
         results: list[torch.Tensor | None] = [None] * len(keys)
         requests, where = [], []
         for index, (key, out) in enumerate(zip(keys, self._outputs(keys, outs))):
@@ -162,12 +175,32 @@ class DiskStore(TierStore):
                 continue
             requests.append(ReadRequest(*object_name(key.block_hash), key, out, known_header))
             where.append(index)
-        for start in range(0, len(requests), READ_BATCH_OBJECTS):
-            batch = requests[start:start + READ_BATCH_OBJECTS]
-            for index, request, result in zip(where[start:], batch, read_blocks(self._io, self.folder.fd, batch,
-                                                                                 self.layout)):
-                results[index] = self._served(request.key.block_hash, request.fanout, request.name, result)
+        threads = max(1, min(self.config.read_threads, len(requests),
+                             len(requests) * self.layout.page_size_bytes // MIN_THREAD_READ_BYTES))
+        per_run = min(READ_BATCH_OBJECTS, -(-len(requests) // (4 * threads)) if threads > 1 else len(requests))
+        runs = [requests[start:start + per_run] for start in range(0, len(requests), per_run)]
+
+        def read(run: list[ReadRequest]) -> list[ReadResult | OSError | DamagedObjectError]:
+            return read_blocks(self._io, self.folder.fd, run, self.layout)
+
+        pool = self._reader_pool() if len(runs) > 1 and threads > 1 else None
+        outcomes = pool.map(read, runs) if pool is not None else map(read, runs)
+        done = 0
+        for run, run_results in zip(runs, outcomes):
+            for request, result in zip(run, run_results):
+                results[where[done]] = self._served(request.key.block_hash, request.fanout, request.name, result)
+                done += 1
         return results
+
+    def _reader_pool(self) -> ThreadPoolExecutor | None:
+        """The threads `get_many` reads runs on, made at the first batch that has more than one run;
+        None once closed (the reads then fail in the caller's thread, as misses)."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(self.config.read_threads, thread_name_prefix="kvtier-disk-read")
+            return self._readers
 
     def _served(self, block_hash: BlockHash, fanout: str, name: str,
                 result: ReadResult | OSError | DamagedObjectError) -> torch.Tensor | None:
@@ -210,7 +243,12 @@ class DiskStore(TierStore):
         return True
 
     def close(self) -> None:
-        """Release the folder's descriptor; later calls fail as I/O errors (misses, or TierIOError on put)."""
+        """Release the reader threads and the folder's descriptor; later calls fail as I/O errors
+        (misses, or TierIOError on put)."""
+        with self._lock:
+            self._closed, readers = True, self._readers
+        if readers is not None:
+            readers.shutdown()
         self.folder.close()
 
     def _abort_put(self, size: int, fanout: str, name: str, exc: OSError) -> TierIOError:
