@@ -65,7 +65,9 @@ def test_damaged_or_foreign_values_are_misses_and_deleted(redis_server: RedisSer
     store._client.set(redis_key(key(0).block_hash), bytes(flipped))
     store._client.set(redis_key(key(2).block_hash), store._client.get(redis_key(key(1).block_hash)))  # another's
     store._client.set(redis_key(key(3).block_hash), raw[:40])  # truncated
-    assert store.get_many([key(0), key(1), key(2), key(3)]) [1] is not None
+    outs = [torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype) for _ in range(4)]
+    got = store.get_many([key(0), key(1), key(2), key(3)], outs)
+    assert [g is not None for g in got] == [False, True, False, False] and torch.equal(outs[1], block(1))
     assert store.stats.corrupt == 3
     assert store._client.exists(*(redis_key(key(i).block_hash) for i in (0, 2, 3))) == 0  # deleted
 
@@ -209,6 +211,9 @@ def test_any_value_at_a_key_is_the_block_or_a_miss(redis_server: RedisServer) ->
         store._client.set(redis_key(key(0).block_hash), value)
         got = store.get(key(0))
         assert got is None or (value == valid and torch.equal(got, block(0)))
+        out = torch.full(LAYOUT.block_shape, float("nan"), dtype=LAYOUT.dtype)  # the copy-once path into a slot
+        got = store.get(key(0), out)
+        assert got is None or (value == valid and got is out and torch.equal(out, block(0)))
 
     check()
     assert store.stats.io_errors == 0
