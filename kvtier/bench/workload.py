@@ -104,15 +104,17 @@ def zipf_weights(num_items: int, s: float) -> np.ndarray:
     return normalized
 
 
-def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int) -> Iterator[BlockOp]:
+def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int, *, read_ratio: float | None = None,
+                seed: int | None = None) -> Iterator[BlockOp]:
     """Reads of cached prefixes (`written`: prefix id -> blocks on the tier) mixed with new spills.
 
     Each request reads the first k blocks of a prefix picked by Zipf over a shuffled ranking,
     k uniform in [ceil(n/2), n]. Reads and writes interleave block by block so that the share
-    of reads is `read_ratio` exactly (deficit scheduling).
+    of reads is `read_ratio` (default: the config's) exactly (deficit scheduling).
     """
     cfg = chains.config
-    rng = np.random.default_rng(cfg.seed + 1)
+    read_ratio = cfg.read_ratio if read_ratio is None else read_ratio
+    rng = np.random.default_rng(cfg.seed + 1 if seed is None else seed)
     ranked = [p for p in sorted(written) if written[p] > 0]
     rng.shuffle(ranked)
     probs = zipf_weights(len(ranked), cfg.zipf_s) if ranked else None
@@ -120,7 +122,7 @@ def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int) ->
     burst: list[BlockOp] = []
     num_reads = num_total = 0
     while True:
-        want_read = probs is not None and num_reads < cfg.read_ratio * (num_total + 1)
+        want_read = probs is not None and num_reads < read_ratio * (num_total + 1)
         if want_read:
             if not burst:
                 prefix_id = ranked[int(rng.choice(len(ranked), p=probs))]
@@ -133,6 +135,11 @@ def mixed_trace(chains: PrefixChains, written: dict[int, int], num_data: int) ->
         else:
             yield next(spill)
         num_total += 1
+
+
+def read_trace(chains: PrefixChains, written: dict[int, int]) -> Iterator[BlockOp]:
+    """The mixed trace's prefix-read bursts alone (read ratio 1), drawn with a seed of their own."""
+    return mixed_trace(chains, written, 1, read_ratio=1.0, seed=chains.config.seed + 2)
 
 
 class TraceCursor:

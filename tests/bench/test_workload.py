@@ -5,7 +5,14 @@ import itertools
 
 import pytest
 
-from kvtier.bench.workload import PrefixChains, WorkloadConfig, mixed_trace, write_trace, written_blocks
+from kvtier.bench.workload import (
+    PrefixChains,
+    WorkloadConfig,
+    mixed_trace,
+    read_trace,
+    write_trace,
+    written_blocks,
+)
 
 
 @pytest.mark.parametrize("read_ratio", [0.0, 0.3, 0.8, 1.0])
@@ -37,3 +44,14 @@ def test_trace_is_deterministic_per_seed() -> None:
         return [op.key.block_hash for op, _ in zip(write_trace(chains, 8), range(100))]
 
     assert keys(5) == keys(5) != keys(6)
+
+
+def test_read_trace_reads_alone_only_written_blocks_apart_from_the_mixed_draws() -> None:
+    chains = PrefixChains(WorkloadConfig(read_ratio=0.5, seed=2))
+    writes = [op for op, _ in zip(write_trace(chains, 8), range(400))]
+    on_tier = {op.key.block_hash for op in writes}
+    reads = [op for op, _ in zip(read_trace(chains, written_blocks(writes)), range(1000))]
+    assert all(op.kind == "read" and op.key.block_hash in on_tier for op in reads)
+    mixed_reads = [op for op in itertools.islice(mixed_trace(chains, written_blocks(writes), 8), 2000)
+                   if op.kind == "read"][:1000]
+    assert [op.key for op in reads] != [op.key for op in mixed_reads]  # a seed of its own
