@@ -1,23 +1,30 @@
-"""Turn timed phases into the storage-bench report: GB/s, IOPS, latency, ratios, break-even, facts."""
+"""Turn timed phases into the storage-bench report: GB/s, IOPS, latency, ratios to fio and python, disk writes.
+
+Keys: `write_*`, `read_*` (reads alone) and `mixed_*` are the tier's; `python_*`, `fio_buffered_*` and
+`fio_direct_*` the other sides'. `write_ratio` and `read_ratio` are the tier's GB/s over the ceiling's,
+the better fio mode of that phase (`*_ceiling` names it; python when fio did not run).
+"""
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kvtier.bench.diskstats import BlockCounts, per_op
+from kvtier.bench.facts import device_facts
 from kvtier.bench.round_stats import WARMUP_ROUNDS, ratio_interval, round_ratios
 from kvtier.bench.runner import PhaseResult
+from kvtier.bench.table import format_table
 from kvtier.tiers.disk.fileio import native_built
 from kvtier.transfer.latency import percentile_ms
 
 if TYPE_CHECKING:
     from kvtier.bench.storage import StorageBenchConfig
 
+__all__ = ["build_report", "format_table"]
 PREFIX_TOKENS = (1024, 8192, 32768)
+SIDES = ("tier", "python", "fio_buffered", "fio_direct")
+FIO_SIDES = SIDES[2:]
 
 
 def direction(prefix: str, phase: PhaseResult, kind: str) -> dict[str, Any]:
@@ -49,122 +56,86 @@ def break_even(bytes_per_token: float, read_gbps: float) -> dict[str, Any]:
     }
 
 
-def filesystem_of(path: Path) -> dict[str, Any]:
-    """Mount point, filesystem type and device of `path` (longest match in /proc/mounts)."""
-    target = os.path.realpath(path)
-    best: dict[str, Any] = {"mount_point": None, "fs_type": None, "device": None}
-    try:
-        with open("/proc/mounts", encoding="utf-8") as f:
-            for line in f:
-                device, mount, fs_type = line.split()[:3]
-                mount = mount.replace("\\040", " ")
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) >= len(best["mount_point"] or ""):
-                    best = {"mount_point": mount, "fs_type": fs_type, "device": device}
-    except OSError:
-        pass  # not Linux: leave the facts empty rather than guess
-    return best
+def side_rows(phases: dict[str, PhaseResult]) -> dict[str, Any]:
+    """Every side's directions: `[<side>_]write_*`, `read_*`, `mixed_read_*`, `mixed_write_gbps/ops`."""
+    report: dict[str, Any] = {}
+    for side in SIDES:
+        prefix = "" if side == "tier" else f"{side}_"
+        for phase, kind in (("write", "write"), ("read", "read"), ("mixed", "read")):
+            if f"{side}_{phase}" in phases:
+                label = f"{prefix}mixed_read_" if phase == "mixed" else f"{prefix}{phase}_"
+                report |= direction(label, phases[f"{side}_{phase}"], kind)
+        if f"{side}_mixed" in phases:
+            report |= {k: v for k, v in direction(f"{prefix}mixed_write_", phases[f"{side}_mixed"], "write").items()
+                       if k.endswith(("gbps", "ops"))}
+    # NOTE: `raw_*` is what python_* was called while plain Python I/O was (wrongly) the ceiling
+    report |= {"raw_" + k.removeprefix("python_"): v for k, v in list(report.items()) if k.startswith("python_")}
+    return report
 
 
-def git_sha() -> str | None:
-    """The checkout's commit when kvtier runs from a git tree, else None."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def ceiling_of(phases: dict[str, PhaseResult], phase: str) -> str:
+    """The fio mode with the higher GB/s in `phase`, or python when no fio side ran."""
+    fio = [s for s in FIO_SIDES if f"{s}_{phase}" in phases]
+    return max(fio, key=lambda s: phases[f"{s}_{phase}"].gbps(phase)) if fio else "python"
 
 
-def device_facts(path: Path) -> dict[str, Any]:
-    import torch
-
-    import kvtier
-
-    usage = shutil.disk_usage(path)
-    return {**filesystem_of(path), "free_bytes": usage.free, "total_bytes": usage.total,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "kvtier": kvtier.__version__, "git_sha": git_sha()}
+def ratios(phases: dict[str, PhaseResult], phase: str, kind: str, against: str, key: str) -> dict[str, Any]:
+    """`key`: tier GB/s over `against`'s in `phase`, with its per-round spread and 95% interval."""
+    tier, other = phases[f"tier_{phase}"], phases[f"{against}_{phase}"]
+    return {key: ratio(tier.gbps(kind), other.gbps(kind)), f"{key}_rounds": round_ratios(tier, other),
+            f"{key}_ci95": ratio_interval(tier, other, kind)}
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """A plain, aligned table of the headline numbers."""
-    def num(value: Any, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    cfg = report["config"]
-    rows = [("", "tier", "raw", "ratio")]
-    for kind in ("write", "read"):
-        rows.append((f"{kind} GB/s", num(report[f"{kind}_gbps"], ".3f"),
-                     num(report[f"raw_{kind}_gbps"], ".3f"), num(report[f"{kind}_ratio"], ".3f")))
-        rows.append((f"{kind} IOPS", num(report[f"{kind}_iops"], ".0f"),
-                     num(report[f"raw_{kind}_iops"], ".0f"), ""))
-        for q in ("p50", "p90", "p99"):
-            rows.append((f"{kind} {q} ms", num(report[f"{kind}_{q}_ms"], ".3f"),
-                         num(report[f"raw_{kind}_{q}_ms"], ".3f"), ""))
-    lines = [(f"kvtier bench storage{' --calibrate (plain files on both sides)' if cfg['calibrate'] else ''}: "
-              f"{cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), "
-             f"codec {cfg['codec']}, fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, "
-             f"read ratio {cfg['read_ratio']}, {'compiled' if cfg['native_io'] else 'Python'} file I/O, "
-             f"{report['device']['fs_type']} at {cfg['path']}")]
-    lines += [f"{a:<14}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
-    spread = "; ".join(
-        f"{kind} median {num(r['median'], '.3f')} (quartiles {num(r['q1'], '.3f')}-{num(r['q3'], '.3f')})"
-        for kind, r in (("write", report["write_ratio_rounds"]), ("read", report["read_ratio_rounds"])))
-    lines.append(f"ratio per round ({report['write_ratio_rounds']['rounds']} rounds): {spread}")
-    intervals = "; ".join(f"{kind} {num(ci[0], '.3f')}-{num(ci[1], '.3f')}" if ci else f"{kind} -"
-                          for kind, ci in (("write", report["write_ratio_ci95"]), ("read", report["read_ratio_ci95"])))
-    lines.append(f"ratio 95% interval (bootstrap over this run's rounds): {intervals}")
-    loads = ", ".join(f"{n} tok {num(ms, '.1f')} ms" for n, ms in report["prefix_load_ms"].items())
-    lines.append(f"misses {report['misses']}, rejected {report['rejected']}; {report['bytes_per_token']:.0f} "
-                 f"bytes/token; prefix load at measured read GB/s: {loads}")
-    if report["tier_path"]:
-        lines.append(f"objects kept in {report['tier_path']} (try `kvtier cache stat {report['tier_path']}`)")
-    return "\n".join(lines)
+def block_io(phases: dict[str, PhaseResult], block_writes: dict[str, BlockCounts],
+             device: str | None) -> dict[str, Any]:
+    """Block-layer write I/Os and bytes per block op, per side and phase (None where not counted)."""
+    out: dict[str, Any] = {"device": device}
+    for key, phase in phases.items():
+        side, name = key.rsplit("_", 1)
+        num_ops = sum(len(v) for v in phase.latencies_s.values())
+        out.setdefault(side, {})[name] = per_op(block_writes.get(key), num_ops)
+    return out
 
 
 def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tier_dir: Path,
-                 tier_stats: dict[str, Any]) -> dict[str, Any]:
-    """The report of one run: tier and raw sides per direction, ratios, break-even, config, device."""
+                 tier_stats: dict[str, Any], *, fio: dict[str, Any], block_writes: dict[str, BlockCounts],
+                 device: str | None) -> dict[str, Any]:
+    """The report of one run: every side per direction, ratios, disk writes, break-even, config, device."""
     layout = config.layout
-    report: dict[str, Any] = {}
-    report |= direction("write_", phases["tier_write"], "write")
-    report |= direction("raw_write_", phases["raw_write"], "write")
-    report |= direction("read_", phases["tier_mixed"], "read")
-    report |= direction("raw_read_", phases["raw_mixed"], "read")
-    report |= {k: v for k, v in direction("mixed_write_", phases["tier_mixed"], "write").items()
-               if k.endswith(("gbps", "ops"))}
-    report |= {k: v for k, v in direction("raw_mixed_write_", phases["raw_mixed"], "write").items()
-               if k.endswith(("gbps", "ops"))}
-    report["write_ratio"] = ratio(report["write_gbps"], report["raw_write_gbps"])
-    report["read_ratio"] = ratio(report["read_gbps"], report["raw_read_gbps"])
-    report["write_ratio_rounds"] = round_ratios(phases["tier_write"], phases["raw_write"])
-    report["read_ratio_rounds"] = round_ratios(phases["tier_mixed"], phases["raw_mixed"])
-    report["write_ratio_ci95"] = ratio_interval(phases["tier_write"], phases["raw_write"], "write")
-    report["read_ratio_ci95"] = ratio_interval(phases["tier_mixed"], phases["raw_mixed"], "read")
+    report = side_rows(phases)
+    for phase in ("write", "read"):
+        report[f"{phase}_ceiling"] = ceiling_of(phases, phase)
+        report |= ratios(phases, phase, phase, report[f"{phase}_ceiling"], f"{phase}_ratio")
+        report |= ratios(phases, phase, phase, "python", f"{phase}_python_ratio")
+    report |= ratios(phases, "mixed", "read", "python", "mixed_read_ratio")
     report["misses"] = sum(p.misses for name, p in phases.items() if name.startswith("tier"))
     report["rejected"] = sum(p.rejected for name, p in phases.items() if name.startswith("tier"))
     report["phase_wall_s"] = {name: p.wall_s for name, p in phases.items()}
     report |= break_even(layout.bytes_per_token, report["read_gbps"])
-    report["raw_prefix_load_ms"] = break_even(layout.bytes_per_token, report["raw_read_gbps"])["prefix_load_ms"]
+    ceiling_gbps = report[f"{report['read_ceiling']}_read_gbps"]
+    report["ceiling_prefix_load_ms"] = break_even(layout.bytes_per_token, ceiling_gbps)["prefix_load_ms"]
+    report["block_io"] = block_io(phases, block_writes, device)
+    report["fio"] = fio
     report["tier_stats"] = tier_stats
     report["tier_path"] = str(tier_dir) if config.keep else None
-    report["page_cache"] = "flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every slice, both sides"
-    calibration = ("CALIBRATION: the tier side is plain files too, so every ratio would be 1.0 on a steady "
+    report["page_cache"] = ("flushed and dropped (fdatasync + POSIX_FADV_DONTNEED) after every slice, every side, "
+                            "then syncfs; fio with invalidate=0 (it would invalidate at every open)")
+    calibration = ("CALIBRATION: the tier side is plain files too, so tier/python would be 1.0 on a steady "
                    "disk; its distance from 1.0 is the noise floor of the ratios. ")
     report["method"] = (calibration if config.calibrate else "") + (
-                        "write_*: the write phase (spills only); read_*: read bytes / wall time of the mixed phase, "
-                        "which also spills at 1 - read_ratio (use --read-ratio 1 for reads alone); GB/s are 1e9 "
-                        "bytes of uncompressed block payload; raw_* replay exactly the same ops; each phase starts with "
-                        "an untimed warm-up round")
+        "write_*: the write phase (spills only); read_*: the read phase (prefix reads of written blocks alone); "
+        "mixed_*: reads and spills at read_ratio (tier and python only); GB/s are 1e9 bytes of uncompressed block "
+        "payload; every other side replays exactly the tier's or python's ops in the same rounds; fio: one file per "
+        "object, its files under the run's folder, latencies its clat (the read()/write() call alone, no open, "
+        "fsync or close), wall its runtime (1 ms resolution); block_io: /proc/diskstats deltas over each side's "
+        "slices, flush and syncfs included; each phase starts with an untimed warm-up round")
     report["config"] = {
         "path": str(config.path), "block_bytes": layout.page_size_bytes, "block_size": layout.block_size,
         "layout": layout.to_dict(), "concurrency": config.concurrency,
         "rounds": config.rounds, "warmup_rounds": WARMUP_ROUNDS,
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
-        "api": config.api, "calibrate": config.calibrate,
+        "api": config.api, "calibrate": config.calibrate, "fio": config.fio,
         "native_io": native_built()}  # the tier did its file I/O through _fileio.c (tiers/disk/fileio.py)
     report["device"] = device_facts(config.path)
     return report

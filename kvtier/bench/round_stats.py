@@ -1,8 +1,9 @@
 """How much of a storage-bench ratio is the disk's noise: per-round spread and a bootstrap interval.
 
-A round is two slices, tier and raw, that moved exactly the same ops one after the other, so
-the round is the unit of every statistic here. Rounds alternate which side leads: even rounds
-(0, 2, ...) are led by the tier, odd ones by raw.
+A round is a slice per side (tier, python, fio's modes) that moved exactly the same ops one after
+the other, so the round is the unit of every statistic here; each compares the tier with one other
+side (`raw` below). Rounds alternate which side leads: even rounds (0, 2, ...) are led by the tier,
+odd ones by python.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from kvtier.bench.runner import PhaseResult
 
-WARMUP_ROUNDS = 1  # untimed rounds before each phase's counted ones (storage._Run.pair says why)
+WARMUP_ROUNDS = 1  # untimed rounds before each phase's counted ones (rounds.Rounds.run says why)
 INTERVAL_LEVEL = 0.95
 RESAMPLES = 2000
 
@@ -21,8 +22,12 @@ def round_ratios(tier: PhaseResult, raw: PhaseResult) -> dict[str, Any]:
     """Spread of the per-round ratios raw wall / tier wall (a round's two slices move the same ops).
 
     The headline ratio pools every round; this shows how much of it is the disk's own noise.
+    Rounds that moved nothing (the write budget ran out) are left out.
     """
-    pairs = sorted(r / t for t, r in zip(tier.slice_walls, raw.slice_walls, strict=True) if t > 0)
+    walls = zip(tier.slice_walls, raw.slice_walls, strict=True)
+    moved = [sum(ops.values()) > 0 for ops in tier.slice_ops] if len(tier.slice_ops) == len(tier.slice_walls) \
+        else [True] * len(tier.slice_walls)
+    pairs = sorted(r / t for (t, r), has_ops in zip(walls, moved) if t > 0 and r > 0 and has_ops)
     if not pairs:
         return {"rounds": 0, "min": None, "q1": None, "median": None, "q3": None, "max": None}
     q1, median, q3 = statistics.quantiles(pairs, n=4, method="inclusive") if len(pairs) > 1 else pairs * 3

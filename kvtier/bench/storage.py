@@ -1,30 +1,35 @@
-"""`kvtier bench storage`: the KV-offload pattern through a tier's public API against the raw ceiling.
+"""`kvtier bench storage`: the KV-offload pattern through a tier's public API against fio on the same disk.
 
-Two phases, each cut into rounds; in a round one side (tier or raw, alternating) runs time-boxed
-and the other replays exactly its ops: same bytes, same thread count, the same fan-out folders
-(raw files sit beside the tier's objects), and the page cache flushed and dropped for the files a
-slice touched after every slice (page_cache.drop_cached). Many short rounds rather than a few long
-ones: a disk's speed drifts over seconds, and only sides measured close together see the same disk.
+Three phases, each cut into rounds; in a round one side (tier or python, alternating) runs time-boxed
+and the others replay exactly its ops: same bytes, same thread count, files on the same filesystem
+under the run's folder, and the page cache flushed and dropped for the files a slice touched after
+every slice. The sides: the tier; `python`, plain Python buffered file I/O of the same objects
+(python_io.py); and fio, buffered and O_DIRECT (fio_side.py), the ceiling, when it is installed.
+Many short rounds rather than a few long ones: a disk's speed drifts over seconds, and only sides
+measured close together see the same disk.
 1. write: spill prefixes block by block;
-2. mixed: prefix-read bursts with Zipf reuse, interleaved with new spills at `read_ratio`.
+2. read: prefix-read bursts with Zipf reuse of what the write phase spilled, reads alone;
+3. mixed: the same bursts interleaved with new spills at `read_ratio` (tier and python only).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kvtier.bench.page_cache import drop_cached, settle
-from kvtier.bench.raw_tier import RAW_SUFFIX, RawFileTier
+from kvtier.bench.diskstats import device_of
+from kvtier.bench.fio import FIO_MODES, INSTALL_HINT, direct_refusal, find_fio, fio_version
+from kvtier.bench.fio_side import FioSide
+from kvtier.bench.python_io import PYTHON_SUFFIX, PythonFileTier
 from kvtier.bench.report import build_report
-from kvtier.bench.round_stats import WARMUP_ROUNDS
-from kvtier.bench.runner import AsyncOpFn, PhaseResult, run_phase, run_phase_async
+from kvtier.bench.rounds import OpSide, Rounds, Side
 from kvtier.bench.tier_ops import (
     AsyncTierOps,
     TierOps,
@@ -34,9 +39,9 @@ from kvtier.bench.tier_ops import (
 from kvtier.bench.workload import (
     BlockOp,
     PrefixChains,
-    TraceCursor,
     WorkloadConfig,
     mixed_trace,
+    read_trace,
     write_trace,
     written_blocks,
 )
@@ -46,11 +51,12 @@ from kvtier.transfer.aio import AsyncTier
 TierFactory = Callable[[KVLayout, DiskTierConfig], Any]  # returns a TierStore
 AsyncFactory = Callable[[Any, int], AsyncTier]  # (TierStore, concurrency) -> its asyncio API
 MAX_DEFAULT_BYTES = 16 << 30
+FIO_DIR = "fio"  # fio's files: <run folder>/fio/<mode>/ab/<n>
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageBenchConfig:
-    """One run of the storage bench. `max_bytes` caps what the tier writes (the raw ceiling as much)."""
+    """One run of the storage bench. `max_bytes` caps what the tier writes (every other side as much)."""
 
     path: Path
     layout: KVLayout
@@ -58,13 +64,14 @@ class StorageBenchConfig:
     concurrency: int = 4
     codec: str = "raw"
     fsync: bool = True
-    duration_s: float = 10.0  # of the leading sides' I/O, half writes, half mixed; replays add as much
+    duration_s: float = 10.0  # of the leading sides' I/O, a third per phase; replays add as much each
     rounds: int = 16  # slices per phase, alternating which side leads
     keep: bool = False
-    max_bytes: int | None = None  # None: min(16 GiB, a quarter of the free space)
+    max_bytes: int | None = None  # None: min(16 GiB, free space / (2 x the sides that write))
     progress: bool = False
     api: str = "sync"  # "sync": TierStore put/get on threads; "async": the asyncio API on one loop
-    calibrate: bool = False  # raw files in the tier's place too (an A/A run): the ratios' noise floor
+    calibrate: bool = False  # python files in the tier's place too (an A/A run): the ratios' noise floor
+    fio: bool = True  # fio's sides (the ceiling) when fio is on PATH; without it the ceiling is python
 
     def __post_init__(self) -> None:
         check_positive_int("StorageBenchConfig", "concurrency", self.concurrency)
@@ -123,127 +130,92 @@ def _object_path_fn(store: Any) -> Callable[[BlockOp], str] | None:
     return lambda op: str(path_of(op.key.block_hash))
 
 
-def _budget(config: StorageBenchConfig) -> int:
+def _budget(config: StorageBenchConfig, num_writers: int) -> int:
+    """Bytes the tier may write: --max-bytes, or min(16 GiB, the free space / (2 x the sides that write))."""
     free = shutil.disk_usage(config.path).free
-    budget = config.max_bytes or min(MAX_DEFAULT_BYTES, free // 4)
+    budget = config.max_bytes or min(MAX_DEFAULT_BYTES, free // (2 * num_writers))
     block_bytes = config.layout.page_size_bytes
-    if 2 * budget > free or budget < 2 * block_bytes:
-        raise ValueError(f"bench needs 2 x {budget} bytes (tier + raw ceiling) with at least two blocks of "
-                         f"{block_bytes} bytes each; {config.path} has {free} free; free some space or pass a lower --max-bytes")
+    if num_writers * budget > free or budget < 2 * block_bytes:
+        raise ValueError(f"bench needs {num_writers} x {budget} bytes (tier, python and fio's modes each write as "
+                         f"much) with at least two blocks of {block_bytes} bytes each; {config.path} has {free} free; "
+                         "free some space or pass a lower --max-bytes")
     return budget
 
 
-@dataclass(frozen=True, slots=True)
-class _Side:
-    """One contender: its label, how it runs a slice of ops, and the folder it leaves files in."""
-
-    label: str
-    folder: Path
-    op_fn: Callable[[BlockOp], bool] | None = None
-    async_op_fn: AsyncOpFn | None = None
-    path_of: Callable[[BlockOp], str] | None = None  # the file an op touches; None: settle the whole folder
-
-    def settle(self, ops: list[BlockOp]) -> None:
-        if self.path_of is None:
-            settle(self.folder)
-        else:
-            drop_cached(dict.fromkeys(map(self.path_of, ops)))
-
-    def run(self, name: str, cursor: TraceCursor, config: StorageBenchConfig, bar: Any) -> PhaseResult:
-        kwargs: dict[str, Any] = {"concurrency": config.concurrency, "block_bytes": config.layout.page_size_bytes,
-                                  "progress": bar}
-        if self.async_op_fn is not None:
-            return run_phase_async(f"{self.label} {name}", self.async_op_fn, cursor, **kwargs)
-        assert self.op_fn is not None, "a side needs a sync or an async op"
-        return run_phase(f"{self.label} {name}", self.op_fn, cursor, **kwargs)
+def fio_plan(config: StorageBenchConfig) -> tuple[str | None, dict[str, Any]]:
+    """The fio binary (None: no fio sides) and what the report says about fio: version, modes, why not."""
+    binary = find_fio() if config.fio else None
+    facts: dict[str, Any] = {"binary": binary, "version": None, "modes": [], "skipped": {}}
+    if not config.fio:
+        facts["skipped"] = {"all": "turned off (--no-fio)"}
+    elif binary is None:
+        facts["skipped"] = {"all": f"fio not found on PATH ({INSTALL_HINT})"}
+        warnings.warn("kvtier bench storage: fio not found on PATH, so the ratios fall back to plain Python file "
+                      f"I/O, which is no ceiling; install fio ({INSTALL_HINT})", RuntimeWarning, stacklevel=3)
+    else:
+        facts["version"] = fio_version(binary)
+        refusal = direct_refusal(config.path, config.layout.page_size_bytes)
+        facts["modes"] = [m for m in FIO_MODES if m != "direct" or refusal is None]
+        facts["skipped"] = {"direct": refusal} if refusal else {}
+    return binary, facts
 
 
-@dataclass(slots=True)
-class _Run:
-    config: StorageBenchConfig
-    sides: tuple[_Side, _Side]  # tier, raw
-    phases: dict[str, PhaseResult] = field(default_factory=dict)
-
-    def pair(self, name: str, trace: Iterator[BlockOp], max_write_bytes: int) -> list[BlockOp]:
-        """`rounds` slices of `trace`: one side time-boxed, the other replaying exactly its ops.
-
-        NOTE: the side that leads alternates (tier, raw, raw, tier, ...) so that neither always
-        runs on a disk the other just left busy; slices of both sides add up to the phase.
-        A first, untimed round (WARMUP_ROUNDS) takes the cold start, which would otherwise slow
-        the first round's leader, always the tier.
-        """
-        cfg, block_bytes = self.config, self.config.layout.page_size_bytes
-        issued: list[BlockOp] = []
-        for round_index in range(-WARMUP_ROUNDS, cfg.rounds):
-            lead, follow = self.sides if round_index % 2 == 0 else self.sides[::-1]
-            counted = round_index >= 0
-            spent = sum(op.kind == "write" for op in issued) * block_bytes
-            allowed = max_write_bytes - spent if counted else max_write_bytes // (cfg.rounds + WARMUP_ROUNDS)
-            cursor = TraceCursor(trace, block_bytes=block_bytes,
-                                 deadline=time.perf_counter() + cfg.duration_s / 2 / cfg.rounds,
-                                 min_ops=max(2 * cfg.concurrency, 4), max_write_bytes=allowed)
-            self._timed(name, lead, cursor, counted)
-            self._timed(name, follow, TraceCursor.replay(cursor.issued, block_bytes), counted)
-            issued += cursor.issued
-        return issued
-
-    def _timed(self, name: str, side: _Side, cursor: TraceCursor, counted: bool) -> None:
-        from tqdm import tqdm
-
-        with tqdm(desc=f"{side.label} {name}", unit="B", unit_scale=True, disable=not self.config.progress,
-                  leave=False) as bar:
-            result = side.run(name, cursor, self.config, bar)
-        side.settle(cursor.issued)
-        if counted:
-            self.phases.setdefault(f"{side.label}_{name}", PhaseResult(name=name, block_bytes=result.block_bytes)) \
-                .merge(result)
+def _tier_side(config: StorageBenchConfig, store: Any, tier_dir: Path, pool: list[torch.Tensor],
+               closers: list[Callable[[], Any]], async_factory: AsyncFactory | None) -> OpSide:
+    tier_path = _object_path_fn(store)
+    if config.api == "async":
+        astore = (async_factory or default_async_factory)(store, config.concurrency)
+        closers.insert(0, astore.close)
+        return OpSide("tier", tier_dir, async_op_fn=AsyncTierOps(astore, pool, config.concurrency).run,
+                      path_of=tier_path)
+    return OpSide("tier", tier_dir, op_fn=TierOps(store, pool).run, path_of=tier_path)
 
 
 def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | None = None,
                       async_factory: AsyncFactory | None = None) -> dict[str, Any]:
-    """Run both phases and return the report (see report.py for the keys).
+    """Run the three phases and return the report (see report.py for the keys).
 
     Args:
         config: what to run.
-        tier_factory: builds the TierStore under test (default: DiskStore; RawFileTier when
+        tier_factory: builds the TierStore under test (default: DiskStore; PythonFileTier when
             `config.calibrate`).
         async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncTier).
     """
     if not config.path.is_dir():
         raise ValueError(f"--path {config.path} is not an existing folder")
     if config.calibrate:
-        tier_factory = RawFileTier
-    budget = _budget(config)
+        tier_factory = PythonFileTier
+    fio_binary, fio_facts = fio_plan(config)
+    budget = _budget(config, 2 + len(fio_facts["modes"]))
     run_id = f"kvtier-bench-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    tier_dir = config.path / run_id  # NOTE: the raw side writes `ab/<hex>.raw` in the tier's own fan-out
+    tier_dir = config.path / run_id  # NOTE: the python side writes `ab/<hex>.pyio` in the tier's own fan-out
     pool = data_pool(config.layout, config.workload.seed)
     disk_config = DiskTierConfig(path=str(tier_dir), capacity_bytes=2 * budget, fsync=config.fsync,
                                  codec=config.codec)
     tier_dir.mkdir()
-    closers: list[Callable[[], Any]] = []
+    closers: list[Callable[[], Any]] = [lambda: shutil.rmtree(tier_dir / FIO_DIR, ignore_errors=True)]
     try:
         store = (tier_factory or default_tier_factory)(config.layout, disk_config)
         closers.append(store.close)
         check_round_trip(store, config.layout, pool)
-        tier_path = _object_path_fn(store)
-        if config.api == "async":
-            astore = (async_factory or default_async_factory)(store, config.concurrency)
-            closers.insert(0, astore.close)
-            tier = _Side("tier", tier_dir, async_op_fn=AsyncTierOps(astore, pool, config.concurrency).run,
-                         path_of=tier_path)
-        else:
-            tier = _Side("tier", tier_dir, op_fn=TierOps(store, pool).run, path_of=tier_path)
-        raw = RawFileTier(config.layout, disk_config, suffix=RAW_SUFFIX, pool=pool)
-        closers.append(raw.remove_all)
-        run = _Run(config, (tier, _Side("raw", tier_dir, op_fn=raw.run, path_of=_object_path_fn(raw))))
+        python = PythonFileTier(config.layout, disk_config, suffix=PYTHON_SUFFIX, pool=pool)
+        closers.append(python.remove_all)
+        sides: list[Side] = [_tier_side(config, store, tier_dir, pool, closers, async_factory),
+                             OpSide("python", tier_dir, op_fn=python.run, path_of=_object_path_fn(python))]
+        sides += [FioSide(fio_binary, tier_dir / FIO_DIR / mode, mode=mode, object_bytes=config.layout.page_size_bytes,
+                          fsync=config.fsync, concurrency=config.concurrency)
+                  for mode in fio_facts["modes"] if fio_binary is not None]
+        run = Rounds(config, device_of(config.path))
         chains = PrefixChains(config.workload)
-        written = run.pair("write", write_trace(chains, len(pool)), budget // 2)
+        written = run.run("write", sides, write_trace(chains, len(pool)), budget // 2)
+        run.run("read", sides, read_trace(chains, written_blocks(written)), 0)
         spare = budget - len(written) * config.layout.page_size_bytes
-        run.pair("mixed", mixed_trace(chains, written_blocks(written), len(pool)), spare)
+        run.run("mixed", sides[:2], mixed_trace(chains, written_blocks(written), len(pool)), spare)
         stats = dict(store.stats.as_dict()) if hasattr(store, "stats") else {}
     finally:
         for close in closers:
             close()
         if not config.keep:
             shutil.rmtree(tier_dir, ignore_errors=True)
-    return build_report(config, run.phases, tier_dir, stats)
+    return build_report(config, run.phases, tier_dir, stats, fio=fio_facts,
+                        block_writes=run.block_writes, device=run.device)

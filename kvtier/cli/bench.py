@@ -29,11 +29,13 @@ def register(commands: Any) -> None:
 
 def _register_storage(benches: Any) -> None:
     p = benches.add_parser(
-        "storage", help="KV-offload I/O through the disk tier against the raw file-I/O ceiling",
-        description="Write one-block objects, then replay prefix-read bursts with Zipf reuse mixed with "
-                    "new spills, through the disk tier's public API and as plain Python file I/O of the "
-                    "same bytes at the same concurrency in the same folder; report GB/s, IOPS, "
-                    "latency percentiles, tier/raw ratios and the prefix-load break-even.")
+        "storage", help="KV-offload I/O through the disk tier against fio (the ceiling) and plain Python file I/O",
+        description="Write one-block objects, read prefix bursts of them with Zipf reuse (reads alone, page cache "
+                    "dropped), then mix those reads with new spills, through the disk tier's public API; in the same "
+                    "alternating rounds replay exactly the same objects as plain Python buffered file I/O and, when "
+                    "fio is installed, as fio jobs (one file per object, buffered and O_DIRECT) at the same "
+                    "concurrency on the same filesystem; report GB/s, IOPS, latency percentiles, block-layer "
+                    "writes per op, tier/fio (the better mode) and tier/python ratios and the prefix-load break-even.")
     p.add_argument("--path", type=Path, required=True, help="folder to benchmark (a fresh subfolder is used)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--block-bytes", type=int, help="bytes per block (a 1-layer fp16 layout of that size)")
@@ -45,18 +47,22 @@ def _register_storage(benches: Any) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="threads issuing block ops (default 4)")
     p.add_argument("--codec", choices=("raw", "zstd"), default="raw", help="tier payload codec (default raw)")
     p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of time-boxed I/O, half writes, half mixed; the replays add about as much again, "
-                        "the warm-up rounds a little more (default 10)")
+                   help="seconds of time-boxed I/O, a third each to writes, reads and the mixed phase; each replay "
+                        "(python, fio buffered, fio O_DIRECT) adds about as much again, every fio run about 0.2 s of "
+                        "start-up, the warm-up rounds a little more (default 10)")
     p.add_argument("--api", choices=("sync", "async"), default="sync",
                    help="drive the tier's sync API on threads or its asyncio API on one loop (default sync)")
     p.add_argument("--rounds", type=int, default=16,
-                   help="timed slices per phase, alternating whether tier or raw leads, after one untimed "
+                   help="timed slices per phase, alternating whether tier or python leads, after one untimed "
                         "warm-up round (default 16)")
-    p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier and the raw ceiling alike")
+    p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier, python and fio alike")
+    p.add_argument("--no-fio", action="store_true",
+                   help="leave fio out (it runs when on PATH); the ratios are then against python alone")
     p.add_argument("--calibrate", action="store_true",
-                   help="put plain files in the tier's place too: the ratios then show this disk's noise floor "
+                   help="put plain files in the tier's place too: tier/python then shows this disk's noise floor "
                         "(1.0 on a steady disk); run it beside a real run before trusting a small difference")
-    p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes (default min(16 GiB, free/4))")
+    p.add_argument("--max-bytes", type=int, help="cap on bytes the tier writes, each other side as much "
+                   "(default min(16 GiB, free space / (2 x the sides that write)))")
     p.add_argument("--seed", type=int, default=0, help="trace and data seed (default 0)")
     p.add_argument("--keep", action="store_true", help="leave the tier's objects (for `kvtier cache`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -95,7 +101,7 @@ def run_storage(args: argparse.Namespace) -> int:
         config = StorageBenchConfig(
             path=args.path, layout=layout, concurrency=args.concurrency, codec=args.codec,
             fsync=not args.no_fsync, duration_s=args.duration, rounds=args.rounds, keep=args.keep,
-            max_bytes=args.max_bytes, api=args.api, calibrate=args.calibrate,
+            max_bytes=args.max_bytes, api=args.api, calibrate=args.calibrate, fio=not args.no_fio,
             workload=WorkloadConfig(block_size=layout.block_size, read_ratio=args.read_ratio, seed=args.seed),
             progress=not args.json and sys.stderr.isatty())
         report = run_storage_bench(config)

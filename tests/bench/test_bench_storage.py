@@ -1,4 +1,4 @@
-"""The storage bench end to end on a fake tier: report keys and sanity, rounds, warm-up, --keep."""
+"""The storage bench end to end on a fake tier (fio left out: tests/bench/test_fio.py runs it): keys, rounds, --keep."""
 from __future__ import annotations
 
 import threading
@@ -69,23 +69,28 @@ class ZeroStore(MemoryStore):
 
 def short_config(path: Path, **overrides: object) -> StorageBenchConfig:
     base: dict[str, object] = {"path": path, "layout": layout_for_block_bytes(BLOCK_BYTES), "duration_s": 0.4,
-                               "fsync": False, "concurrency": 2, "max_bytes": 16 << 20}
+                               "fsync": False, "concurrency": 2, "max_bytes": 16 << 20, "fio": False}
     return StorageBenchConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
-REQUIRED = ("write_gbps", "read_gbps", "raw_write_gbps", "raw_read_gbps", "write_ratio", "read_ratio",
-            "write_iops", "read_iops", "raw_write_iops", "raw_read_iops", "bytes_per_token", "prefix_load_ms")
+REQUIRED = ("write_gbps", "read_gbps", "python_write_gbps", "python_read_gbps", "write_ratio", "read_ratio",
+            "write_iops", "read_iops", "python_write_iops", "python_read_iops", "bytes_per_token", "prefix_load_ms",
+            "mixed_read_gbps", "python_mixed_read_gbps", "mixed_read_ratio", "raw_write_gbps", "raw_read_gbps")
 
 
 def test_short_run_reports_every_key_with_sane_values(tmp_path: Path) -> None:
     report = run_storage_bench(short_config(tmp_path), MemoryStore)
     for key in REQUIRED:
         assert key in report, key
-    for key in ("write_gbps", "read_gbps", "raw_write_gbps", "raw_read_gbps", "write_ratio", "read_ratio"):
+    for key in ("write_gbps", "read_gbps", "python_write_gbps", "python_read_gbps", "write_ratio", "read_ratio",
+                "mixed_read_gbps", "mixed_read_ratio"):
         assert report[key] > 0, (key, report[key])
-    assert report["write_ops"] == report["raw_write_ops"] > 0
-    assert report["read_ops"] == report["raw_read_ops"] > 0
-    for side in ("write_", "read_", "raw_write_", "raw_read_"):
+    assert report["write_ops"] == report["python_write_ops"] > 0
+    assert report["read_ops"] == report["python_read_ops"] > 0 and report["mixed_read_ops"] > 0
+    assert report["write_ceiling"] == report["read_ceiling"] == "python"  # fio left out
+    assert report["write_ratio"] == report["write_python_ratio"]
+    assert report["raw_write_gbps"] == report["python_write_gbps"]  # the former name, for older readers
+    for side in ("write_", "read_", "python_write_", "python_read_", "mixed_read_"):
         assert 0 <= report[f"{side}p50_ms"] <= report[f"{side}p90_ms"] <= report[f"{side}p99_ms"]
     assert report["misses"] == 0 and report["rejected"] == 0
     assert report["bytes_per_token"] == BLOCK_BYTES / 16
@@ -93,10 +98,10 @@ def test_short_run_reports_every_key_with_sane_values(tmp_path: Path) -> None:
     assert 0 < loads[0] < loads[1] < loads[2]
     assert report["config"]["block_bytes"] == BLOCK_BYTES
     assert report["device"]["free_bytes"] > 0 and report["tier_path"] is None
-    assert list(tmp_path.iterdir()) == []  # tier and raw folders removed without --keep
+    assert list(tmp_path.iterdir()) == []  # tier and python folders removed without --keep
 
 
-def test_async_api_moves_the_same_ops_as_the_raw_side(tmp_path: Path) -> None:
+def test_async_api_moves_the_same_ops_as_the_python_side(tmp_path: Path) -> None:
     wrappers: list[AsyncTier] = []
 
     def wrap(store: MemoryStore, concurrency: int) -> AsyncTier:
@@ -105,12 +110,12 @@ def test_async_api_moves_the_same_ops_as_the_raw_side(tmp_path: Path) -> None:
 
     report = run_storage_bench(short_config(tmp_path, api="async"), MemoryStore, wrap)
     assert report["config"]["api"] == "async" and wrappers[0].is_closed
-    assert report["write_ops"] == report["raw_write_ops"] > 0 and report["read_ops"] == report["raw_read_ops"] > 0
+    assert report["write_ops"] == report["python_write_ops"] > 0 and report["read_ops"] == report["python_read_ops"] > 0
     assert report["misses"] == 0 and report["read_gbps"] > 0
 
 
 def test_write_bytes_respect_max_bytes(tmp_path: Path) -> None:
-    report = run_storage_bench(short_config(tmp_path, duration_s=30.0, max_bytes=8 * BLOCK_BYTES), MemoryStore)
+    report = run_storage_bench(short_config(tmp_path, duration_s=3.0, max_bytes=8 * BLOCK_BYTES), MemoryStore)
     assert report["write_bytes"] + report["mixed_write_ops"] * BLOCK_BYTES <= 8 * BLOCK_BYTES
 
 
@@ -131,15 +136,15 @@ def test_layout_for_block_bytes_rejects_unrepresentable_sizes(block_bytes: int) 
         layout_for_block_bytes(block_bytes)
 
 
-def test_every_round_is_reported_for_both_phases(tmp_path: Path) -> None:
+def test_every_round_is_reported_for_every_phase(tmp_path: Path) -> None:
     report = run_storage_bench(short_config(tmp_path, rounds=6), MemoryStore)
-    for kind in ("write", "read"):
-        spread = report[f"{kind}_ratio_rounds"]
-        assert spread["rounds"] == 6, spread
+    for key in ("write_ratio", "read_ratio", "write_python_ratio", "mixed_read_ratio"):
+        spread = report[f"{key}_rounds"]
+        assert spread["rounds"] == 6, (key, spread)
         assert 0 < spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
-        low, high = report[f"{kind}_ratio_ci95"]
-        assert 0 < low <= high, report[f"{kind}_ratio_ci95"]
-    assert "ratio 95% interval" in format_table(report)
+        low, high = report[f"{key}_ci95"]
+        assert 0 < low <= high, (key, report[f"{key}_ci95"])
+    assert "ratio per round (6 rounds)" in format_table(report)
 
 
 class CountingStore(MemoryStore):
@@ -165,10 +170,11 @@ def test_each_phase_starts_with_an_untimed_warm_up_round(tmp_path: Path) -> None
     report = run_storage_bench(short_config(tmp_path, rounds=4),
                                lambda layout, config: stores.append(CountingStore(layout, config)) or stores[-1])
     counted_writes = report["write_ops"] + report["mixed_write_ops"]
+    counted_reads = report["read_ops"] + report["mixed_read_ops"]
     round_check = 1  # check_round_trip's own put and get
     assert report["config"]["warmup_rounds"] == 1 and report["write_ratio_rounds"]["rounds"] == 4
     assert stores[0].ops["write"] - round_check > counted_writes, (stores[0].ops, counted_writes)
-    assert stores[0].ops["read"] - round_check > report["read_ops"], (stores[0].ops, report["read_ops"])
+    assert stores[0].ops["read"] - round_check > counted_reads, (stores[0].ops, counted_reads)
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
@@ -178,7 +184,7 @@ def test_keep_leaves_objects_the_disk_tier_reads_back(tmp_path: Path, api: str) 
     report = run_storage_bench(config)
     tier_path = Path(report["tier_path"])
     assert tier_path.is_dir() and [p.name for p in tmp_path.iterdir()] == [tier_path.name]
-    assert list(tier_path.rglob("*.raw")) == []  # the raw side's files do not outlive the run
+    assert list(tier_path.rglob("*.pyio")) == []  # the python side's files do not outlive the run
     pool = data_pool(config.layout, config.workload.seed)
     first = next(write_trace(PrefixChains(config.workload), len(pool)))
     store = disk.DiskStore(config.layout, DiskTierConfig(path=str(tier_path), capacity_bytes=1 << 30))

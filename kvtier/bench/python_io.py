@@ -1,7 +1,9 @@
-"""Headerless block files by plain Python file I/O: the raw ceiling's side, and the tier under --calibrate.
+"""Headerless block files by plain Python buffered file I/O: the bench's `python` side, and --calibrate's tier.
 
 One file per block, `ab/<hex><suffix>` beside the tier's objects (the same folders and disk region: on
-a virtual disk placement alone moves a ratio); no header, checksum or rename: Python's cheapest I/O.
+a virtual disk placement alone moves a ratio); no header, checksum or rename. Not a ceiling: each
+Python call releases and retakes the GIL, which the tier's one compiled call per object does not
+(fio is the ceiling, bench/fio.py); it shows what the same I/O costs written in Python.
 """
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ from kvtier.tiers.disk.names import FANOUT_DIRS, object_relpath
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.types import BlockHash, TierKind
 
-RAW_SUFFIX = ".raw"  # the raw ceiling's files
-TIER_SUFFIX = ".tier"  # --calibrate's tier files; as long as RAW_SUFFIX, so both sides' names are alike
+PYTHON_SUFFIX = ".pyio"  # the python side's files
+TIER_SUFFIX = ".tier"  # --calibrate's tier files; as long as PYTHON_SUFFIX, so both sides' names are alike
 
 
-class RawFileTier(TierStore):
+class PythonFileTier(TierStore):
     """Block files `ab/<hex><suffix>` under `config.path`, no checks, no eviction of its own.
 
-    As the raw ceiling, `run(op)` writes one of `pool`'s payloads (op.data_index) or reads into a
+    As the python side, `run(op)` writes one of `pool`'s payloads (op.data_index) or reads into a
     per-thread buffer; as a tier (--calibrate), `put`/`get` do the same I/O behind the TierStore API.
     """
 
@@ -60,7 +62,7 @@ class RawFileTier(TierStore):
         return f"{self.folder}/{object_relpath(block_hash, self.suffix)}"
 
     def run(self, op: BlockOp) -> bool:
-        """Do one op of the raw ceiling; always True (a raw read never misses on purpose)."""
+        """Do one op of the python side; always True (its reads never miss on purpose)."""
         if op.kind == "write":
             self.write(op)
         else:
@@ -79,10 +81,10 @@ class RawFileTier(TierStore):
         try:
             got = read_file_into(path, buf)
         except FileNotFoundError as exc:
-            raise TierIOError(f"raw ceiling: block file {path} is missing; "
+            raise TierIOError(f"python side: block file {path} is missing; "
                               "the folder was changed during the run") from exc
         if got != len(buf):
-            raise TierIOError(f"raw ceiling: {path} has {got} bytes, expected {len(buf)}")
+            raise TierIOError(f"python side: {path} has {got} bytes, expected {len(buf)}")
 
     def contains(self, block_hash: BlockHash) -> bool:
         return os.path.exists(self.path_of(block_hash))
@@ -117,7 +119,7 @@ class RawFileTier(TierStore):
         return True
 
     def remove_all(self) -> int:
-        """Delete every file of this suffix (the raw side's, for --keep); returns how many."""
+        """Delete every file of this suffix (the python side's, for --keep); returns how many."""
         removed = 0
         for path in self._files():
             os.unlink(path)
