@@ -180,6 +180,8 @@ class RemoteStore(TierStore):
         victims: list[BlockHash] = []
         with self._lock:
             need = self._used + size - self._mine.get(block_hash, 0) - self.config.capacity_bytes
+            if need <= 0:  # NOTE: the common case, without walking every object this process wrote
+                return
             for victim, victim_size in list(self._mine.items()):
                 if need <= 0:
                     break
