@@ -87,7 +87,9 @@ class RemoteStore(TierStore):
         import redis
 
         self.config = config
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        # NOTE: RedisClusterException (no node serves a slot, a cluster that cannot be reached) is no RedisError
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException,
+                                                         OSError)
         self._oom = redis.exceptions.OutOfMemoryError
         self._client = connect(config, max_object_bytes(layout))
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
@@ -210,7 +212,9 @@ class RemoteStore(TierStore):
                 self.check_block(out, "get")
         if not keys:
             return []
-        ok, values = self._call("GET", self._client.mget, [self._key(k.block_hash) for k in keys])
+        # NOTE: a cluster spreads blocks by hash; mget_nonatomic sends each node its keys in one pipeline
+        mget = self._client.mget_nonatomic if self.config.cluster else self._client.mget
+        ok, values = self._call("GET", mget, [self._key(k.block_hash) for k in keys])
         if not ok:
             values = [None] * len(keys)
         results: list[torch.Tensor | None] = []

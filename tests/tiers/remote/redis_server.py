@@ -92,3 +92,53 @@ def redis_server(tmp_path: Path):
 
 if os.environ.get("KVTIER_REDIS_SERVER"):  # pragma: no cover - a developer's own server binary
     SERVER_NAMES = (os.environ["KVTIER_REDIS_SERVER"],)
+
+
+class RedisCluster:
+    """Three servers in cluster mode on free loopback ports, the 16384 slots split between them, joined
+    with CLUSTER ADDSLOTSRANGE and CLUSTER MEET (what `redis-cli --cluster create` does, without redis-cli)."""
+
+    SLOTS = ((0, 5460), (5461, 10922), (10923, 16383))
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes, self.bus_ports = [], []
+        for i in range(3):
+            folder = workdir / f"node{i}"
+            folder.mkdir()
+            # NOTE: the bus port on a free port of its own (by default the port + 10000, past 65535 for many)
+            self.bus_ports.append(free_port())
+            self.nodes.append(RedisServer(folder, "--cluster-enabled", "yes", "--cluster-config-file",
+                                          str(folder / "nodes.conf"), "--cluster-node-timeout", "2000",
+                                          "--cluster-port", str(self.bus_ports[-1])))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        for node, (first, last) in zip(self.nodes, self.SLOTS):
+            node.cli("CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
+        for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:]):
+            self.nodes[0].cli("CLUSTER", "MEET", "127.0.0.1", str(node.port), str(bus_port))
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in (info := node.cli("CLUSTER", "INFO")) and "cluster_known_nodes:3" in info
+                      for node in self.nodes):
+            if time.monotonic() > deadline:  # the cluster's own readiness: every node sees all slots served
+                raise TimeoutError("the three-node cluster did not reach cluster_state:ok within 30 s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path):
+    cluster = RedisCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
