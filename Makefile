@@ -35,7 +35,7 @@ $(VLLM_STAMP):
 
 vllm-venv: $(VLLM_STAMP)
 
-# A real Redis server for the remote tier's tests (Debian's package, when missing and root).
+# A real Redis server for the remote tier's tests and fio for bench storage (Debian's packages, when missing and root).
 packages:
 	bash scripts/ensure_packages.sh
 
