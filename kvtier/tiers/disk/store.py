@@ -8,6 +8,7 @@ lock, file I/O outside it.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import stat
 import threading
@@ -177,19 +178,17 @@ class DiskStore(TierStore):
             where.append(index)
         threads = max(1, min(self.config.read_threads, len(requests),
                              len(requests) * self.layout.page_size_bytes // MIN_THREAD_READ_BYTES))
-        per_run = min(READ_BATCH_OBJECTS, -(-len(requests) // (4 * threads)) if threads > 1 else len(requests))
+        # NOTE: about four runs a thread, so a thread that drew slow objects does not hold the batch up
+        per_run = min(READ_BATCH_OBJECTS, -(-len(requests) // (4 * threads))) if threads > 1 else READ_BATCH_OBJECTS
         runs = [requests[start:start + per_run] for start in range(0, len(requests), per_run)]
 
         def read(run: list[ReadRequest]) -> list[ReadResult | OSError | DamagedObjectError]:
             return read_blocks(self._io, self.folder.fd, run, self.layout)
 
-        pool = self._reader_pool() if len(runs) > 1 and threads > 1 else None
-        outcomes = pool.map(read, runs) if pool is not None else map(read, runs)
-        done = 0
-        for run, run_results in zip(runs, outcomes):
-            for request, result in zip(run, run_results):
-                results[where[done]] = self._served(request.key.block_hash, request.fanout, request.name, result)
-                done += 1
+        pool = self._reader_pool() if threads > 1 else None
+        outcomes = itertools.chain.from_iterable(pool.map(read, runs) if pool is not None else map(read, runs))
+        for index, request, result in zip(where, requests, outcomes):
+            results[index] = self._served(request.key.block_hash, request.fanout, request.name, result)
         return results
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:

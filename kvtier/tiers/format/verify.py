@@ -15,7 +15,7 @@ from kvtier.config import KVLayout
 from kvtier.errors import FormatError
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.format.checksum import BufferLike, payload_checksum
-from kvtier.tiers.format.codecs import CODEC_IDS, decode_payload
+from kvtier.tiers.format.codecs import CODEC_IDS, decode_payload, tensor_bytes
 from kvtier.tiers.format.header import (
     BLOCK_HASH_AT,
     FIXED_HEADER_BYTES,
@@ -56,11 +56,14 @@ def decode_block(buf: BufferLike, key: BlockKey | None = None,
     return header, _decode_verified(header, view, key, layout)
 
 
-def verify_object(buf: BufferLike, key: BlockKey | None, layout: KVLayout,
-                  header: BlockHeader | None = None) -> tuple[BlockHeader, torch.Tensor]:
+def verify_object(buf: BufferLike, key: BlockKey | None, layout: KVLayout, header: BlockHeader | None = None,
+                  out: torch.Tensor | None = None) -> tuple[BlockHeader, torch.Tensor]:
     """The header and block of a whole object that holds every KV head of `layout` (and is `key`'s).
 
     `header`: the object's header when the caller decoded it already (it is not parsed again).
+    `out`: a contiguous CPU block a raw payload is copied into, once, straight from `buf` (which may
+    then be read-only: a value a client handed over); the block returned is `out` itself. Other
+    codecs, or another `out`, decode as without it (the caller copies).
 
     Raises:
         FormatError: corrupt, foreign, of another layout, or only a head range.
@@ -70,14 +73,20 @@ def verify_object(buf: BufferLike, key: BlockKey | None, layout: KVLayout,
     if (header.head_start, header.head_end) != layout.head_range:
         raise FormatError(f"object holds KV heads [{header.head_start}, {header.head_end}), "
                           f"this tier serves blocks of KV heads {list(layout.head_range)}")
-    return header, _decode_verified(header, view, key, layout)
+    return header, _decode_verified(header, view, key, layout, out)
 
 
 def _decode_verified(header: BlockHeader, view: memoryview, key: BlockKey | None,
-                     layout: KVLayout | None) -> torch.Tensor:
+                     layout: KVLayout | None, out: torch.Tensor | None = None) -> torch.Tensor:
     if key is not None or layout is not None:
         check_identity(header, key, layout)
     payload = payload_view(header, view)
+    if header.codec == "raw" and out is not None and out.is_cpu and out.is_contiguous():
+        target = tensor_bytes(out)
+        if payload.nbytes != target.nbytes:
+            raise FormatError(f"payload is {payload.nbytes} bytes, the block {target.nbytes}")
+        target[:] = payload
+        return out
     return decode_payload(payload, header.codec, header.dtype, header.block_shape)
 
 

@@ -27,8 +27,7 @@ import torch
 from kvtier.config import KVLayout, RemoteTierConfig
 from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
-from kvtier.tiers.format import check_identity, decode_header, max_object_bytes, payload_view
-from kvtier.tiers.format.codecs import tensor_bytes
+from kvtier.tiers.format import max_object_bytes
 from kvtier.tiers.format.encode import encode_block
 from kvtier.tiers.format.verify import verify_object
 from kvtier.tiers.remote.breaker import CircuitBreaker
@@ -241,24 +240,17 @@ class RemoteStore(TierStore):
     def _verified(self, key: BlockKey, value: bytes | None, out: torch.Tensor | None) -> torch.Tensor | None:
         """The block of a verified value (in `out` when given), or None: absent, or damaged (counted, logged).
 
-        NOTE: a raw payload is checksummed where redis-py left it and copied once, into `out`."""
+        NOTE: a raw payload is checksummed where redis-py left it and copied once, into `out` (verify_object)."""
         if value is None:
             return None
         try:
-            view = memoryview(value)
-            header = decode_header(view)
-            if header.codec == "raw" and out is not None and out.is_cpu and out.is_contiguous() \
-                    and (header.head_start, header.head_end) == self.layout.head_range:
-                check_identity(header, key, self.layout)
-                tensor_bytes(out)[:] = payload_view(header, view)
-                return out
-            _, block = verify_object(bytearray(value), key, self.layout, header)
-        except (FormatError, ValueError) as exc:  # NOTE: ValueError: a payload of another size than `out`'s
+            _, block = verify_object(value, key, self.layout, out=out)
+        except FormatError as exc:
             with self._lock:
                 self.stats.corrupt += 1
             logger.warning("remote tier value %s failed verification (%s); deleted", self._key(key.block_hash), exc)
             return None
-        return block if out is None else out.copy_(block)
+        return block if out is None or block is out else out.copy_(block)
 
     def pin(self, block_hash: BlockHash) -> None:
         with self._lock:
