@@ -15,7 +15,7 @@ from typing import cast
 
 import torch
 
-from kvtier.kernels import (  # NOTE: mypy cannot follow the kernels/ mapping: casts below
+from kvtier.kernels import (
     cpu,
     reference,
 )
@@ -44,13 +44,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     torch.nn.functional.linear. The sum is the same, taken in another order (float rounding may differ).
     """
     if packed is not None and x.device.type == "cpu":
-        return cast(torch.Tensor, cpu.linear_packed_cpu(x, packed, bias))
+        return cpu.linear_packed_cpu(x, packed, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """`weight` in the layout `linear` runs fastest from on this device; None where it has none (CUDA)."""
-    return None if weight.is_cuda else cast(torch.Tensor | None, cpu.pack_linear_weight(weight))
+    return None if weight.is_cuda else cpu.pack_linear_weight(weight)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
@@ -69,8 +69,7 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     if uses_triton(query):
         launcher = _kernel_module("paged_attention").paged_decode_attention
         return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, seq_lens, scale))
-    return cast(torch.Tensor, cpu.paged_decode_attention_cpu(query, k_cache, v_cache, block_tables,
-                                                             seq_lens, scale))
+    return cpu.paged_decode_attention_cpu(query, k_cache, v_cache, block_tables, seq_lens, scale)
 
 
 def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -81,8 +80,7 @@ def paged_prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
         launcher = _kernel_module("paged_prefill").paged_prefill_attention
         return cast(torch.Tensor, launcher(query, k_cache, v_cache, block_tables, query_start_loc,
                                            seq_lens, scale))
-    return cast(torch.Tensor, cpu.paged_prefill_attention_cpu(query, k_cache, v_cache, block_tables,
-                                                                query_start_loc, seq_lens, scale))
+    return cpu.paged_prefill_attention_cpu(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
 
 
 def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor,
@@ -90,7 +88,7 @@ def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor,
     """Pack pool blocks into a block-major staging buffer; see kernels/copy_blocks.py."""
     if uses_triton(kv_cache):
         return cast(torch.Tensor, _kernel_module("copy_blocks").gather_blocks(kv_cache, block_ids, out))
-    return cast(torch.Tensor, reference.gather_blocks_ref(kv_cache, block_ids, out))
+    return reference.gather_blocks_ref(kv_cache, block_ids, out)
 
 
 def scatter_blocks(staging: torch.Tensor, block_ids: torch.Tensor,
@@ -98,4 +96,4 @@ def scatter_blocks(staging: torch.Tensor, block_ids: torch.Tensor,
     """Unpack a block-major staging buffer into pool blocks; see kernels/copy_blocks.py."""
     if uses_triton(kv_cache):
         return cast(torch.Tensor, _kernel_module("copy_blocks").scatter_blocks(staging, block_ids, kv_cache))
-    return cast(torch.Tensor, reference.scatter_blocks_ref(staging, block_ids, kv_cache))
+    return reference.scatter_blocks_ref(staging, block_ids, kv_cache)

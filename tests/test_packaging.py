@@ -1,4 +1,5 @@
-"""kernels/ ships as kvtier.kernels and never as a top-level `kernels` (an unrelated PyPI name)."""
+"""kvtier/kernels/ ships as kvtier.kernels and never as a top-level `kernels` (an unrelated PyPI name, which
+transformers 5.25 depends on: a top-level kernels/ folder in the checkout shadowed it in the tests)."""
 import subprocess
 import sys
 import zipfile
@@ -7,12 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_installed_kvtier_kernels_comes_from_kernels_folder_and_top_level_kernels_does_not_resolve(tmp_path):
+def test_installed_kvtier_kernels_comes_from_its_folder_and_the_checkout_has_no_top_level_kernels(tmp_path):
     code = ("import importlib.util, kvtier.kernels, kvtier.kernels.reference;"
             "print(kvtier.kernels.__file__); print(importlib.util.find_spec('kernels'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     kernels_file, top_level = out.stdout.split()
     assert Path(kernels_file).parent.name == "kernels" and top_level == "None"
+    assert not (ROOT / "kernels").exists()  # NOTE: the repository root is on sys.path when tests run
 
 
 def test_wheel_maps_kernels_under_kvtier(tmp_path):

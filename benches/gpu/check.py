@@ -34,7 +34,7 @@ def kernels_digest(repo: Path) -> str:
     """sha256 over the kernel sources as they are on disk: names the code that ran even where the
     checkout's .git is stale or absent (a copied working tree, uncommitted edits)."""
     digest = hashlib.sha256()
-    for path in sorted((repo / "kernels").glob("*.py")):
+    for path in sorted((repo / "kvtier" / "kernels").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 

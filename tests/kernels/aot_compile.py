@@ -18,11 +18,12 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     raise SystemExit("aot_compile must run without TRITON_INTERPRET=1")
 
 import triton
-from kvtier.kernels import _attention_args
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.driver import driver
+
+from kvtier.kernels import _attention_args
 
 
 class _StandInDriver:

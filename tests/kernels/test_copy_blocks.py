@@ -5,10 +5,10 @@ from itertools import product
 
 import pytest
 import torch
-from kvtier.kernels.copy_blocks import gather_blocks, scatter_blocks
-from kvtier.kernels.reference import gather_blocks_ref, scatter_blocks_ref
 
 from kvtier.config import KVLayout
+from kvtier.kernels.copy_blocks import gather_blocks, scatter_blocks
+from kvtier.kernels.reference import gather_blocks_ref, scatter_blocks_ref
 from tests.kernels.paged_inputs import DEVICES, DTYPES, HEAD_DIMS, randn
 
 CASES = [pytest.param(dt, hd, bs, id=f"{str(dt)[6:]}-d{hd}-bs{bs}",

@@ -5,9 +5,9 @@ from itertools import product
 
 import pytest
 import torch
+
 from kvtier.kernels.cpu import paged_decode_attention_cpu, store_kv_cpu
 from kvtier.kernels.reference import paged_decode_attention_ref, store_kv_ref
-
 from kvtier.types import PAD_SLOT_ID
 from tests.kernels.paged_inputs import DTYPES, irregular_lens, make_paged_cache, randn
 from tests.tolerances import tol

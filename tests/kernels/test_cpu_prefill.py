@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvtier.kernels.cpu import paged_prefill_attention_cpu
 from kvtier.kernels.reference import paged_prefill_attention_ref
-
 from tests.kernels.paged_inputs import make_paged_cache, randn
 from tests.kernels.test_paged_random import _config
 from tests.tolerances import tol

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from kvtier.kernels.reference import paged_decode_attention_ref
 
 from benches.gpu import measure
 from benches.gpu.cases import DecodeCase, decode_inputs, torch_decode_baseline
 from benches.gpu.measure import cpu_timer
+from kvtier.kernels.reference import paged_decode_attention_ref
 from tests.kernels.paged_inputs import INTERPRETING
 from tests.tolerances import tol
 
@@ -55,8 +55,8 @@ def test_dry_run_writes_json_and_prints_the_table_last(tmp_path):
 
 def test_kernels_digest_names_the_sources_on_disk(tmp_path):
     from benches.gpu.check import kernels_digest
-    (tmp_path / "kernels").mkdir()
-    source = tmp_path / "kernels" / "paged.py"
+    (tmp_path / "kvtier" / "kernels").mkdir(parents=True)
+    source = tmp_path / "kvtier" / "kernels" / "paged.py"
     source.write_text("BLOCK = 64\n")
     before = kernels_digest(tmp_path)
     source.write_text("BLOCK = 32\n")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from kvtier.kernels import cpu, reference
 
 from kvtier import ops
+from kvtier.kernels import cpu, reference
 from tests.kernels.paged_inputs import HAS_CUDA, make_paged_cache, randn
 from tests.tolerances import tol
 

@@ -5,10 +5,10 @@ from itertools import product
 
 import pytest
 import torch
+
 from kvtier.kernels._attention_args import choose_num_splits
 from kvtier.kernels.paged_attention import paged_decode_attention
 from kvtier.kernels.reference import paged_decode_attention_ref
-
 from tests.kernels.paged_inputs import (
     DEVICES,
     DTYPES,

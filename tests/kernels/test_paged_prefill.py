@@ -5,9 +5,9 @@ from itertools import product
 
 import pytest
 import torch
+
 from kvtier.kernels.paged_prefill import paged_prefill_attention
 from kvtier.kernels.reference import paged_prefill_attention_ref
-
 from tests.kernels.paged_inputs import (
     DEVICES,
     DTYPES,

@@ -5,13 +5,13 @@ import random
 
 import pytest
 import torch
+
 from kvtier.kernels.paged_attention import paged_decode_attention
 from kvtier.kernels.paged_prefill import paged_prefill_attention
 from kvtier.kernels.reference import (
     paged_decode_attention_ref,
     paged_prefill_attention_ref,
 )
-
 from tests.kernels.paged_inputs import DEVICES, HEAD_DIMS, make_paged_cache, randn
 from tests.tolerances import tol
 

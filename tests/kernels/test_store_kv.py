@@ -5,9 +5,9 @@ from itertools import product
 
 import pytest
 import torch
+
 from kvtier.kernels.reference import store_kv_ref
 from kvtier.kernels.store_kv import store_kv
-
 from kvtier.types import PAD_SLOT_ID
 from tests.kernels.paged_inputs import DEVICES, DTYPES, HEAD_DIMS, randn
 

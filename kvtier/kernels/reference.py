@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-PAD_SLOT_ID = -1  # mirrors kvtier.types.PAD_SLOT_ID; kept local so kernels/ stands alone
+PAD_SLOT_ID = -1  # mirrors kvtier.types.PAD_SLOT_ID; kept local so kvtier/kernels/ stands alone
 
 
 def store_kv_ref(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
