@@ -8,13 +8,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_installed_kvtier_kernels_comes_from_its_folder_and_the_checkout_has_no_top_level_kernels(tmp_path):
+def test_installed_kvtier_kernels_comes_from_its_folder_and_nothing_in_the_checkout_shadows_pypi_kernels():
+    # cwd is the checkout, whose root is on sys.path when the tests run: that is where the old kernels/ shadowed
+    # PyPI's `kernels` (installed or not, its origin must not be ours)
     code = ("import importlib.util, kvtier.kernels, kvtier.kernels.reference;"
-            "print(kvtier.kernels.__file__); print(importlib.util.find_spec('kernels'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    kernels_file, top_level = out.stdout.split()
-    assert Path(kernels_file).parent.name == "kernels" and top_level == "None"
-    assert not (ROOT / "kernels").exists()  # NOTE: the repository root is on sys.path when tests run
+            "spec = importlib.util.find_spec('kernels');"
+            "print(kvtier.kernels.__file__); print(spec.origin if spec else None)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    kernels_file, top_level = out.stdout.splitlines()
+    assert Path(kernels_file).parent == ROOT / "kvtier" / "kernels" or "site-packages" in kernels_file
+    assert top_level == "None" or ROOT not in Path(top_level).parents
+    assert not (ROOT / "kernels").exists()
 
 
 def test_wheel_maps_kernels_under_kvtier(tmp_path):
