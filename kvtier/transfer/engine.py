@@ -112,9 +112,7 @@ class TransferEngine:
 
     def _record_batch(self, tier: TierStore, op: str, start: float, count: int) -> None:
         """A batch of `count` blocks begun at `start`: its time shared evenly, so latency stays per block."""
-        stats, each = self._latency(tier, op), (time.perf_counter() - start) / max(count, 1)
-        for _ in range(count):
-            stats.record(each)
+        self._latency(tier, op).record_many((time.perf_counter() - start) / max(count, 1), count)
 
     def _submit(self, priority: int, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._track(self._executor.submit(priority, fn, *args))
@@ -127,25 +125,52 @@ class TransferEngine:
             self._read_batch(tier, list(group))
 
     def _read_batch(self, tier: TierStore, reads: list[_Read]) -> None:
-        """One tier's blocks read as one batch; each is unpinned before its future completes, so
-        waiters see it released. A batch that raises is read again block by block, so only the
-        blocks that raise fail (each a counted, logged miss) and the run before them is kept."""
-        start = time.perf_counter()
-        outcomes: list[torch.Tensor | None | Exception]
-        try:
-            try:
-                outcomes = list(tier.get_many([key for _, key, _, _ in reads], [slot for _, _, slot, _ in reads]))
-            except Exception:
-                outcomes = [self._read_one(tier, key, slot) for _, key, slot, _ in reads]
-        finally:
-            for _, key, _, _ in reads:
-                tier.unpin(key.block_hash)
-        self._record_batch(tier, "read", start, len(reads))
+        """One tier's blocks read as one batch into their futures (see `_get_batch`)."""
+        outcomes = self._get_batch(tier, [key for _, key, _, _ in reads], [slot for _, _, slot, _ in reads])
         for (_, _, _, future), outcome in zip(reads, outcomes):
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    def _get_batch(self, tier: TierStore, keys: list[BlockKey],
+                   slots: list[torch.Tensor | None]) -> list[torch.Tensor | None | Exception]:
+        """Pinned blocks of one tier read as one `get_many`, each unpinned once read. A batch that
+        raises is read again block by block, so only the blocks that raise fail (each a counted,
+        logged miss) and the run before them is kept."""
+        start = time.perf_counter()
+        outcomes: list[torch.Tensor | None | Exception]
+        try:
+            try:
+                outcomes = list(tier.get_many(keys, slots))
+            except Exception:
+                outcomes = [self._read_one(tier, key, slot) for key, slot in zip(keys, slots)]
+        finally:
+            for key in keys:
+                tier.unpin(key.block_hash)
+        self._record_batch(tier, "read", start, len(keys))
+        return outcomes
+
+    def _read_now(self, found: Sequence[LowerHit],
+                  landing: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor | None]:
+        """Every block of `found` read in the caller's thread, each tier's consecutive blocks as one
+        batch; a failed read is a miss (None). No futures: a waiting caller's small onload (one
+        TieredCache layer: ~31 blocks of 24 KB) paid more for them than for the reads."""
+        def to_read(hit: tuple[int, LowerHit]) -> TierStore | None:
+            return hit[1].tier if hit[1].data is None else None  # NOTE: a copy in hand (data) needs no tier
+
+        results: list[torch.Tensor | None] = []
+        for tier, group in itertools.groupby(enumerate(found), key=to_read):
+            hits = list(group)
+            slots = [landing[i] if landing is not None else None for i, _ in hits]
+            if tier is None:
+                for (_, hit), slot in zip(hits, slots):
+                    assert hit.data is not None, f"a lower hit of block {hit.key.block_hash.hex()[:16]} without data"
+                    results.append(hit.data if slot is None else slot.copy_(hit.data))
+                continue
+            outcomes = self._get_batch(tier, [hit.key for _, hit in hits], slots)
+            results += [None if isinstance(outcome, Exception) else outcome for outcome in outcomes]
+        return results
 
     def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | Sequence[torch.Tensor] | None = None,
                waiting: bool = False) -> OnloadHandle:
@@ -160,6 +185,9 @@ class TransferEngine:
         gathering copy, or the blocks' own pages of a CPU pool, so it needs none at all); else each
         read allocates its own tensor. The handle keeps it for whoever recycles it.
         """
+        if waiting and sum(hit.tier.layout.page_size_bytes for hit in found
+                           if hit.tier is not None and hit.data is None) <= self.inline_read_bytes:
+            return OnloadHandle(list(found), [], landing, results=self._read_now(found, landing))
         futures: list[Future[torch.Tensor | None]] = []
         reads: list[_Read] = []
         for i, (tier, key, data) in enumerate(found):
@@ -172,15 +200,12 @@ class TransferEngine:
                 future.add_done_callback(functools.partial(_unpin_if_cancelled, tier, key.block_hash))
                 reads.append((tier, key, slot, future))
             futures.append(future)
-        if waiting and sum(tier.layout.page_size_bytes for tier, _, _, _ in reads) <= self.inline_read_bytes:
-            self._read_run(reads)
-        else:
-            # NOTE: one job per worker, each reading a run of the prefix in order: a job per block cost
-            # the scheduler's thread about 35 us of Python each (9 ms for a 4k-token SmolLM2 prefix).
-            per_job = -(-len(reads) // self.num_workers) if reads else 1
-            for start in range(0, len(reads), per_job):
-                run = reads[start:start + per_job]
-                self._submit(READ, self._read_run, run).add_done_callback(functools.partial(_cancel_run, run))
+        # NOTE: one job per worker, each reading a run of the prefix in order: a job per block cost
+        # the scheduler's thread about 35 us of Python each (9 ms for a 4k-token SmolLM2 prefix).
+        per_job = -(-len(reads) // self.num_workers) if reads else 1
+        for start in range(0, len(reads), per_job):
+            run = reads[start:start + per_job]
+            self._submit(READ, self._read_run, run).add_done_callback(functools.partial(_cancel_run, run))
         return OnloadHandle(list(found), futures, landing)
 
     def inflight(self, key: BlockKey) -> LowerHit | None:

@@ -1,6 +1,7 @@
 """Latency percentiles: the one nearest-rank `percentile_ms`, and LatencyStats, a tier's recent samples."""
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import deque
@@ -28,6 +29,12 @@ class LatencyStats:
         with self._lock:
             self._samples.append(seconds)
             self.count += 1
+
+    def record_many(self, seconds: float, count: int) -> None:
+        """`count` samples of `seconds` each (a batch's time shared among its blocks)."""
+        with self._lock:
+            self._samples.extend(itertools.repeat(seconds, count))
+            self.count += count
 
     def percentile_ms(self, q: float) -> float | None:
         """The q-th percentile (0..100, nearest rank) of the kept samples, or None with no samples."""

@@ -27,14 +27,16 @@ class OnloadHandle:
     """Per-block read futures for one request, in prefix order."""
 
     def __init__(self, found: list[LowerHit], futures: list[Future[torch.Tensor | None]],
-                 landing: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+                 landing: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                 results: list[torch.Tensor | None] | None = None) -> None:
         self.found = found
-        self.futures = futures
+        self.futures = futures  # one per block, read in the engine's workers; none when `results` is given
+        self.results = results  # the blocks, read already in the caller's thread (None: a miss)
         self.landing = landing  # [>= len(found), *block_shape] or a tensor per block: block i lands in landing[i]
 
     @property
     def num_blocks(self) -> int:
-        return len(self.futures)
+        return len(self.found)
 
     def done(self) -> bool:
         """True when every read has finished (or was cancelled): `wait` will not block."""
@@ -47,6 +49,12 @@ class OnloadHandle:
         reads are cancelled when not yet started.
         """
         loaded: list[torch.Tensor] = []
+        if self.results is not None:
+            for block in self.results:
+                if block is None:
+                    break
+                loaded.append(block)
+            return loaded
         for future in self.futures:
             try:
                 data = future.result(timeout=timeout_s)

@@ -226,3 +226,21 @@ def test_an_onload_larger_than_the_inline_limit_or_not_waited_for_goes_to_the_wo
         assert len(handle.wait(timeout_s=10)) == 3
         assert all(name.startswith("kvtier-transfer") for name in names), names
         engine.close()
+
+
+def test_a_read_in_the_callers_thread_serves_copies_in_hand_and_tier_reads_in_prefix_order_into_the_landing():
+    store, engine = filled_store(), TransferEngine(num_workers=2)
+    for key in KEYS[:2] + KEYS[3:4]:
+        store.pin(key.block_hash)
+    in_hand = torch.full(LAYOUT.block_shape, 7.0, dtype=LAYOUT.dtype)
+    found = [LowerHit(store, KEYS[0]), LowerHit(store, KEYS[1]), LowerHit(store, KEYS[2], in_hand),
+             LowerHit(store, KEYS[3])]
+    landing = torch.zeros((4, *LAYOUT.block_shape), dtype=LAYOUT.dtype)
+    handle = engine.onload(found, landing=landing, waiting=True)
+    assert handle.done() and handle.futures == [] and handle.num_blocks == 4
+    loaded = handle.wait()
+    expected = [store.get(k) for k in KEYS[:2]] + [in_hand, store.get(KEYS[3])]
+    assert len(loaded) == 4 and all(torch.equal(a, b) for a, b in zip(loaded, expected))
+    assert all(block.data_ptr() == landing[i].data_ptr() for i, block in enumerate(loaded))
+    assert all(store.evict(k.block_hash) for k in KEYS[:2] + KEYS[3:4])  # read, then unpinned
+    engine.close()

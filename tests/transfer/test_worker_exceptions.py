@@ -39,7 +39,9 @@ def test_spill_tier_fault_stays_a_warning_without_traceback(caplog: pytest.LogCa
     assert "injected EIO" in record.getMessage()
 
 
-def test_onload_read_that_raises_anything_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("waiting", [False, True], ids=["workers", "caller's thread"])
+def test_onload_read_that_raises_anything_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixture,
+                                                                   waiting: bool) -> None:
     tier, engine = FakeTier(), TransferEngine(num_workers=1)
     keys = [make_key(i) for i in range(4)]
     for i, key in enumerate(keys):
@@ -47,7 +49,7 @@ def test_onload_read_that_raises_anything_is_a_counted_logged_miss(caplog: pytes
         tier.pin(key.block_hash)
     tier.get_faults[keys[2].block_hash] = RuntimeError("driver bug")
     with caplog.at_level(logging.WARNING, logger=ENGINE_LOG):
-        loaded = engine.onload([LowerHit(tier, key) for key in keys]).wait(timeout_s=10)
+        loaded = engine.onload([LowerHit(tier, key) for key in keys], waiting=waiting).wait(timeout_s=10)
         engine.close()  # the fourth read has run or been cancelled
     assert [int(block.flatten()[0]) for block in loaded] == [0, 1]  # the run before the fault is kept
     assert engine.failed_reads == 1 and engine.failed_writes == 0 and tier.num_pinned == 0

@@ -166,15 +166,19 @@ class DiskStore(TierStore):
         (one thread reading one object at a time reached 0.54-0.86 of four threads calling `get`,
         cold, 2 MiB objects: benches/bench_get_many.py)."""
         results: list[torch.Tensor | None] = [None] * len(keys)
-        requests, where = [], []
-        for index, (key, out) in enumerate(zip(keys, self._outputs(keys, outs))):
+        targets = self._outputs(keys, outs)
+        for out in targets:
             if out is not None:
                 self.check_block(out, "get")
-            found, known_header = self._lookup(key.block_hash)
-            if not found:
+        with self._lock:  # NOTE: one lock for the batch's look-ups, and one below for its hits
+            entries = [self._index.get(key.block_hash) for key in keys]
+        requests, where = [], []
+        for index, (key, out, entry) in enumerate(zip(keys, targets, entries)):
+            if entry is None and not self._discover(key.block_hash):
                 self._count_miss()
                 continue
-            requests.append(ReadRequest(*object_name(key.block_hash), key, out, known_header))
+            requests.append(ReadRequest(*object_name(key.block_hash), key, out,
+                                        entry.header_checksum if entry is not None else None))
             where.append(index)
         threads = max(1, min(self.config.read_threads, len(requests),
                              len(requests) * self.layout.page_size_bytes // MIN_THREAD_READ_BYTES))
@@ -187,8 +191,18 @@ class DiskStore(TierStore):
 
         pool = self._reader_pool() if threads > 1 else None
         outcomes = itertools.chain.from_iterable(pool.map(read, runs) if pool is not None else map(read, runs))
+        hits = []
         for index, request, result in zip(where, requests, outcomes):
-            results[index] = self._served(request.key.block_hash, request.fanout, request.name, result)
+            if isinstance(result, ReadResult):
+                hits.append((request.key.block_hash, result))
+                results[index] = result.data
+            else:
+                self._served(request.key.block_hash, request.fanout, request.name, result)
+        with self._lock:
+            for block_hash, result in hits:
+                self._index.touch(block_hash, result.header_checksum)
+                self.stats.bytes_read += result.size
+            self.stats.hits += len(hits)
         return results
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:
