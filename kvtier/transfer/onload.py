@@ -24,7 +24,8 @@ class LowerHit(NamedTuple):
 
 
 class OnloadHandle:
-    """Per-block read futures for one request, in prefix order."""
+    """One request's prefix blocks, in prefix order: a read future each (the engine's workers), or the
+    blocks themselves when the caller's thread read them before the handle was made."""
 
     def __init__(self, found: list[LowerHit], futures: list[Future[torch.Tensor | None]],
                  landing: torch.Tensor | Sequence[torch.Tensor] | None = None,
