@@ -168,6 +168,57 @@ def test_read_many_into_is_read_into_of_each_request_with_its_payload_checksum(i
         io.read_many_into(root_fd, [("f", "obj", views[0], 10240)])  # type: ignore[list-item]
 
 
+def _known_object(path: Path) -> tuple[bytes, int]:
+    """A 10240-byte file of a 128-byte "header" (payload checksum at 16, own checksum last) and its known checksum."""
+    payload = bytes(range(256)) * 39 + bytes(range(128))
+    header = bytearray(b"H" * 120 + bytes(8))
+    header[16:24] = xxhash.xxh3_64_intdigest(payload).to_bytes(8, "little")
+    header[40:44] = b"KEYS"
+    known = xxhash.xxh3_64_intdigest(bytes(header[:-8]))
+    header[-8:] = known.to_bytes(8, "little")
+    path.write_bytes(bytes(header) + payload)
+    return path.read_bytes(), known
+
+
+def test_read_many_known_vouches_only_for_the_known_header_its_pieces_and_payload(io: FileIO, tmp_path: Path,
+                                                                                root_fd: int) -> None:
+    blob, known = _known_object(tmp_path / "f" / "obj")
+    flipped = bytearray(blob)
+    flipped[5000] ^= 1
+    (tmp_path / "f" / "flipped").write_bytes(flipped)
+    os.mkfifo(tmp_path / "f" / "fifo")
+    (tmp_path / "f" / "link").symlink_to(tmp_path / "f" / "obj")
+    ino = (tmp_path / "f" / "obj").stat().st_ino
+    pieces = ((40, b"KEYS"), (0, b"HH"))
+    cases = [("obj", known, 16, pieces, True), ("obj", known ^ 1, 16, pieces, False),
+             ("obj", known, 24, pieces, False), ("obj", known, 16, ((40, b"KEYZ"),), False),
+             ("obj", known, 16, ((126, b"KEYS"),), False), ("obj", known, 16, ((-1, b"H"),), False),
+             ("obj", known, 16, ((128, b""),), True), ("obj", known, 16, (), True), ("flipped", known, 16, pieces, False)]
+    views = [(memoryview(bytearray(128)), memoryview(bytearray(10112))) for _ in range(len(cases) + 4)]
+    before = open_fds()
+    results = io.read_many_known(root_fd, [("f", name, views[i], 10240, k, at, p)
+                                           for i, (name, k, at, p, _) in enumerate(cases)]
+                                 + [("f", "obj", views[-4], 10241, known, 16, pieces),
+                                    ("f", "fifo", views[-3], 10240, known, 16, pieces),
+                                    ("f", "link", views[-2], 10240, known, 16, pieces),
+                                    ("f", "absent", views[-1], 10240, known, 16, pieces)])
+    assert open_fds() == before
+    for i, (name, *_, vouched) in enumerate(cases):
+        assert results[i] is True if vouched else results[i] == (10240, 10240, ino if name == "obj" else results[i][2])
+        assert bytes(views[i][0]) + bytes(views[i][1]) == (blob if name == "obj" else flipped)
+    assert results[len(cases)] == (0, 10240, ino)  # another size: nothing read
+    assert results[len(cases) + 1][:2] == (0, None)  # type: ignore[index]  # not a regular file
+    assert isinstance(results[-2], OSError) and results[-2].errno == errno.ELOOP
+    assert isinstance(results[-1], FileNotFoundError)
+    assert io.read_many_known(root_fd, []) == []
+    for bad in [("f", "obj", views[0], 10240, known, 16), ("f", "obj", views[0], 10240, known, 16, ((1, "s"),)),
+                ("f", "obj", views[0], 10240, known, 16, [(1, b"s")])]:
+        with pytest.raises(TypeError):
+            io.read_many_known(root_fd, [bad])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        io.read_many_known(root_fd, [("f", "obj", views[0], 10240, known, 16, ((0, b"H"),) * 9)])
+
+
 @pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False], ids=["compiled", "python"])
 def test_damaged_object_is_a_miss_removed_and_written_again_whole(tmp_path: Path, native: bool) -> None:
     store = open_store(tmp_path, native_io=native)

@@ -388,11 +388,140 @@ done:
     return result;
 }
 
+/* The little-endian u64 at `at` of `buf` (the format's byte order, on any host). */
+static unsigned long long load_u64_le(const unsigned char *buf) {
+    unsigned long long value = 0;
+    for (int i = 7; i >= 0; i--) value = (value << 8) | buf[i];
+    return value;
+}
+
+#define MAX_EXPECT 8  /* (offset, bytes) pieces a read_many_known request may name */
+
+/* A request of read_many_known: its read, and the bytes its header must hold (taken out of the
+ * request while holding the GIL; the bytes live in it, which the call holds until it returns). */
+typedef struct {
+    const char *fanout, *name;
+    Parts parts;
+    Py_ssize_t want, checksum_at;
+    unsigned long long known;
+    int expect_count;
+    Py_ssize_t expect_at[MAX_EXPECT], expect_len[MAX_EXPECT];
+    const char *expect_bytes[MAX_EXPECT];
+    int verified;
+} KnownRead;
+
+/* Take `expect`, a tuple of at most MAX_EXPECT (offset, bytes) pairs, into `r`; else a TypeError or ValueError. */
+static int expect_take(PyObject *expect, KnownRead *r) {
+    if (!PyTuple_Check(expect)) goto bad;
+    if (PyTuple_GET_SIZE(expect) > MAX_EXPECT) {
+        PyErr_Format(PyExc_ValueError, "expect names at most %d pieces", MAX_EXPECT);
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(expect); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(expect, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_Check(PyTuple_GET_ITEM(pair, 0))
+                || !PyBytes_Check(PyTuple_GET_ITEM(pair, 1)))
+            goto bad;
+        r->expect_at[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+        if (r->expect_at[i] == -1 && PyErr_Occurred()) return 0;
+        r->expect_bytes[i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1));
+        r->expect_len[i] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1));
+        r->expect_count++;
+    }
+    return 1;
+bad:
+    PyErr_SetString(PyExc_TypeError, "expect must be a tuple of (offset, bytes) pairs");
+    return 0;
+}
+
+/* Whether a whole read's header (parts[0]) is the one whose xxh3_64 is `known` (stored in its last 8
+ * bytes), holds every `expect` piece, and names the payload's (parts[1:]) xxh3_64 at `checksum_at`.
+ * Runs without the GIL. */
+static int known_read_holds(const KnownRead *r, const ReadOutcome *o) {
+    if (o->err || !o->regular || o->got != r->want || r->parts.count < 1) return 0;
+    const unsigned char *header = r->parts.views[0].buf;
+    Py_ssize_t len = r->parts.views[0].len;
+    if (len < 16 || r->checksum_at < 0 || r->checksum_at > len - 16) return 0;
+    if (load_u64_le(header + len - 8) != r->known || XXH3_64bits(header, (size_t)(len - 8)) != r->known) return 0;
+    for (int i = 0; i < r->expect_count; i++) {
+        Py_ssize_t at = r->expect_at[i], size = r->expect_len[i];
+        if (at < 0 || at > len || size > len - at || memcmp(header + at, r->expect_bytes[i], (size_t)size) != 0)
+            return 0;
+    }
+    return load_u64_le(header + r->checksum_at) == parts_checksum(&r->parts, len);
+}
+
+PyDoc_STRVAR(read_many_known_doc,
+"read_many_known(root_fd, requests) -> list of True, (got, size, inode) or OSError\n--\n\n"
+"read_into for each `(fanout, name, parts, want, known, checksum_at, expect)` of `requests`, in\n"
+"order, in one call that gives the GIL up once, for objects whose header the caller knows by its\n"
+"checksum. True when all `want` bytes were read and the header (parts[0]) ends with the u64\n"
+"`known` that is the xxh3_64 of the rest of it, holds each `(offset, bytes)` of `expect`, and\n"
+"has at `checksum_at` the xxh3_64 of the payload (parts[1:]), all little-endian; else what\n"
+"read_into returns (the caller's own checks say what is wrong), or the OSError it raises.");
+
+static PyObject *read_many_known(PyObject *self, PyObject *args) {
+    (void)self;
+    int root_fd;
+    PyObject *requests_obj;
+    if (!PyArg_ParseTuple(args, "iO:read_many_known", &root_fd, &requests_obj)) return NULL;
+    PyObject *requests = PySequence_Fast(requests_obj, "requests must be a sequence of (fanout, name, parts, "
+                                         "want, known, checksum_at, expect)");
+    if (requests == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(requests), held = 0;
+    KnownRead *reads = PyMem_Calloc(n ? (size_t)n : 1, sizeof(KnownRead));
+    ReadOutcome *outcomes = PyMem_Calloc(n ? (size_t)n : 1, sizeof(ReadOutcome));
+    PyObject *result = NULL;
+    if (reads == NULL || outcomes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n; held++) {
+        KnownRead *r = &reads[held];
+        PyObject *parts_obj, *expect;
+        /* NOTE: the strings and `expect` live in `requests`, which this call holds until it returns */
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(requests, held), "ssOnKnO:read_many_known request",
+                              &r->fanout, &r->name, &parts_obj, &r->want, &r->known, &r->checksum_at, &expect)
+                || !expect_take(expect, r) || parts_hold(parts_obj, PyBUF_WRITABLE, &r->parts) < 0)
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        read_one(root_fd, reads[i].fanout, reads[i].name, &reads[i].parts, reads[i].want, &outcomes[i]);
+        reads[i].verified = known_read_holds(&reads[i], &outcomes[i]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *item;
+        if (outcomes[i].err) {
+            item = PyObject_CallFunction(PyExc_OSError, "iss", outcomes[i].err, strerror(outcomes[i].err),
+                                         outcomes[i].err_path);
+        } else if (reads[i].verified) {
+            item = Py_NewRef(Py_True);
+        } else {
+            item = outcome_tuple(&outcomes[i]);
+        }
+        if (item == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, item);
+    }
+done:
+    for (Py_ssize_t i = 0; reads != NULL && i < held; i++) parts_release(&reads[i].parts);
+    PyMem_Free(reads);
+    PyMem_Free(outcomes);
+    Py_DECREF(requests);
+    return result;
+}
+
 static PyMethodDef fileio_methods[] = {
     {"publish_unnamed", publish_unnamed, METH_VARARGS, publish_unnamed_doc},
     {"write_renamed", write_renamed, METH_VARARGS, write_renamed_doc},
     {"read_into", read_into, METH_VARARGS, read_into_doc},
     {"read_many_into", read_many_into, METH_VARARGS, read_many_into_doc},
+    {"read_many_known", read_many_known, METH_VARARGS, read_many_known_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,8 +1,9 @@
 """How a disk tier moves its objects: the compiled `_fileio` where it is built, else its Python twin.
 
 Both modules offer the same calls with the same signatures and system calls (`publish_unnamed`,
-`write_renamed`, `read_into`, `read_many_into`); a store chooses one module once and calls its
-names. Checksums and headers stay in Python either way.
+`write_renamed`, `read_into`, `read_many_into`, `read_many_known`); a store chooses one module once and
+calls its names. Headers are built and parsed in Python either way; `read_many_known` only compares
+bytes at offsets its caller names.
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class FileIO(Protocol):
 
     def read_many_into(self, root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int]]
                        ) -> list[tuple[tuple[int, int | None, int], int | None] | OSError]: ...
+
+    def read_many_known(self, root_fd: int,
+                        requests: Sequence[tuple[str, str, Sequence[memoryview], int, int, int,
+                                                 tuple[tuple[int, bytes], ...]]]
+                        ) -> list[bool | tuple[int, int | None, int] | OSError]: ...
 
 
 def native_built() -> bool:

@@ -135,6 +135,58 @@ def read_many_into(root_fd: int, requests: Sequence[tuple[str, str, Sequence[mem
     return results
 
 
+ReadKnownResult = bool | tuple[int, int | None, int] | OSError
+
+
+def read_many_known(root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int, int,
+                                                          tuple[tuple[int, bytes], ...]]]) -> list[ReadKnownResult]:
+    """`read_into` for each `(fanout, name, parts, want, known, checksum_at, expect)` of `requests`, in
+    order, for objects whose header the caller knows by its checksum: True when all `want` bytes were
+    read and the header (`parts[0]`) ends with the u64 `known` that is the xxh3_64 of the rest of it,
+    holds each `(offset, bytes)` of `expect`, and has at `checksum_at` the xxh3_64 of the payload
+    (`parts[1:]`), all little-endian; else what read_into returns, or the OSError it raises."""
+    for request in requests:  # NOTE: the errors the compiled twin's parsing raises
+        if len(request) != 7:
+            raise TypeError("read_many_known requests must be (fanout, name, parts, want, known, checksum_at, "
+                            "expect) tuples")
+        expect = request[6]
+        if not isinstance(expect, tuple) or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], int)
+                                                    and isinstance(p[1], bytes) for p in expect):
+            raise TypeError("expect must be a tuple of (offset, bytes) pairs")
+        if len(expect) > MAX_EXPECT:
+            raise ValueError(f"expect names at most {MAX_EXPECT} pieces")
+    results: list[ReadKnownResult] = []
+    for fanout, name, parts, want, known, checksum_at, expect in requests:
+        try:
+            read = read_into(root_fd, fanout, name, parts, want)
+        except OSError as exc:
+            results.append(exc)
+            continue
+        results.append(True if _known_read_holds(read, parts, want, known, checksum_at, expect) else read)
+    return results
+
+
+MAX_EXPECT = 8  # (offset, bytes) pieces a read_many_known request may name
+
+
+def _known_read_holds(read: tuple[int, int | None, int], parts: Sequence[memoryview], want: int, known: int,
+                      checksum_at: int, expect: tuple[tuple[int, bytes], ...]) -> bool:
+    """read_many_known's check of one read (see there)."""
+    got, size, _ = read
+    if got != want or size is None or not parts:
+        return False
+    header = memoryview(parts[0]).cast("B")
+    length = header.nbytes
+    if length < 16 or not 0 <= checksum_at <= length - 16:
+        return False
+    if int.from_bytes(header[-8:], "little") != known or xxhash.xxh3_64_intdigest(header[:-8]) != known:
+        return False
+    if any(at < 0 or at > length or len(piece) > length - at or header[at:at + len(piece)] != piece
+           for at, piece in expect):
+        return False
+    return int.from_bytes(header[checksum_at:checksum_at + 8], "little") == _parts_checksum(parts, length)
+
+
 def _parts_checksum(parts: Sequence[memoryview], skip: int) -> int:
     """xxh3_64 of the bytes of `parts` after the first `skip` (the payload after its header)."""
     state = xxhash.xxh3_64()
