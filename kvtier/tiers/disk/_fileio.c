@@ -290,6 +290,11 @@ static PyObject *outcome_tuple(const ReadOutcome *o) {
     return o->regular ? Py_BuildValue("nLK", o->got, o->size, o->inode) : Py_BuildValue("nOK", o->got, Py_None, o->inode);
 }
 
+/* The OSError of a failed read, as an object to return (read_into raises it instead). */
+static PyObject *outcome_error(const ReadOutcome *o) {
+    return PyObject_CallFunction(PyExc_OSError, "iss", o->err, strerror(o->err), o->err_path);
+}
+
 PyDoc_STRVAR(read_into_doc,
 "read_into(root_fd, fanout, name, parts, want) -> (got, size, inode)\n--\n\n"
 "Open `name` in the fan-out folder (O_NONBLOCK | O_NOFOLLOW) and, if it is a regular file of\n"
@@ -362,8 +367,7 @@ static PyObject *read_many_into(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *item;
         if (outcomes[i].err) {
-            item = PyObject_CallFunction(PyExc_OSError, "iss", outcomes[i].err, strerror(outcomes[i].err),
-                                         outcomes[i].err_path);
+            item = outcome_error(&outcomes[i]);
         } else {
             PyObject *read = outcome_tuple(&outcomes[i]);
             item = read == NULL ? NULL
@@ -495,8 +499,7 @@ static PyObject *read_many_known(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *item;
         if (outcomes[i].err) {
-            item = PyObject_CallFunction(PyExc_OSError, "iss", outcomes[i].err, strerror(outcomes[i].err),
-                                         outcomes[i].err_path);
+            item = outcome_error(&outcomes[i]);
         } else if (reads[i].verified) {
             item = Py_NewRef(Py_True);
         } else {

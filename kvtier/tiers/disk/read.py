@@ -13,6 +13,7 @@ import stat
 import struct
 import threading
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 
@@ -136,10 +137,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         header = headers.get(header_len)
         if header is None:
             header = headers[header_len] = memoryview(bytearray(header_len))
-        out = r.out
-        direct = out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
-            and out.dtype == layout.dtype
-        target = out if direct and out is not None else torch.empty(layout.block_shape, dtype=layout.dtype)
+        target = r.out if _lands_directly(r.out, layout) else torch.empty(layout.block_shape, dtype=layout.dtype)
         payload = tensor_bytes(target)
         expect = _key_pieces(r.key, header_len)
         targets.append(target)
@@ -285,14 +283,19 @@ class _Landing:
     object_bytes: int  # header + payload: the size of the raw object that fits exactly
 
 
+def _lands_directly(out: torch.Tensor | None, layout: KVLayout) -> TypeGuard[torch.Tensor]:
+    """Whether a read can land in `out` itself: a contiguous CPU block of `layout`."""
+    return out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
+        and out.dtype == layout.dtype
+
+
 def _landing(out: torch.Tensor | None, layout: KVLayout, header_len: int, keep: bool = True) -> _Landing:
     """`out` itself when it is a contiguous CPU block, else a new tensor, and the buffers around it.
 
     NOTE: the landing of the last `out` is kept per thread (unless `keep` is False), since callers
     reuse one output buffer and building the views costs a noticeable share of a warm read.
     """
-    direct = out is not None and out.is_cpu and out.is_contiguous() and out.shape == layout.block_shape \
-        and out.dtype == layout.dtype
+    direct = _lands_directly(out, layout)
     if direct:
         cached: _Landing | None = getattr(_local, "landing", None)
         if cached is not None and cached.tensor is out and cached.data_ptr == out.data_ptr() \
