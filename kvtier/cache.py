@@ -176,11 +176,7 @@ class TieredKVCache:
 
     def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:
         for tier in (*self.tiers, *self.read_tiers):
-            if tier.contains(key.block_hash):
-                try:
-                    tier.pin(key.block_hash)
-                except KeyError:  # evicted between contains and pin
-                    continue
+            if tier.pin_if_held(key.block_hash):
                 return LowerHit(tier, key)
         return None
 

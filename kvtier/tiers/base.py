@@ -118,6 +118,17 @@ class TierStore(ABC):
             KeyError: the block is not in this tier (it may have just been evicted).
         """
 
+    def pin_if_held(self, block_hash: BlockHash) -> bool:
+        """Pin the block if this tier holds it; whether it did (`contains` then `pin`, which a tier may
+        do under one lock: a prefix look-up asks this of every block)."""
+        if not self.contains(block_hash):
+            return False
+        try:
+            self.pin(block_hash)
+        except KeyError:  # evicted between contains and pin
+            return False
+        return True
+
     @abstractmethod
     def unpin(self, block_hash: BlockHash) -> None:
         """Release one pin; RuntimeError when the block is not pinned (a caller bug)."""

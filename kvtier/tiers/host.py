@@ -102,10 +102,15 @@ class HostStore(TierStore):
             return [(self._keys[slot], self.slab[slot].clone()) for slot in self._slots.values()]
 
     def pin(self, block_hash: BlockHash) -> None:
+        if not self.pin_if_held(block_hash):
+            raise KeyError(f"cannot pin block {block_hash.hex()[:16]}: not in the host tier")
+
+    def pin_if_held(self, block_hash: BlockHash) -> bool:
         with self._lock:
             if block_hash not in self._slots:
-                raise KeyError(f"cannot pin block {block_hash.hex()[:16]}: not in the host tier")
+                return False
             self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
+            return True
 
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:

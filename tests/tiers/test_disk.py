@@ -152,3 +152,15 @@ def test_random_ops_keep_capacity_and_pins(tmp_path: Path) -> None:
         assert sum(p.stat().st_size for p in object_files(tmp_path)) == store.used_bytes
         assert all(store.contains(make_key(j).block_hash) for j in pinned)
 
+
+
+def test_pin_if_held_pins_only_what_the_tier_holds(tmp_path: Path) -> None:
+    store = open_store(tmp_path, num_blocks=2)
+    store.put(make_key(0), make_block(0))
+    assert not store.pin_if_held(make_key(1).block_hash) and not store.is_pinned(make_key(1).block_hash)
+    assert store.pin_if_held(make_key(0).block_hash) and store.is_pinned(make_key(0).block_hash)
+    for i in range(1, 4):
+        store.put(make_key(i), make_block(i))
+    assert store.contains(make_key(0).block_hash)  # pinned: never the one evicted
+    store.unpin(make_key(0).block_hash)
+    assert not store.is_pinned(make_key(0).block_hash)

@@ -85,6 +85,18 @@ def test_put_of_a_non_tensor_is_a_type_error():
         HostStore(LAYOUT, 2).put(KEYS[0], bytes(LAYOUT.page_size_bytes))
 
 
+def test_pin_if_held_pins_only_what_the_tier_holds():
+    store = HostStore(LAYOUT, 1)
+    assert not store.pin_if_held(KEYS[0].block_hash)
+    store.put(KEYS[0], block(0))
+    assert store.pin_if_held(KEYS[0].block_hash)
+    with pytest.raises(TierFullError):  # its one slot is pinned
+        store.put(KEYS[1], block(1))
+    store.unpin(KEYS[0].block_hash)
+    store.put(KEYS[1], block(1))
+    assert not store.contains(KEYS[0].block_hash)
+
+
 def test_pin_misuse_raises():
     store = HostStore(LAYOUT, 2)
     with pytest.raises(KeyError, match="not in the host tier"):  # TierStore.pin's contract

@@ -235,6 +235,13 @@ class DiskStore(TierStore):
         with self._lock:
             self._index.pin(block_hash)
 
+    def pin_if_held(self, block_hash: BlockHash) -> bool:
+        with self._lock:
+            if block_hash in self._index:
+                self._index.pin(block_hash)
+                return True
+        return super().pin_if_held(block_hash)  # NOTE: a shared folder's object another process wrote
+
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:
             self._index.unpin(block_hash)
