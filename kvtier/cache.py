@@ -253,17 +253,19 @@ class TieredKVCache:
         if not blocks:
             return
         data = self._staging.copy_out([b.block_id for b in blocks])  # [n, *block_shape], ours now
+        if not first.puts_inline:
+            self.engine.spill_many(first, [self.key_of(block) for block in blocks], list(data))
+            self.stats.offloaded_blocks += len(blocks)
+            self.stats.offloaded_bytes += len(blocks) * self.layout.page_size_bytes
+            return
         for block, block_data in zip(blocks, data):
-            if first.puts_inline:
-                try:
-                    first.put(self.key_of(block), block_data)
-                except KVTierError:  # every host slot pinned by transfers: the next tier down keeps it, if any
-                    if len(self.tiers) < 2:
-                        self.stats.dropped_blocks += 1
-                        continue
-                    self.engine.spill(self.tiers[1], self.key_of(block), block_data)
-            else:
-                self.engine.spill(first, self.key_of(block), block_data)
+            try:
+                first.put(self.key_of(block), block_data)
+            except KVTierError:  # every host slot pinned by transfers: the next tier down keeps it, if any
+                if len(self.tiers) < 2:
+                    self.stats.dropped_blocks += 1
+                    continue
+                self.engine.spill(self.tiers[1], self.key_of(block), block_data)
             self.stats.offloaded_blocks += 1
             self.stats.offloaded_bytes += self.layout.page_size_bytes
 

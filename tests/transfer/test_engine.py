@@ -117,6 +117,28 @@ def test_spill_in_flight_is_served_from_the_engine_copy_until_it_lands():
     engine.close()
 
 
+def test_spill_many_writes_jobs_of_at_most_job_bytes_each_served_from_its_copy_until_it_lands():
+    store, engine = GatedStore(LAYOUT, 8), TransferEngine(num_workers=2)
+    store.gate.clear()
+    datas = [block_content(LAYOUT, key.block_hash) for key in KEYS[:5]]
+    futures = engine.spill_many(store, KEYS[:5], datas, job_bytes=2 * LAYOUT.page_size_bytes)
+    assert len(futures) == 3  # 2 + 2 + 1 blocks
+    assert all(torch.equal(engine.inflight(key).data, data) for key, data in zip(KEYS, datas))
+    store.fail_puts = True
+    store.gate.set()
+    assert [f.result(timeout=10) for f in futures] == [[False, False], [False, False], [False]]
+    assert engine.failed_writes == 5 and all(engine.inflight(key) is None for key in KEYS[:5])
+    store.fail_puts = False
+    tiny_jobs = engine.spill_many(store, KEYS[:2], datas[:2], job_bytes=1)  # one block a job at least
+    assert [f.result(timeout=10) for f in tiny_jobs] == [[True], [True]]
+    assert engine.spill_many(store, KEYS[2:3], datas[2:3])[0].result(timeout=10) == [True]
+    engine.flush()
+    assert store.num_blocks == 3 and engine._inflight_write_bytes == 0
+    with pytest.raises(ValueError, match="2 keys and 1 tensors"):
+        engine.spill_many(store, KEYS[:2], datas[:1])
+    engine.close()
+
+
 def test_awaitable_reads_and_writes_raise_the_tiers_own_errors_uncounted():
     tier, engine = FakeTier(), TransferEngine(num_workers=2)
     engine.write(tier, make_key(0), make_block(0)).result(timeout=10)
