@@ -65,3 +65,26 @@ def test_a_closed_store_answers_a_batch_with_misses(tmp_path: Path, monkeypatch:
 def test_read_threads_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="read_threads"):
         open_store(tmp_path / "tier", read_threads=0)
+
+
+def test_a_batch_lands_in_strided_views_of_a_larger_tensor_leaving_its_gaps_alone(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "tier")
+    keys = [make_key(i) for i in range(5)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    layers, kv, heads, bs, dim = LAYOUT.block_shape
+    whole = torch.full((layers, kv, heads, len(keys), 2 * bs, dim), float("nan"), dtype=LAYOUT.dtype)
+    outs = list(whole[:, :, :, :, :bs].unbind(3))  # NOTE: runs of [bs, dim] with gaps of the same size between
+    assert not outs[0].is_contiguous()
+    got = store.get_many(keys, outs)
+    for i, (block, out) in enumerate(zip(got, outs)):
+        assert block is out and same_bits(out, make_block(i))
+    assert torch.isnan(whole[:, :, :, :, bs:]).all()
+    path = tmp_path / "tier" / keys[2].block_hash.hex()[:2] / f"{keys[2].block_hash.hex()}.kvb"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10  # a payload byte
+    path.write_bytes(bytes(raw))
+    again = store.get_many(keys, outs)
+    assert again[2] is None and all(again[i] is outs[i] for i in (0, 1, 3, 4))
+    assert store.stats.corrupt == 1
+    store.close()

@@ -252,3 +252,19 @@ def test_segment_checksums_on_a_compressed_payload_are_refused() -> None:
     forged = encode_header(make_key(1), LAYOUT, "zstd", 100, 0, segments=bytes(8 * num_segments(LAYOUT)))
     with pytest.raises(FormatError, match="segment checksums on a 'zstd' payload"):
         decode_header(forged)
+
+
+def test_storage_views_cut_a_strided_tensor_into_its_runs_and_refuse_overlaps_and_too_many() -> None:
+    from kvtier.tiers.format.codecs import StorageViews
+
+    views = StorageViews()
+    whole = torch.arange(2 * 3 * 8, dtype=torch.float32).reshape(2, 3, 8)
+    runs = views.runs(whole[:, :, :4], max_runs=8)  # 6 runs of 4 floats
+    assert runs is not None and [bytes(r) for r in runs] == [whole[i, j, :4].numpy().tobytes()
+                                                           for i in range(2) for j in range(3)]
+    runs[0][:4] = bytes(4)  # writable, into the tensor itself
+    assert whole[0, 0, 0] == 0 and whole[0, 0, 1] == 1
+    assert len(views.runs(whole, max_runs=1) or []) == 1  # contiguous: one run
+    assert views.runs(whole[:, :, :4], max_runs=5) is None
+    assert views.runs(torch.zeros(4).expand(3, 4), max_runs=8) is None  # broadcast: the runs overlap
+    assert views.runs(torch.zeros(0, 4), max_runs=8) is None

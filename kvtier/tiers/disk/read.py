@@ -36,7 +36,7 @@ from kvtier.tiers.format import (
     verify_object,
     verify_raw_header,
 )
-from kvtier.tiers.format.codecs import tensor_bytes
+from kvtier.tiers.format.codecs import StorageViews, tensor_bytes
 from kvtier.tiers.format.header import NAMESPACE_AT, NUM_TOKENS_AT, PAYLOAD_CHECKSUM_AT, U32, tokens_struct
 
 _local = threading.local()  # per thread: the landing of the last output tensor (see _landing)
@@ -127,8 +127,9 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
     for is read again by `read_block` without the remembered checksum, which says what is wrong."""
     segments = num_segments(layout)
     headers: dict[int, memoryview] = {}
+    views = StorageViews()
     targets: list[torch.Tensor] = []
-    calls: list[tuple[str, str, tuple[memoryview, memoryview], int, int, int, _Pieces]] = []
+    calls: list[tuple[str, str, tuple[memoryview, ...], int, int, int, _Pieces]] = []
     for r in requests:
         if r.known_header is None:
             raise ValueError("_read_known reads requests with a known_header only")
@@ -137,16 +138,16 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         header = headers.get(header_len)
         if header is None:
             header = headers[header_len] = memoryview(bytearray(header_len))
-        target = r.out if _lands_directly(r.out, layout) else torch.empty(layout.block_shape, dtype=layout.dtype)
-        payload = tensor_bytes(target)
+        target, payload = _payload_views(r.out, layout, views)
         expect = _key_pieces(r.key, header_len)
         targets.append(target)
-        calls.append((r.fanout, r.name, (header, payload), header_len + payload.nbytes, r.known_header,
+        calls.append((r.fanout, r.name, (header, *payload), header_len + layout.page_size_bytes, r.known_header,
                       PAYLOAD_CHECKSUM_AT, expect))
     results: list[ReadResult | OSError | DamagedObjectError] = []
     for request, target, call, outcome in zip(requests, targets, calls, io.read_many_known(root_fd, calls)):
         if outcome is True:
-            results.append(_delivered(ReadResult(request.key, target, call[3], request.known_header), request.out))
+            result = ReadResult(request.key, target, call[3], request.known_header)
+            results.append(result if target is request.out else _delivered(result, request.out))
         elif isinstance(outcome, OSError):
             results.append(outcome)
         elif isinstance(outcome, tuple) and outcome[1] is None:
@@ -161,6 +162,22 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
 
 
 _Pieces = tuple[tuple[int, bytes], ...]
+MAX_OUT_RUNS = 64  # NOTE: a strided output of more runs is read into a new tensor and copied (iovecs per read)
+
+
+def _payload_views(out: torch.Tensor | None, layout: KVLayout,
+                   views: StorageViews) -> tuple[torch.Tensor, list[memoryview]]:
+    """Where a raw payload lands, and its bytes as the read's parts: `out` itself when it is a CPU
+    block, contiguous (one view) or strided in at most MAX_OUT_RUNS non-overlapping runs (a view per
+    run); else a new tensor, copied into `out` once verified."""
+    if out is not None and out.is_cpu and out.shape == layout.block_shape and out.dtype == layout.dtype:
+        if out.is_contiguous():
+            return out, [tensor_bytes(out)]
+        runs = views.runs(out, MAX_OUT_RUNS)
+        if runs is not None:
+            return out, runs
+    target = torch.empty(layout.block_shape, dtype=layout.dtype)
+    return target, [tensor_bytes(target)]
 
 
 def _key_pieces(key: BlockKey, header_len: int) -> _Pieces:

@@ -6,6 +6,7 @@ together and compress well, while the noisy mantissa bytes barely cost the compr
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 
 import numpy as np
@@ -35,6 +36,59 @@ def tensor_bytes(data: torch.Tensor) -> memoryview:
     array = (ctypes.c_ubyte * data.nbytes).from_address(data.data_ptr())
     array._kvtier_owner = data  # type: ignore[attr-defined]  # NOTE: the memory's owner lives as long as the view
     return memoryview(array).cast("B")
+
+
+class StorageViews:
+    """Writable views of strided CPU tensors' bytes, one contiguous run each, built from one view per
+    underlying storage: for a batch of reads that land in slices of a few large tensors (LayerStore's
+    K/V output: one `[bs, dim]` run per head of K and of V), so that each file's bytes are copied once,
+    by the read itself, at the cost of a few slices per read. The views keep the storages alive.
+    """
+
+    def __init__(self) -> None:
+        self._whole: dict[tuple[int, int], memoryview] = {}
+
+    def runs(self, data: torch.Tensor, max_runs: int) -> list[memoryview] | None:
+        """The bytes of `data` as its contiguous runs in element order (what a `readv` fills as if
+        `data` were contiguous), or None: not on the CPU, more than `max_runs` runs, or runs that
+        overlap (a broadcast view)."""
+        if not data.is_cpu:
+            return None
+        runs = _byte_runs(data.shape, data.stride(), data.element_size(), max_runs)
+        if runs is None:
+            return None
+        offsets, length = runs
+        storage = data.untyped_storage()
+        base, size = storage.data_ptr(), storage.nbytes()
+        whole = self._whole.get((base, size))
+        if whole is None:
+            array = (ctypes.c_ubyte * size).from_address(base)
+            array._kvtier_owner = storage  # type: ignore[attr-defined]  # NOTE: the memory lives as long as the views
+            whole = self._whole[(base, size)] = memoryview(array).cast("B")
+        start = data.data_ptr() - base
+        return [whole[start + offset:start + offset + length] for offset in offsets]
+
+
+@functools.lru_cache(maxsize=256)
+def _byte_runs(shape: tuple[int, ...], strides: tuple[int, ...], item: int,
+               max_runs: int) -> tuple[tuple[int, ...], int] | None:
+    """(byte offset of each contiguous run, in element order; bytes a run) of a strided tensor, or None
+    (empty, more than `max_runs` runs, or overlapping runs)."""
+    if not all(shape):
+        return None
+    inner, run = len(shape), 1  # NOTE: the trailing dims that are contiguous make one run
+    while inner and (shape[inner - 1] == 1 or strides[inner - 1] == run):
+        inner -= 1
+        run *= shape[inner]
+    offsets = [0]
+    for size, stride in zip(shape[:inner], strides[:inner]):
+        offsets = [offset + i * stride for offset in offsets for i in range(size)]
+        if len(offsets) > max_runs:
+            return None
+    ordered = sorted(offsets)
+    if any(b - a < run for a, b in zip(ordered, ordered[1:])):
+        return None
+    return tuple(offset * item for offset in offsets), run * item
 
 
 def encode_payload(data: torch.Tensor, codec: str) -> memoryview:
