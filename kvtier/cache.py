@@ -144,6 +144,36 @@ class TieredKVCache:
                 self.finish_onload(seq_id)
         return seq
 
+    def read_into(self, namespace: Namespace, token_ids: Sequence[int], block_hashes: list[BlockHash],
+                  outs: Sequence[torch.Tensor]) -> int:
+        """Read-through: the leading blocks of a prefix, from whichever tier holds each (the device pool
+        included), into `outs` (a block-shaped CPU tensor each, strided or not), taking no device block
+        and moving none up. Returns how many leading blocks were served; the one after them is in no
+        tier, or failed verification (counted, as every onload miss is).
+
+        For a caller that needs a prefix's bytes once rather than its blocks on the device: a layer's
+        K/V gathered each decode step while other layers hold the pool (LayerStore). Promoting those
+        blocks would only evict the next layer's.
+        """
+        found = self._find_lower(namespace, token_ids, block_hashes, 0, min(len(outs), len(block_hashes)))
+        agreed = self.agreement.min([len(found)])[0]
+        _unpin(found[agreed:])
+        if not agreed:
+            return 0
+        handle = self.engine.onload(found[:agreed], list(outs[:agreed]), waiting=True)
+        loaded = handle.wait()
+        handle.settle()  # NOTE: no read past a failed one may still write into the caller's buffers
+        loaded = loaded[:self.agreement.min([len(loaded)])[0]]
+        for out, block in zip(outs, loaded):
+            if block.data_ptr() != out.data_ptr():
+                out.copy_(block)
+        served = handle.found[:len(loaded)]
+        for hit in served:
+            self.stats.hit_blocks[hit.tier.kind if hit.tier is not None else TierKind.DEVICE] += 1
+        self.stats.lookup_blocks += len(outs)
+        self.stats.onloaded_bytes += sum(hit.tier is not None for hit in served) * self.layout.page_size_bytes
+        return len(loaded)
+
     def _landing_for(self, seq: SeqState, num_blocks: int) -> torch.Tensor | list[torch.Tensor]:
         """Where a sequence's next `num_blocks` lower-tier hits are read: on CPU their own pages in the
         pool (one copy in all, the read itself), elsewhere a host buffer they are then copied up from."""

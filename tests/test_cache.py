@@ -182,3 +182,31 @@ def test_a_device_block_after_a_lower_tier_hit_is_served_too(device):
     seq = run_prompt(cache, "c", prompt)  # run_prefill checks every served block bit for bit
     assert seq.num_cached_tokens == 12
     assert cache.stats.hit_blocks[TierKind.HOST] == 1 and cache.stats.hit_blocks[TierKind.DEVICE] == 2
+
+
+def test_read_into_serves_a_prefix_from_its_tiers_into_strided_buffers_taking_no_device_block(tmp_path):
+    from kvtier.config import DiskTierConfig
+    from kvtier.synthetic import block_content
+    from kvtier.tiers.disk import DiskStore
+
+    disk = DiskStore(LAYOUT, DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=False))
+    host = HostStore(LAYOUT, 1)
+    cache = TieredKVCache(LAYOUT, 4, [host, disk])
+    prompt = list(range(13))
+    seq = run_prompt(cache, "a", prompt)  # 3 full blocks
+    run_prompt(cache, "b", list(range(100, 116)))  # evicts them: the host keeps one, the disk the rest
+    cache.flush()
+    hashes = seq.block_hashes[:3]
+    whole = torch.zeros((*LAYOUT.block_shape[:3], 3, *LAYOUT.block_shape[3:]), dtype=LAYOUT.dtype)
+    outs = whole.unbind(3)  # a strided block view each
+    evicted, cached = cache.manager.allocator.num_evicted, dict(cache.manager.allocator.cached)
+    assert cache.read_into(NS, prompt, hashes, outs) == 3
+    assert all(torch.equal(out, block_content(LAYOUT, h)) for out, h in zip(outs, hashes))
+    assert cache.manager.allocator.num_evicted == evicted and cache.manager.allocator.cached == cached
+    assert cache.stats.hit_blocks[TierKind.DISK] >= 1 and cache.stats.hit_blocks[TierKind.HOST] >= 1
+    assert not any(disk.is_pinned(h) or host._pins.get(h) for h in hashes)
+    held = [h for h in hashes if disk.contains(h) and not host.contains(h)]
+    disk.evict(held[0])  # a block in no tier ends the run there, its pins released
+    assert cache.read_into(NS, prompt, hashes, outs) == hashes.index(held[0])
+    assert not any(disk.is_pinned(h) or host._pins.get(h) for h in hashes)
+    cache.close()

@@ -9,7 +9,9 @@ its blocks, and what they add afterwards can never collide. The blocks of a laye
 only while that layer is being updated; between updates they are free cached blocks that the
 pool evicts to the host and disk tiers when it needs room, the layer just updated first (every
 other layer runs before it is needed again: least recently used would evict the very next one),
-and that come back as prefix hits, from whichever tier holds them, on the layer's next update.
+and that come back as prefix hits, from whichever tier holds them, on the layer's next update. On
+a CPU pool, an update that adds no full block (most decode steps) reads them instead straight into
+its output, from whichever tier holds them, and leaves the pool as it was (`_read_through`).
 """
 from __future__ import annotations
 
@@ -99,15 +101,15 @@ class LayerStore:
             self._land_prefetch(layer, index)
         if not rows[0].num_tokens:  # NOTE: nothing stored before: the layer's K/V are this update's
             for index, row in enumerate(rows):
-                self._append_row(layer, row, keys[index], values[index], None, None)
+                self._append_row(layer, row, keys[index], values[index], None)
             return keys, values
         batch, heads, new, dim = keys.shape
-        # NOTE: head-major, as the pool's pages are, so the gather from the pool is the only copy
-        out_k = keys.new_empty((batch, heads, rows[0].num_tokens + new, dim))
-        out_v = values.new_empty(out_k.shape)
+        # NOTE: head-major, as the pool's pages are, so the gather from the pool is the only copy; K and V
+        # in one tensor, so that a block's K and V in it are one block-shaped view (see _read_through)
+        out = keys.new_empty((2, batch, heads, rows[0].num_tokens + new, dim))
         for index, row in enumerate(rows):
-            self._append_row(layer, row, keys[index], values[index], out_k[index], out_v[index])
-        return out_k, out_v
+            self._append_row(layer, row, keys[index], values[index], out[:, index])
+        return out[0], out[1]
 
     def prefetch(self, layer: int) -> None:
         """Start reading back, in the transfer engine's workers, the blocks of `layer` that left the
@@ -147,20 +149,20 @@ class LayerStore:
             self.cache.free(self._prefetches.pop((layer, index)))
 
     def _append_row(self, layer: int, row: _Row, keys: torch.Tensor, values: torch.Tensor,
-                    out_k: torch.Tensor | None, out_v: torch.Tensor | None) -> None:
-        """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out_k`
-        and `out_v` `[heads, tokens, head_dim]` (contiguous); None: store only."""
+                    out: torch.Tensor | None) -> None:
+        """Store one row's new K/V `[heads, new_tokens, head_dim]` and write all of its K/V into `out`
+        `[2, heads, tokens, head_dim]` (K then V, each contiguous); None: store only."""
         bs = self.block_size
-        if out_k is not None and out_k.shape[1] != row.num_tokens + keys.shape[1]:
+        if out is not None and out.shape[2] != row.num_tokens + keys.shape[1]:
             raise ValueError(f"layer {layer}: rows hold different numbers of tokens ({row.num_tokens} and "
-                             f"{out_k.shape[1] - keys.shape[1]})")
+                             f"{out.shape[2] - keys.shape[1]})")
         k_new, v_new = torch.cat((row.tail_k, keys), dim=1), torch.cat((row.tail_v, values), dim=1)
         num_new_full = k_new.shape[1] // bs
         old_blocks = len(row.token_ids) // bs
-        if not num_new_full and (not old_blocks or out_k is None or out_v is None
-                                or self._gather_resident(row, out_k, out_v)):
+        if not num_new_full and (not old_blocks or out is None or self._gather_resident(row, out)
+                                or self._read_through(layer, row, out)):
             row.tail_k, row.tail_v = k_new, v_new
-            self._write_tail(row, out_k, out_v)
+            self._write_tail(row, out)
             return
         new_ids = [next(self._next_token_id) for _ in range(num_new_full * bs)]
         if new_ids and new_ids[-1] > MAX_TOKEN_ID:
@@ -181,10 +183,7 @@ class LayerStore:
                                    f"to at least {need}") from exc
         try:
             if seq.num_cached_tokens < old_blocks * bs:
-                raise LostBlocksError(
-                    f"layer {layer}: {old_blocks - seq.num_cached_tokens // bs} of its {old_blocks} earlier blocks "
-                    f"are in no tier (dropped for want of room, or failed verification); give the cache a host or "
-                    f"disk tier, or more device blocks, and generate again")
+                raise _lost(layer, old_blocks - seq.num_cached_tokens // bs, old_blocks)
             k_cache, v_cache = self.cache.pool.k_cache(0), self.cache.pool.v_cache(0)  # [blocks, heads, bs, dim]
             num_blocks = len(token_ids) // bs
             if num_new_full:
@@ -195,22 +194,22 @@ class LayerStore:
                     cache.index_copy_(0, fresh, pages.transpose(0, 1))
                 self.cache.mark_computed(seq_id, len(token_ids))
             plan = self._plan(seq.block_ids[:num_blocks])
-            if out_k is not None and out_v is not None:
-                self._gather(plan, out_k, out_v)
+            if out is not None:
+                self._gather(plan, out)
         finally:
             # NOTE: first in line for eviction: every other layer runs before this one needs them again
             self.cache.free(seq_id, evict_first=True)
         row.token_ids, row.hashes, row.plan = token_ids, hashes, plan
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
-        self._write_tail(row, out_k, out_v)
+        self._write_tail(row, out)
 
     @staticmethod
-    def _write_tail(row: _Row, out_k: torch.Tensor | None, out_v: torch.Tensor | None) -> None:
-        if out_k is not None and out_v is not None:
-            out_k[:, len(row.token_ids):].copy_(row.tail_k)
-            out_v[:, len(row.token_ids):].copy_(row.tail_v)
+    def _write_tail(row: _Row, out: torch.Tensor | None) -> None:
+        if out is not None:
+            out[0, :, len(row.token_ids):].copy_(row.tail_k)
+            out[1, :, len(row.token_ids):].copy_(row.tail_v)
 
-    def _gather_resident(self, row: _Row, out_k: torch.Tensor, out_v: torch.Tensor) -> bool:
+    def _gather_resident(self, row: _Row, out: torch.Tensor) -> bool:
         """Gather a row's full blocks into the outputs straight from the pool when every one of them
         is there, without allocating a sequence (most decode steps add no full block); False if not.
 
@@ -224,7 +223,27 @@ class LayerStore:
             if any(block is None for block in blocks):
                 return False
             plan = row.plan = self._plan([block.block_id for block in blocks if block is not None])
-        self._gather(plan, out_k, out_v)
+        self._gather(plan, out)
+        return True
+
+    def _read_through(self, layer: int, row: _Row, out: torch.Tensor) -> bool:
+        """On a CPU pool, read a row's full blocks from whichever tier holds each straight into `out`
+        (each block's K and V are one strided view of it), taking no device block: the step adds no
+        block, so the row needs its K/V once, and moving its blocks up would only evict the next
+        layer's. False on another device, where the blocks come up through the pool instead.
+
+        Raises:
+            LostBlocksError: a block is in no tier.
+        """
+        if self.cache.pool.device.type != "cpu":
+            return False
+        bs, num_blocks = self.block_size, len(row.hashes)
+        # [2, heads, blocks * bs, dim] -> a [1, 2, heads, bs, dim] view per block, the pool's block shape
+        heads, dim = out.shape[1], out.shape[3]
+        blocks = out[:, :, :num_blocks * bs].view(2, heads, num_blocks, bs, dim).permute(2, 0, 1, 3, 4).unsqueeze(1)
+        served = self.cache.read_into(self._namespaces[layer], row.token_ids, row.hashes, blocks.unbind(0))
+        if served < num_blocks:
+            raise _lost(layer, num_blocks - served, num_blocks)
         return True
 
     def _plan(self, block_ids: Sequence[int]) -> _GatherPlan:
@@ -237,12 +256,12 @@ class LayerStore:
             ids = torch.tensor(block_ids, dtype=torch.int64, device=self.cache.pool.k_cache(0).device)
         return _GatherPlan(self.cache.manager.allocator.num_evicted, len(block_ids), runs, ids)
 
-    def _gather(self, plan: _GatherPlan, out_k: torch.Tensor, out_v: torch.Tensor) -> None:
-        """The blocks of `plan` into the first `plan.num_blocks * block_size` tokens of `out_k`,
-        `out_v` (`[heads, tokens, head_dim]`): a strided copy of a pool slice per run, or, past
+    def _gather(self, plan: _GatherPlan, out_kv: torch.Tensor) -> None:
+        """The blocks of `plan` into the first `plan.num_blocks * block_size` tokens of `out_kv`
+        (`[2, heads, tokens, head_dim]`): a strided copy of a pool slice per run, or, past
         MAX_RUN_COPIES runs, one index_select of whole `[bs, dim]` pages per head."""
         bs, num = self.block_size, plan.num_blocks
-        for cache, out in ((self.cache.pool.k_cache(0), out_k), (self.cache.pool.v_cache(0), out_v)):
+        for cache, out in ((self.cache.pool.k_cache(0), out_kv[0]), (self.cache.pool.v_cache(0), out_kv[1])):
             heads, dim = cache.shape[1], cache.shape[3]
             if plan.ids is None:
                 for start, first, length in plan.runs:
@@ -283,15 +302,20 @@ class LayerStore:
         empty_k, empty_v = row.tail_k[:, :0], row.tail_v[:, :0]
         row.tail_k, row.tail_v = empty_k, empty_v
         heads, dim = empty_k.shape[0], empty_k.shape[2]
-        out_k = empty_k.new_empty((heads, len(row.token_ids), dim))
-        out_v = empty_v.new_empty(out_k.shape)
+        out = empty_k.new_empty((2, heads, len(row.token_ids), dim))
         try:
-            self._append_row(layer, row, empty_k, empty_v, out_k, out_v)
+            self._append_row(layer, row, empty_k, empty_v, out)
         finally:
             row.tail_k, row.tail_v = saved
-        return out_k, out_v
+        return out[0], out[1]
 
     def clear(self, layer: int) -> None:
         """Forget every row of `layer` (their blocks age out of the tiers)."""
         self._drop_prefetches(layer)
         self._rows[layer] = []
+
+
+def _lost(layer: int, missing: int, num_blocks: int) -> LostBlocksError:
+    return LostBlocksError(f"layer {layer}: {missing} of its {num_blocks} earlier blocks are in no tier (dropped for "
+                           "want of room, or failed verification); give the cache a host or disk tier, or more device "
+                           "blocks, and generate again")

@@ -198,3 +198,18 @@ def test_a_whole_kv_tier_config_serves_too_and_a_mismatched_one_is_refused(tmp_p
             device=DeviceTierConfig(num_blocks=4)))
     with pytest.raises(ValueError, match="not both"):
         TieredCache(model.config, kv_config=config, device_blocks=4)
+
+
+def test_a_decode_step_reads_spilled_blocks_through_without_moving_them_up(tmp_path: Path) -> None:
+    model, ids = tiny("llama-gqa", num_layers=4), prompts(1, 64)
+    cache = TieredCache(model.config, device_blocks=9, disk_dir=str(tmp_path), fsync=False)
+    try:
+        with torch.no_grad():
+            model(ids, cache=cache, use_cache=True)  # 4 blocks a layer, 16 in all: most went to disk
+            allocator = cache.kv.manager.allocator
+            evicted, disk_hits = allocator.num_evicted, cache.kv.stats.hit_blocks[cache.kv.tiers[0].kind]
+            model(prompts(1, 1), cache=cache, use_cache=True)  # adds no full block
+        assert allocator.num_evicted == evicted  # no device block taken, so none evicted
+        assert cache.kv.stats.hit_blocks[cache.kv.tiers[0].kind] > disk_hits
+    finally:
+        cache.close()
