@@ -23,6 +23,8 @@ def add_cache_flags(parser: argparse.ArgumentParser, *, device_blocks: int | Non
     parser.add_argument("--no-disk", action="store_true", help="no disk tier")
     parser.add_argument("--remote", metavar="URL", help="a Redis/Valkey tier below the disk: redis://[:PASSWORD@]HOST:"
                         "PORT[/DB], rediss:// (TLS) or unix://PATH (password also from $KVTIER_REDIS_PASSWORD)")
+    parser.add_argument("--remote-ca", metavar="PEM", help="with rediss://: the CA bundle that signed the server's "
+                        "certificate (default: the system's CAs)")
     parser.add_argument("--remote-bytes", type=byte_count, default=1 << 30, metavar="BYTES",
                         help="what this process may keep in the remote tier (default 1GiB)")
     parser.add_argument("--device", default="cpu", help="where the device pool lives (default cpu)")
@@ -49,6 +51,6 @@ def cache_config(args: argparse.Namespace, layout: KVLayout, scratch: str) -> KV
     if args.remote:
         tiers.append(RemoteTierConfig(url=args.remote, capacity_bytes=args.remote_bytes,
                                       password_env="KVTIER_REDIS_PASSWORD" if "KVTIER_REDIS_PASSWORD" in os.environ
-                                      else None))
+                                      else None, tls_ca_file=args.remote_ca))
     return KVTierConfig(layout=layout, device=DeviceTierConfig(num_blocks=args.device_blocks, device=args.device),
                         tiers=tuple(tiers))

@@ -129,6 +129,8 @@ class RemoteTierConfig:
     cluster: a Redis Cluster (redis-py's cluster client; keys are spread by block hash).
     shard: set per rank under tensor/pipeline parallelism (kvtier/parallel/rank_cache.py): a rank's
         objects hold its layers and heads only, so their keys carry a digest of that shard.
+    tls_ca_file: a PEM bundle of the CAs that sign a rediss:// server's certificate (a private CA's);
+        None: the system's. The server's name or IP must be in its certificate either way.
     """
 
     url: str
@@ -145,6 +147,7 @@ class RemoteTierConfig:
     cluster: bool = False
     codec: str = "raw"
     shard: str | None = None
+    tls_ca_file: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -166,6 +169,10 @@ class RemoteTierConfig:
             raise ValueError(f"RemoteTierConfig.codec must be 'raw' or 'zstd', got {self.codec!r}")
         if self.shard is not None and (not isinstance(self.shard, str) or not self.shard):
             raise ValueError(f"RemoteTierConfig.shard must be a non-empty string, got {self.shard!r}")
+        if self.tls_ca_file is not None and (not isinstance(self.tls_ca_file, str) or not self.tls_ca_file
+                                             or not self.url.startswith("rediss://")):
+            raise ValueError(f"RemoteTierConfig.tls_ca_file must be a file path, with a rediss:// url; got "
+                             f"{self.tls_ca_file!r} for {self.url.split('@')[-1]!r}")
 
 
 TierConfig = HostTierConfig | DiskTierConfig | SharedTierConfig | RemoteTierConfig

@@ -69,6 +69,11 @@ def connect(config: RemoteTierConfig, object_bytes: int = 0) -> Any:
         if config.password_env not in os.environ:
             raise TierIOError(f"RemoteTierConfig.password_env names {config.password_env}, which is not set")
         options["password"] = os.environ[config.password_env]
+    if config.tls_ca_file is not None:
+        if not os.path.isfile(config.tls_ca_file):
+            raise TierIOError(f"RemoteTierConfig.tls_ca_file {config.tls_ca_file} is not a file: give the PEM "
+                              "bundle of the CA that signed the server's certificate")
+        options["ssl_ca_certs"] = config.tls_ca_file
     if config.cluster:
         return redis.RedisCluster.from_url(config.url, **options)
     pool = redis.BlockingConnectionPool.from_url(config.url, max_connections=config.max_connections,

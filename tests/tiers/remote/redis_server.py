@@ -142,3 +142,45 @@ def redis_cluster(tmp_path: Path):
         yield cluster
     finally:
         cluster.stop()
+
+
+def tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signs for 127.0.0.1 (openssl, in `workdir`): (CA, cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl on PATH to make a test CA")
+    ca, ca_key, cert, key, request = (workdir / name for name in ("ca.pem", "ca.key", "server.pem", "server.key",
+                                                                  "server.csr"))
+    san = workdir / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+                 "-subj", "/CN=kvtier test CA"],
+                ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+                ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                 "-days", "2", "-extfile", san]):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+class TlsRedisServer(RedisServer):
+    """A server that also speaks TLS on `tls_port` with a certificate of a private CA (`ca`); the plain
+    port stays for readiness and `cli`."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.ca, cert, key = tls_files(workdir)
+        self.tls_port = free_port()
+        super().__init__(workdir, "--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file",
+                         str(key), "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no", *args)
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path):
+    server = TlsRedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -64,3 +64,24 @@ def test_two_generate_runs_share_blocks_through_redis(redis_server: RedisServer,
         runs.append(json.loads(capsys.readouterr().out.splitlines()[0]))
     assert runs[1]["token_ids"] == runs[0]["token_ids"]
     assert runs[0]["num_cached_tokens"] == 0 and runs[1]["num_cached_tokens"] == 64
+
+
+def test_tenants_never_hit_each_others_blocks_through_redis_over_tls(tls_redis_server, tmp_path, capsys) -> None:
+    """`kvtier generate --remote rediss://... --remote-ca PEM`, one engine after another with the same
+    prompt: another `cache_salt` gets zero cached tokens and the same tokens; the same salt hits."""
+    import json
+
+    from kvtier.cli.main import main
+
+    server = tls_redis_server
+    runs = {}
+    for name, salt in (("a", "tenant-a"), ("b", "tenant-b"), ("a2", "tenant-a"), ("none", None)):
+        prompts = tmp_path / f"{name}.jsonl"
+        line = {"id": name, "prompt_token_ids": list(range(1, 70)), "max_tokens": 4}
+        prompts.write_text(json.dumps(line | ({"cache_salt": salt} if salt else {})) + "\n")
+        assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-disk", "--host-blocks", "0",
+                     "--remote", server.tls_url, "--remote-ca", str(server.ca)]) == 0
+        runs[name] = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert [runs[n]["num_cached_tokens"] for n in ("a", "b", "a2", "none")] == [0, 0, 64, 0]
+    assert runs["a"]["token_ids"] == runs["b"]["token_ids"] == runs["a2"]["token_ids"] == runs["none"]["token_ids"]
+    assert int(server.cli("DBSIZE")) > 0

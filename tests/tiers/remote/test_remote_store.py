@@ -250,3 +250,18 @@ def test_a_three_node_cluster_spreads_blocks_and_serves_them_in_one_batch(redis_
         assert store.stats.io_errors >= 1
     finally:
         store.close()
+
+
+def test_rediss_with_the_private_ca_serves_blocks_and_without_it_only_misses(tls_redis_server, tmp_path) -> None:
+    server = tls_redis_server
+    store = store_for(server, url=server.tls_url, tls_ca_file=str(server.ca))
+    store.put(key(0), block(0))
+    assert torch.equal(store.get(key(0)), block(0)) and store.stats.io_errors == 0
+    untrusted = store_for(server, url=server.tls_url)  # the system's CAs do not know the test CA
+    assert untrusted.get(key(0)) is None and untrusted.stats.io_errors == 1
+    plain = store_for(server, url=f"redis://127.0.0.1:{server.tls_port}/0")  # plain text to the TLS port
+    assert plain.get(key(0)) is None and plain.stats.io_errors == 1
+    with pytest.raises(TierIOError, match="is not a file"):
+        store_for(server, url=server.tls_url, tls_ca_file=str(tmp_path / "absent.pem"))
+    with pytest.raises(ValueError, match="with a rediss:// url"):
+        RemoteTierConfig(url=server.url, capacity_bytes=1, tls_ca_file=str(server.ca))
