@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import tempfile
 import time
@@ -45,6 +46,7 @@ class ServeBenchConfig:
     block_size: int = 16
     workload: str | None = None  # a JSONL file of conversations instead of the synthetic ones
     remote: str | None = None  # a Redis URL for a remote tier below the disk (tiering on only)
+    remote_ca: str | None = None  # with a rediss:// remote: the CA bundle of its certificate
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,6 +57,12 @@ class ServeBenchConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if self.request_rate is not None and not self.request_rate > 0:
             raise ValueError(f"--request-rate must be > 0 conversations per second, got {self.request_rate!r}")
+        if self.remote_ca is not None and self.remote is None:
+            raise ValueError("--remote-ca needs --remote rediss://HOST:PORT")
+        if self.remote is not None:
+            from kvtier.config import RemoteTierConfig
+
+            RemoteTierConfig(url=self.remote, capacity_bytes=1, tls_ca_file=self.remote_ca)  # its checks, up front
 
 
 @dataclass(slots=True)
@@ -121,7 +129,9 @@ def _serve(model: Any, config: ServeBenchConfig, conversations: list[Conversatio
             tiers = [HostTierConfig(num_blocks=config.host_blocks),
                      DiskTierConfig(path=scratch, capacity_bytes=8 << 30, fsync=False)]
             if config.remote:
-                tiers.append(RemoteTierConfig(url=config.remote, capacity_bytes=8 << 30))
+                tiers.append(RemoteTierConfig(url=config.remote, capacity_bytes=8 << 30, tls_ca_file=config.remote_ca,
+                                              password_env="KVTIER_REDIS_PASSWORD"
+                                              if "KVTIER_REDIS_PASSWORD" in os.environ else None))
         cache = TieredKVCache.from_config(KVTierConfig(
             layout=model.config.kv_layout(config.block_size),
             device=DeviceTierConfig(num_blocks=config.device_blocks), tiers=tuple(tiers)))

@@ -191,7 +191,10 @@ def _register_serve(benches: Any) -> None:
                    "--concurrency conversations in flight)")
     p.add_argument("--workload", metavar="FILE.jsonl", help='conversations, one per line: {"turns": [[ids], ...], '
                    '"max_tokens": N}')
-    p.add_argument("--remote", metavar="URL", help="also a Redis tier below the disk (tiering on)")
+    p.add_argument("--remote", metavar="URL", help="also a Redis tier below the disk (tiering on): redis://, "
+                   "rediss:// (TLS) or unix://; a password in the URL or $KVTIER_REDIS_PASSWORD")
+    p.add_argument("--remote-ca", metavar="PEM", help="with rediss://: the CA bundle that signed the server's "
+                   "certificate (default: the system's CAs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="a latency CDF and a bar per configuration (matplotlib)")
     p.set_defaults(func=_run_serve, parser=p)
@@ -201,7 +204,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from kvtier.bench.serve import ServeBenchConfig, format_table, plot, run_serve_bench
 
     names = ("model", "dtype", "conversations", "turns", "system_tokens", "user_tokens", "reply_tokens",
-             "concurrency", "request_rate", "device_blocks", "host_blocks", "block_size", "workload", "remote")
+             "concurrency", "request_rate", "device_blocks", "host_blocks", "block_size", "workload", "remote", "remote_ca")
     try:
         config = ServeBenchConfig(**{name: getattr(args, name) for name in names})
     except ValueError as exc:

@@ -85,3 +85,21 @@ def test_tenants_never_hit_each_others_blocks_through_redis_over_tls(tls_redis_s
     assert [runs[n]["num_cached_tokens"] for n in ("a", "b", "a2", "none")] == [0, 0, 64, 0]
     assert runs["a"]["token_ids"] == runs["b"]["token_ids"] == runs["a2"]["token_ids"] == runs["none"]["token_ids"]
     assert int(server.cli("DBSIZE")) > 0
+
+
+def test_bench_serve_runs_its_tiered_side_over_rediss(tls_redis_server, capsys) -> None:
+    """`kvtier bench serve --remote rediss://... --remote-ca PEM`: replies match, the server holds blocks;
+    a CA without a rediss:// remote is refused before any work."""
+    import json
+
+    import pytest
+
+    from kvtier.cli.main import main
+    from tests.bench.test_serve_bench import SMALL
+
+    server = tls_redis_server
+    assert main(["bench", "serve", *SMALL, "--json", "--remote", server.tls_url, "--remote-ca", str(server.ca)]) == 0
+    assert json.loads(capsys.readouterr().out)["replies_match"] and int(server.cli("DBSIZE")) > 0
+    with pytest.raises(SystemExit):
+        main(["bench", "serve", *SMALL, "--remote-ca", str(server.ca)])
+    assert "--remote-ca needs --remote" in capsys.readouterr().err
