@@ -144,7 +144,9 @@ def paged_prefill_attention_cpu(query: torch.Tensor, k_cache: torch.Tensor, v_ca
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """`weight [out, in]` reordered once into oneDNN's blocked layout, for `linear_packed_cpu`;
-    None where oneDNN is absent or takes neither the dtype nor the shape.
+    None where oneDNN is absent or takes neither the dtype nor the shape, and for bfloat16 on a CPU
+    whose oneDNN has no bf16 path (it needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only
+    EPYC raises at the reorder): the caller then keeps torch's own linear.
 
     Why: MKL's sgemm, which torch.nn.functional.linear calls on CPU, reached 5-9 GB/s of weight
     reads for 1-8 rows on this project's AMD CPUs (32 GB/s to sum a tensor); oneDNN on the blocked
@@ -152,6 +154,8 @@ def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """
     if not torch.backends.mkldnn.is_available() or weight.dim() != 2 or weight.dtype not in (torch.float32,
                                                                                            torch.bfloat16):
+        return None
+    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
     packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), LINEAR_PACK_ROWS)
     return packed
