@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +28,15 @@ from kvtier.transfer.landing import LandingBuffers
 from kvtier.transfer.onload import LowerHit, OnloadHandle
 from kvtier.transfer.staging import DeviceToHost
 from kvtier.types import BlockHash, Namespace, SeqId, TierKind
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRead:
+    """A tier's plan to read a prefix's blocks (TieredKVCache.plan_read)."""
+
+    tier: TierStore
+    plan: object
+    num_blocks: int
 
 
 class TieredKVCache:
@@ -174,6 +184,35 @@ class TieredKVCache:
         self.stats.onloaded_bytes += sum(hit.tier is not None for hit in served) * self.layout.page_size_bytes
         return len(loaded)
 
+    def plan_read(self, namespace: Namespace, token_ids: Sequence[int],
+                  block_hashes: list[BlockHash]) -> PlannedRead | None:
+        """A plan for `read_planned`: the blocks of a prefix read through again and again (a layer's
+        K/V each decode step) with their per-block work done once, when one tier holds them all and
+        can plan (the disk tier, for objects it verified before). None otherwise, and always across
+        parallel ranks: a planned read that fails on one rank only would set the ranks' agreement
+        calls apart."""
+        if type(self.agreement) is not Agreement or not block_hashes:
+            return None
+        bs = self.layout.block_size
+        keys = [BlockKey(namespace, h, tuple(token_ids[i * bs:(i + 1) * bs])) for i, h in enumerate(block_hashes)]
+        for tier in (*self.tiers, *self.read_tiers):
+            plan = tier.plan_reads(keys)
+            if plan is not None:
+                return PlannedRead(tier, plan, len(keys))
+        return None
+
+    def read_planned(self, plan: PlannedRead, outs: torch.Tensor) -> bool:
+        """`read_into` by a `plan_read` plan, all or nothing: every block into `outs[i]` (`[n,
+        *block_shape]` on the CPU, strided or not, n the plan's) and counted as read_into counts
+        it, or False and nothing served (`outs` undefined): read_into then, which says what is wrong
+        (a block gone from the tier, or damaged) and makes the next plan."""
+        if not plan.tier.read_planned(plan.plan, outs):
+            return False
+        self.stats.hit_blocks[plan.tier.kind] += plan.num_blocks
+        self.stats.lookup_blocks += plan.num_blocks
+        self.stats.onloaded_bytes += plan.num_blocks * self.layout.page_size_bytes
+        return True
+
     def _landing_for(self, seq: SeqState, num_blocks: int) -> torch.Tensor | list[torch.Tensor]:
         """Where a sequence's next `num_blocks` lower-tier hits are read: on CPU their own pages in the
         pool (one copy in all, the read itself), elsewhere a host buffer they are then copied up from."""
@@ -187,21 +226,39 @@ class TieredKVCache:
         """The run of blocks [start, ...) found past the device prefix: pinned in the tier holding
         it, still being spilled (served from the engine's copy), or in the device pool after all
         (a block whose predecessors left it: a copy of its pages, taken now, before allocating
-        can evict it; copying leaves its place in the pool's eviction order as it was)."""
-        bs, found = self.layout.block_size, []
+        can evict it; copying leaves its place in the pool's eviction order as it was).
+
+        The engine's spills and each tier's own index are asked once for the whole range (one lock
+        each, not one a block: a decode step reads every layer's prefix through here); a block no
+        tier knows is asked of the tiers one by one (`_pin_in_tier`), which may look further. Pins
+        past the first block found nowhere are released before this returns.
+        """
+        bs = self.layout.block_size
         cached = self.manager.allocator.cached
-        for i in range(start, stop):
-            key = BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs]))
-            block = cached.get(hashes[i])
+        keys = [BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs])) for i in range(start, stop)]
+        # NOTE: the spills in flight first: asked after a tier said no, a spill that finished in between
+        # (a round trip to a remote tier is long enough) would be in neither, and the block lost
+        spills = self.engine.inflight_many(keys)
+        on_device = [cached.get(key.block_hash) for key in keys]
+        pinned: list[TierStore | None] = [None] * len(keys)
+        for tier in (*self.tiers, *self.read_tiers):
+            ask = [i for i in range(len(keys)) if on_device[i] is None and spills[i] is None and pinned[i] is None]
+            if not ask:
+                break
+            for i, held in zip(ask, tier.pin_known([keys[i].block_hash for i in ask])):
+                if held:
+                    pinned[i] = tier
+        found: list[LowerHit] = []
+        for key, block, spill, holder in zip(keys, on_device, spills, pinned):
             if block is not None:
                 found.append(LowerHit(None, key, self.pool.block_pages([block.block_id])[0].clone()))
                 continue
-            # NOTE: the spill in flight first: asked after a tier said no, a spill that finished in between
-            # (a round trip to a remote tier is long enough) would be in neither, and the block lost
-            hit = self.engine.inflight(key) or self._pin_in_tier(key)
+            hit = spill or (LowerHit(holder, key) if holder is not None else self._pin_in_tier(key))
             if hit is None:
                 break
             found.append(hit)
+        for extra in dict.fromkeys(t for t in pinned[len(found) + 1:] if t is not None):
+            extra.unpin_many(keys[i].block_hash for i in range(len(found) + 1, len(keys)) if pinned[i] is extra)
         return found
 
     def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:

@@ -7,6 +7,7 @@ from kvtier.block.hashing import namespace_digest
 from kvtier.cache import TieredKVCache
 from kvtier.config import KVLayout
 from kvtier.synthetic import check_served_blocks, run_prefill
+from kvtier.tiers.base import BlockKey
 from kvtier.tiers.host import HostStore
 from kvtier.types import TierKind
 from tests.pool_devices import POOL_DEVICES
@@ -182,6 +183,83 @@ def test_a_device_block_after_a_lower_tier_hit_is_served_too(device):
     seq = run_prompt(cache, "c", prompt)  # run_prefill checks every served block bit for bit
     assert seq.num_cached_tokens == 12
     assert cache.stats.hit_blocks[TierKind.HOST] == 1 and cache.stats.hit_blocks[TierKind.DEVICE] == 2
+
+
+def test_a_prefix_lookup_pins_each_block_in_the_first_tier_holding_it_and_finds_what_only_the_folder_knows(tmp_path):
+    """One look-up of the whole range per tier index: a block in the host and on disk is the host's;
+    a block no index knows (another engine's object in a shared folder) is still found, by asking."""
+    from kvtier.config import SharedTierConfig
+    from kvtier.synthetic import block_content
+    from kvtier.tiers.disk import DiskStore
+
+    def shared() -> DiskStore:
+        return DiskStore(LAYOUT, SharedTierConfig(path=str(tmp_path), capacity_bytes=1 << 20, fsync=False))
+
+    writer_cache = TieredKVCache(LAYOUT, 8, [], write_through=[shared()])
+    prompt = list(range(17))
+    hashes = run_prompt(writer_cache, "a", prompt).block_hashes[:4]
+    writer_cache.close()
+
+    def key(i: int) -> BlockKey:
+        return BlockKey(NS, hashes[i], tuple(prompt[i * 4:(i + 1) * 4]))
+
+    host, disk = HostStore(LAYOUT, 4), shared()  # NOTE: opened after the writes, yet its index is warm...
+    for h in hashes[1::2]:
+        disk.evict(h)  # ...so drop two: another engine writes them again below, behind this store's back
+    other = shared()
+    for i in (1, 3):
+        other.put(key(i), block_content(LAYOUT, hashes[i]))
+    host.put(key(2), block_content(LAYOUT, hashes[2]))  # on disk and in the host
+    cache = TieredKVCache(LAYOUT, 4, [host, disk])
+    whole = torch.zeros((4, *LAYOUT.block_shape), dtype=LAYOUT.dtype)
+    found = cache._find_lower(NS, prompt, hashes, 0, 4)
+    assert [hit.tier for hit in found] == [disk, disk, host, disk]
+    assert host._pins.get(hashes[2]) == 1 and not disk.is_pinned(hashes[2])
+    for hit in found:
+        hit.tier.unpin(hit.key.block_hash)
+    assert cache.read_into(NS, prompt, hashes, whole.unbind(0)) == 4
+    assert all(torch.equal(whole[i], block_content(LAYOUT, h)) for i, h in enumerate(hashes))
+    assert not host._pins and not any(disk.is_pinned(h) for h in hashes)
+    cache.close()
+
+
+def test_a_planned_read_serves_a_disk_prefix_and_only_where_one_tier_can_plan_it_all(tmp_path):
+    from kvtier.config import DiskTierConfig
+    from kvtier.parallel.agree import Agreement
+    from kvtier.synthetic import block_content
+    from kvtier.tiers.disk import DiskStore
+
+    def spilled(lower, agreement=None):
+        cache = TieredKVCache(LAYOUT, 4, lower, agreement=agreement)
+        seq = run_prompt(cache, "a", list(range(13)))  # 3 full blocks
+        run_prompt(cache, "b", list(range(100, 116)))  # evicts them
+        cache.flush()
+        return cache, seq.block_hashes[:3]
+
+    disk = DiskStore(LAYOUT, DiskTierConfig(path=str(tmp_path / "d"), capacity_bytes=1 << 20, fsync=False))
+    cache, hashes = spilled([disk])
+    plan = cache.plan_read(NS, list(range(13)), hashes)
+    assert plan is not None and plan.tier is disk
+    outs = torch.zeros((3, *LAYOUT.block_shape), dtype=LAYOUT.dtype)
+    hits = cache.stats.hit_blocks[TierKind.DISK]
+    assert cache.read_planned(plan, outs) and cache.stats.hit_blocks[TierKind.DISK] == hits + 3
+    assert all(torch.equal(outs[i], block_content(LAYOUT, h)) for i, h in enumerate(hashes))
+    assert cache.plan_read(NS, list(range(13)), [*hashes[:2], bytes(32)]) is None  # one it does not hold
+    other = cache.plan_read(NS, [*range(5), 99, *range(6, 13)], hashes)  # their hashes, other token ids: never served
+    assert other is not None and not cache.read_planned(other, outs)
+    assert cache.stats.hit_blocks[TierKind.DISK] == hits + 3
+    cache.close()
+    host_cache, host_hashes = spilled([HostStore(LAYOUT, 8)])
+    assert host_cache.plan_read(NS, list(range(13)), host_hashes) is None  # the host tier does not plan
+    host_cache.close()
+
+    class Ranks(Agreement):  # as under tensor parallelism: every rank must make the same calls
+        pass
+
+    disk2 = DiskStore(LAYOUT, DiskTierConfig(path=str(tmp_path / "e"), capacity_bytes=1 << 20, fsync=False))
+    ranked, ranked_hashes = spilled([disk2], Ranks())
+    assert ranked.plan_read(NS, list(range(13)), ranked_hashes) is None
+    ranked.close()
 
 
 def test_read_into_serves_a_prefix_from_its_tiers_into_strided_buffers_taking_no_device_block(tmp_path):

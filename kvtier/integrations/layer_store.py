@@ -11,7 +11,9 @@ pool evicts to the host and disk tiers when it needs room, the layer just update
 other layer runs before it is needed again: least recently used would evict the very next one),
 and that come back as prefix hits, from whichever tier holds them, on the layer's next update. On
 a CPU pool, an update that adds no full block (most decode steps) reads them instead straight into
-its output, from whichever tier holds them, and leaves the pool as it was (`_read_through`).
+its output, from whichever tier holds them, and leaves the pool as it was (`_read_through`); the
+steps after the first read them as planned at the first (`TieredKVCache.plan_read`: one compiled
+call a layer when the disk tier holds them all).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from kvtier.block.hashing import hash_blocks, namespace_digest
-from kvtier.cache import TieredKVCache
+from kvtier.cache import PlannedRead, TieredKVCache
 from kvtier.errors import LostBlocksError, OutOfBlocksError
 from kvtier.types import BlockHash, Namespace, SeqId
 
@@ -41,6 +43,7 @@ class _Row:
     tail_k: torch.Tensor  # [num_kv_heads, < block_size, head_dim]
     tail_v: torch.Tensor
     plan: _GatherPlan | None = None  # where its full blocks were on the device when last gathered
+    read_plan: PlannedRead | None = None  # how its full blocks were last read through from a tier
 
     @property
     def num_tokens(self) -> int:
@@ -199,7 +202,7 @@ class LayerStore:
         finally:
             # NOTE: first in line for eviction: every other layer runs before this one needs them again
             self.cache.free(seq_id, evict_first=True)
-        row.token_ids, row.hashes, row.plan = token_ids, hashes, plan
+        row.token_ids, row.hashes, row.plan, row.read_plan = token_ids, hashes, plan, None
         row.tail_k, row.tail_v = k_new[:, num_new_full * bs:], v_new[:, num_new_full * bs:]
         self._write_tail(row, out)
 
@@ -241,9 +244,15 @@ class LayerStore:
         # [2, heads, blocks * bs, dim] -> a [1, 2, heads, bs, dim] view per block, the pool's block shape
         heads, dim = out.shape[1], out.shape[3]
         blocks = out[:, :, :num_blocks * bs].view(2, heads, num_blocks, bs, dim).permute(2, 0, 1, 3, 4).unsqueeze(1)
-        served = self.cache.read_into(self._namespaces[layer], row.token_ids, row.hashes, blocks.unbind(0))
+        # NOTE: the same blocks as the last step's, mostly: read as planned then (a third of the
+        # Python a block), else the usual way, which says what went wrong and plans the next step
+        if row.read_plan is not None and self.cache.read_planned(row.read_plan, blocks):
+            return True
+        namespace = self._namespaces[layer]
+        served = self.cache.read_into(namespace, row.token_ids, row.hashes, blocks.unbind(0))
         if served < num_blocks:
             raise _lost(layer, num_blocks - served, num_blocks)
+        row.read_plan = self.cache.plan_read(namespace, row.token_ids, row.hashes)
         return True
 
     def _plan(self, block_ids: Sequence[int]) -> _GatherPlan:
@@ -278,7 +287,7 @@ class LayerStore:
         self._drop_prefetches(layer)
         if rows:
             self._rows[layer] = [_Row(list(rows[i].token_ids), list(rows[i].hashes), rows[i].tail_k, rows[i].tail_v,
-                                      rows[i].plan) for i in indices]
+                                      rows[i].plan, rows[i].read_plan) for i in indices]
 
     def truncate(self, layer: int, num_tokens: int) -> None:
         """Keep the first `num_tokens` tokens of every row of `layer`."""
@@ -294,7 +303,8 @@ class LayerStore:
             full_k, full_v = self._read_full(layer, row)
             num_blocks = num_tokens // bs
             row.tail_k, row.tail_v = full_k[:, num_blocks * bs:num_tokens], full_v[:, num_blocks * bs:num_tokens]
-            row.token_ids, row.hashes, row.plan = row.token_ids[:num_blocks * bs], row.hashes[:num_blocks], None
+            row.token_ids, row.hashes = row.token_ids[:num_blocks * bs], row.hashes[:num_blocks]
+            row.plan = row.read_plan = None
 
     def _read_full(self, layer: int, row: _Row) -> tuple[torch.Tensor, torch.Tensor]:
         """A row's full blocks `[heads, tokens, head_dim]` (from whichever tier holds them)."""

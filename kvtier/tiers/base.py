@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -129,9 +129,31 @@ class TierStore(ABC):
             return False
         return True
 
+    def plan_reads(self, keys: Sequence[BlockKey]) -> object | None:
+        """A plan to read `keys` again and again with `read_planned`, its per-block work done once
+        (the disk tier: objects whose headers it verified); None: this tier cannot plan them."""
+        return None
+
+    def read_planned(self, plan: object, outs: torch.Tensor) -> bool:
+        """Read a `plan_reads` plan into `outs[i]` (`[n, *block_shape]`, CPU), every block verified;
+        False if not all were (`outs` undefined: read them with `get_many`, which says why)."""
+        return False
+
+    def pin_known(self, block_hashes: Sequence[BlockHash]) -> list[bool]:
+        """Pin each block this tier knows it holds without any I/O (its own index, under one lock);
+        whether it did, per block. False only says "not known": a prefix look-up asks `pin_if_held`
+        of such a block, which may look further (a shared folder's object another host wrote).
+        This default knows nothing."""
+        return [False] * len(block_hashes)
+
     @abstractmethod
     def unpin(self, block_hash: BlockHash) -> None:
         """Release one pin; RuntimeError when the block is not pinned (a caller bug)."""
+
+    def unpin_many(self, block_hashes: Iterable[BlockHash]) -> None:
+        """`unpin` of each block (a tier may take its lock once for them all)."""
+        for block_hash in block_hashes:
+            self.unpin(block_hash)
 
     @abstractmethod
     def evict(self, block_hash: BlockHash) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -107,20 +108,35 @@ class HostStore(TierStore):
 
     def pin_if_held(self, block_hash: BlockHash) -> bool:
         with self._lock:
-            if block_hash not in self._slots:
-                return False
-            self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
-            return True
+            return self._pin_locked(block_hash)
+
+    def pin_known(self, block_hashes: Sequence[BlockHash]) -> list[bool]:
+        with self._lock:
+            return [self._pin_locked(block_hash) for block_hash in block_hashes]
+
+    def _pin_locked(self, block_hash: BlockHash) -> bool:
+        if block_hash not in self._slots:
+            return False
+        self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
+        return True
 
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:
-            count = self._pins.get(block_hash)
-            if count is None:
-                raise RuntimeError(f"unpin of block {block_hash.hex()[:16]} that is not pinned")
-            if count == 1:
-                del self._pins[block_hash]
-            else:
-                self._pins[block_hash] = count - 1
+            self._unpin_locked(block_hash)
+
+    def unpin_many(self, block_hashes: Iterable[BlockHash]) -> None:
+        with self._lock:
+            for block_hash in block_hashes:
+                self._unpin_locked(block_hash)
+
+    def _unpin_locked(self, block_hash: BlockHash) -> None:
+        count = self._pins.get(block_hash)
+        if count is None:
+            raise RuntimeError(f"unpin of block {block_hash.hex()[:16]} that is not pinned")
+        if count == 1:
+            del self._pins[block_hash]
+        else:
+            self._pins[block_hash] = count - 1
 
     def evict(self, block_hash: BlockHash) -> bool:
         with self._lock:

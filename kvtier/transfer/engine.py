@@ -157,8 +157,7 @@ class TransferEngine:
             except Exception:
                 outcomes = [self._read_one(tier, key, slot) for key, slot in zip(keys, slots)]
         finally:
-            for key in keys:
-                tier.unpin(key.block_hash)
+            tier.unpin_many(key.block_hash for key in keys)
         self._record_batch(tier, "read", start, len(keys))
         return outcomes
 
@@ -221,11 +220,15 @@ class TransferEngine:
 
     def inflight(self, key: BlockKey) -> LowerHit | None:
         """The block if a spill of it is queued or running (its tier cannot serve it yet)."""
+        return self.inflight_many([key])[0]
+
+    def inflight_many(self, keys: Sequence[BlockKey]) -> list[LowerHit | None]:
+        """`inflight` of each key, under one lock."""
         with self._pending_lock:
-            entry = self._inflight.get(key.block_hash)
-        if entry is None or entry[1] != key:  # another namespace or token ids: not this block
-            return None
-        return LowerHit(entry[0], key, entry[2])
+            entries = [self._inflight.get(key.block_hash) for key in keys]
+        # NOTE: another namespace or token ids under the same hash is not this block
+        return [None if entry is None or entry[1] != key else LowerHit(entry[0], key, entry[2])
+                for key, entry in zip(keys, entries)]
 
     def read(self, tier: TierStore, key: BlockKey, out: torch.Tensor | None = None) -> Future[torch.Tensor | None]:
         """Read one block at read priority, for a caller that waits on the result.

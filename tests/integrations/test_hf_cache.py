@@ -213,3 +213,39 @@ def test_a_decode_step_reads_spilled_blocks_through_without_moving_them_up(tmp_p
         assert cache.kv.stats.hit_blocks[cache.kv.tiers[0].kind] > disk_hits
     finally:
         cache.close()
+
+
+def test_decode_steps_after_the_first_read_spilled_layers_as_planned_with_the_same_logits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read-through of a spilled layer plans the next ones (TieredKVCache.plan_read); they
+    then read as planned, and a block damaged on disk fails the plan, never the logits: the usual read
+    finds the damage and the layer's blocks are lost (no host tier here), as they would be without plans."""
+    from kvtier.cache import TieredKVCache
+
+    model, ids = tiny("llama-gqa", num_layers=4), prompts(1, 64)
+    ours, theirs = TieredCache(model.config, device_blocks=9, disk_dir=str(tmp_path), fsync=False), \
+        transformers.DynamicCache(config=model.config)
+    outcomes: list[bool] = []
+    read_planned = TieredKVCache.read_planned
+
+    def spy(self, plan, outs):  # type: ignore[no-untyped-def]
+        outcomes.append(read_planned(self, plan, outs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(TieredKVCache, "read_planned", spy)
+    try:
+        with torch.no_grad():
+            for chunk in (ids, *(prompts(1, 1) for _ in range(4))):  # no step adds a full block
+                torch.testing.assert_close(model(chunk, cache=ours).logits, model(chunk, cache=theirs).logits,
+                                           rtol=0, atol=0)
+            assert outcomes and all(outcomes) and ours.kv.stats.hit_blocks[ours.kv.tiers[0].kind] > 0
+            planned = len(outcomes)
+            victim = min(tmp_path.rglob("*.kvb"))
+            data = bytearray(victim.read_bytes())
+            data[-3] ^= 0x01
+            victim.write_bytes(bytes(data))
+            with pytest.raises(LostBlocksError):
+                model(prompts(1, 1), cache=ours)
+        assert False in outcomes[planned:] and ours.kv.tiers[0].stats.corrupt == 1
+    finally:
+        ours.close()

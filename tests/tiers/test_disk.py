@@ -164,3 +164,16 @@ def test_pin_if_held_pins_only_what_the_tier_holds(tmp_path: Path) -> None:
     assert store.contains(make_key(0).block_hash)  # pinned: never the one evicted
     store.unpin(make_key(0).block_hash)
     assert not store.is_pinned(make_key(0).block_hash)
+
+
+def test_pin_known_pins_what_the_index_holds_and_unpin_many_releases_them(tmp_path: Path) -> None:
+    store = open_store(tmp_path, num_blocks=4)
+    store.put(make_key(0), make_block(0))
+    store.put(make_key(2), make_block(2))
+    hashes = [make_key(i).block_hash for i in range(3)]
+    assert store.pin_known(hashes) == [True, False, True]
+    assert [store.is_pinned(h) for h in hashes] == [True, False, True]
+    store.unpin_many([hashes[0], hashes[2]])
+    assert not any(store.is_pinned(h) for h in hashes)
+    with pytest.raises(RuntimeError, match="not pinned"):
+        store.unpin_many([hashes[0]])

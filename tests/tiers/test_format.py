@@ -268,3 +268,36 @@ def test_storage_views_cut_a_strided_tensor_into_its_runs_and_refuse_overlaps_an
     assert views.runs(whole[:, :, :4], max_runs=5) is None
     assert views.runs(torch.zeros(4).expand(3, 4), max_runs=8) is None  # broadcast: the runs overlap
     assert views.runs(torch.zeros(0, 4), max_runs=8) is None
+
+
+def test_storage_views_land_each_tensors_runs_in_its_own_memory_when_a_batch_mixes_tensors() -> None:
+    from kvtier.tiers.format.codecs import StorageViews
+
+    views = StorageViews()
+    first, second = torch.zeros(2, 3, 8), torch.zeros(2, 3, 8)
+    for target, fill in ((first[:, :, :4], 1), (second[:, :, 4:], 2), (first[:, :, 4:], 3), (second[:, :, :4], 4)):
+        for run in views.runs(target, max_runs=8) or []:
+            run[:] = torch.full((4,), float(fill)).numpy().tobytes()
+    assert torch.equal(first[:, :, :4], torch.full((2, 3, 4), 1.0)) and torch.equal(first[:, :, 4:], torch.full((2, 3, 4), 3.0))
+    assert torch.equal(second[:, :, 4:], torch.full((2, 3, 4), 2.0)) and torch.equal(second[:, :, :4], torch.full((2, 3, 4), 4.0))
+    tail = torch.zeros(64)[60:].view(2, 2)  # the last bytes of a storage: still inside it
+    runs = views.runs(tail, max_runs=1)
+    assert runs is not None and len(runs) == 1 and len(runs[0]) == 16
+
+
+def test_batch_runs_cut_each_block_of_a_strided_batch_as_runs_would_and_refuse_overlapping_blocks() -> None:
+    from kvtier.tiers.format.codecs import StorageViews
+
+    views = StorageViews()
+    kv = torch.arange(2 * 3 * 40 * 4, dtype=torch.float32).reshape(2, 3, 40, 4)  # [K/V, heads, tokens, dim]
+    blocks = kv[:, :, :32].view(2, 3, 4, 8, 4).permute(2, 0, 1, 3, 4)  # 4 blocks of 8 tokens, interleaved
+    batch = views.batch_runs(blocks, max_runs=8)
+    assert batch is not None and len(batch) == 4
+    for block, runs in zip(blocks.unbind(0), batch):
+        assert [bytes(r) for r in runs] == [bytes(r) for r in StorageViews().runs(block, max_runs=8) or []]
+    assert views.batch_runs(blocks, max_runs=5) is None  # 6 runs a block
+    assert views.batch_runs(torch.zeros(2, 3, 4)[:1].expand(3, 3, 4), max_runs=8) is None  # one block thrice
+    overlapping = torch.zeros(64).as_strided((3, 2, 4), (4, 8, 1))  # block i+1 starts inside block i's runs
+    assert views.batch_runs(overlapping, max_runs=8) is None
+    one = views.batch_runs(torch.zeros(1, 2, 4), max_runs=1)
+    assert one is not None and [len(r) for r in one[0]] == [32]

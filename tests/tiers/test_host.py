@@ -106,3 +106,14 @@ def test_pin_misuse_raises():
         store.unpin(KEYS[0].block_hash)
     with pytest.raises(ValueError, match="HostStore.num_slots must be >= 1, got 0"):
         HostStore(LAYOUT, 0)
+
+
+def test_pin_known_pins_what_the_tier_holds_and_unpin_many_releases_them():
+    store = HostStore(LAYOUT, 2)
+    store.put(KEYS[1], block(1))
+    assert store.pin_known([KEYS[0].block_hash, KEYS[1].block_hash]) == [False, True]
+    assert store._pins == {KEYS[1].block_hash: 1}
+    store.unpin_many([KEYS[1].block_hash])
+    assert not store._pins
+    with pytest.raises(RuntimeError, match="not pinned"):
+        store.unpin_many([KEYS[1].block_hash])

@@ -129,7 +129,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
     headers: dict[int, memoryview] = {}
     views = StorageViews()
     targets: list[torch.Tensor] = []
-    calls: list[tuple[str, str, tuple[memoryview, ...], int, int, int, _Pieces]] = []
+    calls: list[tuple[str, str, tuple[memoryview, ...], int, int, int, Pieces]] = []
     for r in requests:
         if r.known_header is None:
             raise ValueError("_read_known reads requests with a known_header only")
@@ -139,7 +139,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         if header is None:
             header = headers[header_len] = memoryview(bytearray(header_len))
         target, payload = _payload_views(r.out, layout, views)
-        expect = _key_pieces(r.key, header_len)
+        expect = key_pieces(r.key, header_len)
         targets.append(target)
         calls.append((r.fanout, r.name, (header, *payload), header_len + layout.page_size_bytes, r.known_header,
                       PAYLOAD_CHECKSUM_AT, expect))
@@ -161,7 +161,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
     return results
 
 
-_Pieces = tuple[tuple[int, bytes], ...]
+Pieces = tuple[tuple[int, bytes], ...]
 MAX_OUT_RUNS = 64  # NOTE: a strided output of more runs is read into a new tensor and copied (iovecs per read)
 
 
@@ -180,7 +180,7 @@ def _payload_views(out: torch.Tensor | None, layout: KVLayout,
     return target, [tensor_bytes(target)]
 
 
-def _key_pieces(key: BlockKey, header_len: int) -> _Pieces:
+def key_pieces(key: BlockKey, header_len: int) -> Pieces:
     """Where a raw header of `key` holds its namespace, block hash and token ids, as read_many_known's
     `expect`; for a key no object can hold, a piece no header holds, so read_block's check says why."""
     num_tokens = len(key.token_ids)

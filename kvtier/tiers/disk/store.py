@@ -12,7 +12,7 @@ import itertools
 import logging
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -20,14 +20,22 @@ import torch
 from kvtier.config import DiskTierConfig, KVLayout, SharedTierConfig
 from kvtier.errors import TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.tiers.disk import planned
 from kvtier.tiers.disk.discard import quarantine, remove_damaged
 from kvtier.tiers.disk.fileio import routines
 from kvtier.tiers.disk.folder import TierFolder, io_error
 from kvtier.tiers.disk.free_space import FreeSpace
 from kvtier.tiers.disk.index import DiskIndex
 from kvtier.tiers.disk.names import object_name
+from kvtier.tiers.disk.planned import ReadPlan
 from kvtier.tiers.disk.publish import Publisher
-from kvtier.tiers.disk.read import DamagedObjectError, ReadRequest, ReadResult, read_block, read_blocks
+from kvtier.tiers.disk.read import (
+    DamagedObjectError,
+    ReadRequest,
+    ReadResult,
+    read_block,
+    read_blocks,
+)
 from kvtier.tiers.disk.restart import restart
 from kvtier.tiers.disk.tmpfile import probe_linking
 from kvtier.tiers.format import encode_block, max_object_bytes, stored_header_checksum
@@ -205,6 +213,30 @@ class DiskStore(TierStore):
             self.stats.hits += len(hits)
         return results
 
+    def plan_reads(self, keys: Sequence[BlockKey]) -> ReadPlan | None:
+        """A plan to read `keys` again with `read_planned`, if this store verified each object's
+        header before (a read or a write of its own); else None."""
+        with self._lock:
+            entries = [self._index.get(key.block_hash) for key in keys]
+        checksums = [entry.header_checksum if entry is not None else None for entry in entries]
+        if not keys or any(checksum is None for checksum in checksums):
+            return None
+        return planned.plan_reads(list(keys), checksums, self.layout)  # type: ignore[arg-type]  # NOTE: no None left
+
+    def read_planned(self, plan: ReadPlan, outs: torch.Tensor) -> bool:  # type: ignore[override]
+        """Read `plan`'s objects into `outs[i]` (`[n, *block_shape]`, CPU, strided or not), each
+        vouched for by its known header and payload checksums; False if any was not (outs then
+        undefined: read them with `get_many`, which accounts for what went wrong). Hits count as
+        `get_many`'s do; nothing is pinned, since nothing unverified can be served."""
+        if self._closed or not planned.read_planned(self._io, self.folder.fd, plan, outs, self.layout):
+            return False
+        with self._lock:
+            for key, (*_, size, checksum, _pieces) in zip(plan.keys, plan.objects):
+                self._index.touch(key.block_hash, checksum)
+                self.stats.bytes_read += size
+            self.stats.hits += len(plan.keys)
+        return True
+
     def _reader_pool(self) -> ThreadPoolExecutor | None:
         """The threads `get_many` reads runs on, made at the first batch that has more than one run;
         None once closed (the reads then fail in the caller's thread, as misses)."""
@@ -242,9 +274,22 @@ class DiskStore(TierStore):
                 return True
         return super().pin_if_held(block_hash)  # NOTE: a shared folder's object another process wrote
 
+    def pin_known(self, block_hashes: Sequence[BlockHash]) -> list[bool]:
+        with self._lock:
+            held = [block_hash in self._index for block_hash in block_hashes]
+            for block_hash, is_held in zip(block_hashes, held):
+                if is_held:
+                    self._index.pin(block_hash)
+        return held
+
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:
             self._index.unpin(block_hash)
+
+    def unpin_many(self, block_hashes: Iterable[BlockHash]) -> None:
+        with self._lock:
+            for block_hash in block_hashes:
+                self._index.unpin(block_hash)
 
     def is_pinned(self, block_hash: BlockHash) -> bool:
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import threading
 
 import numpy as np
@@ -47,6 +48,7 @@ class StorageViews:
 
     def __init__(self) -> None:
         self._whole: dict[tuple[int, int], memoryview] = {}
+        self._last: tuple[int, int, memoryview] | None = None  # (address, bytes, view) of the last storage used
 
     def runs(self, data: torch.Tensor, max_runs: int) -> list[memoryview] | None:
         """The bytes of `data` as its contiguous runs in element order (what a `readv` fills as if
@@ -57,22 +59,67 @@ class StorageViews:
         runs = _byte_runs(data.shape, data.stride(), data.element_size(), max_runs)
         if runs is None:
             return None
-        offsets, length = runs
-        storage = data.untyped_storage()
-        base, size = storage.data_ptr(), storage.nbytes()
-        whole = self._whole.get((base, size))
-        if whole is None:
-            array = (ctypes.c_ubyte * size).from_address(base)
-            array._kvtier_owner = storage  # type: ignore[attr-defined]  # NOTE: the memory lives as long as the views
-            whole = self._whole[(base, size)] = memoryview(array).cast("B")
-        start = data.data_ptr() - base
+        offsets, length, span = runs
+        whole, start = self._locate(data, span)
         return [whole[start + offset:start + offset + length] for offset in offsets]
+
+    def batch_runs(self, blocks: torch.Tensor, max_runs: int) -> list[list[memoryview]] | None:
+        """`runs` of each `blocks[i]` of a `[n, ...]` tensor, its geometry worked out once for the
+        batch (a layer's K/V output cut into blocks: no tensor view per block), or None as `runs`
+        says, or when two blocks' runs overlap."""
+        if not blocks.is_cpu or blocks.dim() < 2 or not blocks.shape[0]:
+            return None
+        geometry = _batch_byte_runs(blocks.shape, blocks.stride(), blocks.element_size(), max_runs)
+        if geometry is None:
+            return None
+        offsets, length, step, span = geometry
+        whole, start = self._locate(blocks, span)
+        firsts = [start + i * step for i in range(blocks.shape[0])]
+        return [[whole[first + offset:first + offset + length] for offset in offsets] for first in firsts]
+
+    def _locate(self, data: torch.Tensor, span: int) -> tuple[memoryview, int]:
+        """A view of the storage holding `data`'s first `span` bytes, and where `data` starts in it."""
+        address = data.data_ptr()
+        # NOTE: memory inside a storage these views keep alive is that storage's (no other can own it):
+        # a batch's next slice of the same tensor skips looking its storage up (half the cost of a call)
+        last = self._last
+        if last is None or not last[0] <= address <= last[0] + last[1] - span:
+            storage = data.untyped_storage()
+            base, size = storage.data_ptr(), storage.nbytes()
+            whole = self._whole.get((base, size))
+            if whole is None:
+                array = (ctypes.c_ubyte * size).from_address(base)
+                array._kvtier_owner = storage  # type: ignore[attr-defined]  # NOTE: the memory lives as long as the views
+                whole = self._whole[(base, size)] = memoryview(array).cast("B")
+            last = self._last = (base, size, whole)
+        return last[2], address - last[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_byte_runs(shape: tuple[int, ...], strides: tuple[int, ...], item: int,
+                     max_runs: int) -> tuple[tuple[int, ...], int, int, int] | None:
+    """(`_byte_runs` offsets and run bytes of one block; bytes from one block to the next; bytes from
+    the first element to the end of the last block's last run) of `[n, ...]` blocks, or None: a
+    block's runs are not `_byte_runs`', or runs of two blocks overlap (a stride of 0 included)."""
+    runs = _byte_runs(tuple(shape[1:]), tuple(strides[1:]), item, max_runs)
+    if runs is None:
+        return None
+    offsets, length, span = runs
+    step = strides[0] * item
+    if shape[0] > 1:
+        if step <= 0:
+            return None
+        every = sorted(first + offset for first in range(0, shape[0] * step, step) for offset in offsets)
+        if any(b - a < length for a, b in itertools.pairwise(every)):
+            return None
+    return offsets, length, step, (shape[0] - 1) * step + span
 
 
 @functools.lru_cache(maxsize=256)
 def _byte_runs(shape: tuple[int, ...], strides: tuple[int, ...], item: int,
-               max_runs: int) -> tuple[tuple[int, ...], int] | None:
-    """(byte offset of each contiguous run, in element order; bytes a run) of a strided tensor, or None
+               max_runs: int) -> tuple[tuple[int, ...], int, int] | None:
+    """(byte offset of each contiguous run, in element order; bytes a run; bytes from the first
+    element to the end of the last run) of a strided tensor with non-negative strides, or None
     (empty, more than `max_runs` runs, or overlapping runs)."""
     if not all(shape):
         return None
@@ -86,9 +133,9 @@ def _byte_runs(shape: tuple[int, ...], strides: tuple[int, ...], item: int,
         if len(offsets) > max_runs:
             return None
     ordered = sorted(offsets)
-    if any(b - a < run for a, b in zip(ordered, ordered[1:])):
+    if ordered[0] < 0 or any(b - a < run for a, b in zip(ordered, ordered[1:])):
         return None
-    return tuple(offset * item for offset in offsets), run * item
+    return tuple(offset * item for offset in offsets), run * item, (ordered[-1] + run) * item
 
 
 def encode_payload(data: torch.Tensor, codec: str) -> memoryview:

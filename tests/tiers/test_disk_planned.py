@@ -1,0 +1,90 @@
+"""Planned reads (kvtier/tiers/disk/planned.py): objects the store verified read again into one strided
+batch with the per-object work done once; anything the compiled read does not vouch for fails the whole
+plan, and the usual read then says what is wrong. Both I/O twins."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_store, same_bits
+
+TWINS = [pytest.param(True, id="c"), pytest.param(False, id="py")]
+N = 5
+
+
+def _strided_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, *block_shape] views of one larger tensor, interleaved the way LayerStore's K/V output is."""
+    layers, kv, heads, bs, dim = LAYOUT.block_shape
+    whole = torch.zeros((layers, kv, heads, (N + 1) * bs, dim), dtype=LAYOUT.dtype)  # a token tail past the blocks
+    blocks = whole[:, :, :, :N * bs].view(layers, kv, heads, N, bs, dim).permute(3, 0, 1, 2, 4, 5)
+    return whole, blocks
+
+
+def _object_path(root: Path, block_hash: bytes) -> Path:
+    digest = block_hash.hex()
+    return root / digest[:2] / f"{digest}.kvb"
+
+
+@pytest.mark.parametrize("native", TWINS)
+def test_a_plan_reads_verified_objects_into_a_strided_batch_and_counts_hits(tmp_path: Path, native: bool) -> None:
+    store = open_store(tmp_path, native_io=native)
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    plan = store.plan_reads(keys)
+    assert plan is not None
+    whole, blocks = _strided_batch()
+    for _ in range(2):  # the same plan, read again
+        blocks.zero_()
+        assert store.read_planned(plan, blocks)
+        assert all(same_bits(blocks[i], make_block(i)) for i in range(N))
+    assert store.stats.hits == 2 * N and store.stats.misses == 0
+    assert not whole[:, :, :, N * LAYOUT.block_size:].any()  # nothing past the blocks written
+    assert store.plan_reads([*keys, make_key(99)]) is None  # an object it does not hold
+    assert store.plan_reads([]) is None
+    with pytest.raises(ValueError, match="reads into"):
+        store.read_planned(plan, blocks[:2])
+
+
+@pytest.mark.parametrize("native", TWINS)
+@pytest.mark.parametrize("damage", ["payload", "header", "gone", "link"])
+def test_damage_after_planning_fails_the_plan_and_the_usual_read_names_it(tmp_path: Path, native: bool,
+                                                                        damage: str) -> None:
+    store = open_store(tmp_path, native_io=native)
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    plan = store.plan_reads(keys)
+    assert plan is not None
+    path = _object_path(tmp_path, keys[2].block_hash)
+    if damage in ("payload", "header"):
+        data = bytearray(path.read_bytes())
+        data[-7 if damage == "payload" else 40] ^= 0x10
+        path.write_bytes(bytes(data))
+    elif damage == "gone":
+        path.unlink()
+    else:
+        path.unlink()
+        os.symlink(_object_path(tmp_path, keys[1].block_hash), path)  # another key's good object
+    _, blocks = _strided_batch()
+    assert not store.read_planned(plan, blocks)
+    assert store.stats.hits == 0
+    got = store.get_many(keys, list(blocks.unbind(0)))
+    assert [g is None for g in got] == [i == 2 for i in range(N)]
+    assert all(same_bits(blocks[i], make_block(i)) for i in range(N) if i != 2)
+    assert store.stats.corrupt == (damage in ("payload", "header"))
+    assert store.plan_reads(keys) is None  # the bad one is gone from the index: no plan until it is written again
+
+
+def test_a_closed_store_plans_nothing_and_reads_nothing(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    plan = store.plan_reads(keys)
+    assert plan is not None
+    store.close()
+    assert not store.read_planned(plan, _strided_batch()[1])
