@@ -163,15 +163,21 @@ class TransferEngine:
 
     def _read_now(self, found: Sequence[LowerHit],
                   landing: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor | None]:
-        """Every block of `found` read in the caller's thread, each tier's consecutive blocks as one
-        batch; a failed read is a miss (None). No futures: a waiting caller's small onload (one
+        """The blocks of `found` read in the caller's thread, each tier's consecutive blocks as one
+        batch, up to the batch with the first miss (None; a failed read is one): the blocks after it
+        are released unread. No futures: a waiting caller's small onload (one
         TieredCache layer: ~31 blocks of 24 KB) paid more for them than for the reads."""
         def to_read(hit: tuple[int, LowerHit]) -> TierStore | None:
             return hit[1].tier if hit[1].data is None else None  # NOTE: a copy in hand (data) needs no tier
 
         results: list[torch.Tensor | None] = []
+        missed = False
         for tier, group in itertools.groupby(enumerate(found), key=to_read):
             hits = list(group)
+            if missed:  # NOTE: a miss ended the prefix: the blocks after it are released, not read
+                if tier is not None:
+                    tier.unpin_many(hit.key.block_hash for _, hit in hits)
+                continue
             slots = [landing[i] if landing is not None else None for i, _ in hits]
             if tier is None:
                 for (_, hit), slot in zip(hits, slots):
@@ -180,6 +186,7 @@ class TransferEngine:
                 continue
             outcomes = self._get_batch(tier, [hit.key for _, hit in hits], slots)
             results += [None if isinstance(outcome, Exception) else outcome for outcome in outcomes]
+            missed = any(result is None for result in results[-len(outcomes):])
         return results
 
     def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | Sequence[torch.Tensor] | None = None,

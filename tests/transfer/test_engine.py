@@ -266,3 +266,19 @@ def test_a_read_in_the_callers_thread_serves_copies_in_hand_and_tier_reads_in_pr
     assert all(block.data_ptr() == landing[i].data_ptr() for i, block in enumerate(loaded))
     assert all(store.evict(k.block_hash) for k in KEYS[:2] + KEYS[3:4])  # read, then unpinned
     engine.close()
+
+
+def test_a_read_in_the_callers_thread_stops_at_the_first_miss_and_releases_the_rest_unread():
+    first, second, engine = FakeTier(), FakeTier(), TransferEngine(num_workers=2)
+    keys = [make_key(i) for i in range(5)]
+    for tier, held in ((first, keys[:3]), (second, keys[3:])):
+        for key in held:
+            tier.put(key, make_block(keys.index(key), FAKE_LAYOUT))
+            tier.pin(key.block_hash)
+    first.get_faults[keys[2].block_hash] = TierIOError("injected EIO")  # the first tier's run ends in a miss
+    handle = engine.onload([LowerHit(first, k) for k in keys[:3]] + [LowerHit(second, k) for k in keys[3:]],
+                           waiting=True)
+    assert [int(block[0, 0, 0, 0, 0]) for block in handle.wait()] == [0, 1]
+    assert ("get", 3) not in second.calls and ("get", 4) not in second.calls  # released, never read
+    assert first.num_pinned == second.num_pinned == 0
+    engine.close()
