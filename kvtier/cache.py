@@ -206,7 +206,7 @@ class TieredKVCache:
         *block_shape]` on the CPU, strided or not, n the plan's) and counted as read_into counts
         it, or False and nothing served (`outs` undefined): read_into then, which says what is wrong
         (a block gone from the tier, or damaged) and makes the next plan."""
-        if not plan.tier.read_planned(plan.plan, outs):
+        if not self.engine.read_planned(plan.tier, plan.plan, outs):
             return False
         self.stats.hit_blocks[plan.tier.kind] += plan.num_blocks
         self.stats.lookup_blocks += plan.num_blocks
@@ -249,16 +249,20 @@ class TieredKVCache:
                 if held:
                     pinned[i] = tier
         found: list[LowerHit] = []
-        for key, block, spill, holder in zip(keys, on_device, spills, pinned):
-            if block is not None:
-                found.append(LowerHit(None, key, self.pool.block_pages([block.block_id])[0].clone()))
-                continue
-            hit = spill or (LowerHit(holder, key) if holder is not None else self._pin_in_tier(key))
-            if hit is None:
-                break
-            found.append(hit)
-        for extra in dict.fromkeys(t for t in pinned[len(found) + 1:] if t is not None):
-            extra.unpin_many(keys[i].block_hash for i in range(len(found) + 1, len(keys)) if pinned[i] is extra)
+        try:
+            for key, block, spill, holder in zip(keys, on_device, spills, pinned):
+                if block is not None:
+                    found.append(LowerHit(None, key, self.pool.block_pages([block.block_id])[0].clone()))
+                    continue
+                hit = spill or (LowerHit(holder, key) if holder is not None else self._pin_in_tier(key))
+                if hit is None:
+                    break
+                found.append(hit)
+        except BaseException:  # NOTE: a pin left behind would keep its block from eviction for good
+            _unpin(found)
+            _unpin_rest(keys, pinned, len(found))
+            raise
+        _unpin_rest(keys, pinned, len(found) + 1)  # NOTE: the block at len(found) is the one found nowhere
         return found
 
     def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:
@@ -425,6 +429,12 @@ class TieredKVCache:
             self.engine.close()
         for tier in dict.fromkeys(self.tiers + self.write_through + self.read_tiers):
             tier.close()
+
+
+def _unpin_rest(keys: Sequence[BlockKey], pinned: Sequence[TierStore | None], start: int) -> None:
+    """Release the index pins `_find_lower` took for blocks [start, ...) it does not return."""
+    for tier in dict.fromkeys(t for t in pinned[start:] if t is not None):
+        tier.unpin_many(keys[i].block_hash for i in range(start, len(keys)) if pinned[i] is tier)
 
 
 def _unpin(hits: Sequence[LowerHit]) -> None:

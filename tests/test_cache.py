@@ -220,6 +220,16 @@ def test_a_prefix_lookup_pins_each_block_in_the_first_tier_holding_it_and_finds_
     assert cache.read_into(NS, prompt, hashes, whole.unbind(0)) == 4
     assert all(torch.equal(whole[i], block_content(LAYOUT, h)) for i, h in enumerate(hashes))
     assert not host._pins and not any(disk.is_pinned(h) for h in hashes)
+
+    def fails(key):
+        raise OSError("injected: the folder went away")
+
+    disk.evict(hashes[3])
+    other.put(key(3), block_content(LAYOUT, hashes[3]))  # again behind its back: asked for one by one...
+    cache._pin_in_tier = fails  # ...after the blocks before it were pinned, and that fails
+    with pytest.raises(OSError, match="injected"):
+        cache._find_lower(NS, prompt, hashes, 0, 4)
+    assert not host._pins and not any(disk.is_pinned(h) for h in hashes)  # every pin taken was released
     cache.close()
 
 

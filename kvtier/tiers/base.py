@@ -136,7 +136,11 @@ class TierStore(ABC):
 
     def read_planned(self, plan: object, outs: torch.Tensor) -> bool:
         """Read a `plan_reads` plan into `outs[i]` (`[n, *block_shape]`, CPU), every block verified;
-        False if not all were (`outs` undefined: read them with `get_many`, which says why)."""
+        False if not all were (`outs` undefined: read them with `get_many`, which says why).
+
+        Raises:
+            ValueError: `outs` is not `[n, *block_shape]` of the layout's dtype (a tier that plans).
+        """
         return False
 
     def pin_known(self, block_hashes: Sequence[BlockHash]) -> list[bool]:

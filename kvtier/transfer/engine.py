@@ -189,6 +189,15 @@ class TransferEngine:
             missed = any(result is None for result in results[-len(outcomes):])
         return results
 
+    def read_planned(self, tier: TierStore, plan: object, outs: torch.Tensor) -> bool:
+        """A tier's planned read (`TierStore.read_planned`) in the caller's thread, timed as a read
+        batch is; False: not every block was read (nothing served)."""
+        start = time.perf_counter()
+        done = tier.read_planned(plan, outs)
+        if done:
+            self._record_batch(tier, "read", start, outs.shape[0])
+        return done
+
     def onload(self, found: Sequence[LowerHit], landing: torch.Tensor | Sequence[torch.Tensor] | None = None,
                waiting: bool = False) -> OnloadHandle:
         """Read pinned blocks from their tiers in parallel; each is unpinned when its read ends

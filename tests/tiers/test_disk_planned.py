@@ -88,3 +88,31 @@ def test_a_closed_store_plans_nothing_and_reads_nothing(tmp_path: Path) -> None:
     assert plan is not None
     store.close()
     assert not store.read_planned(plan, _strided_batch()[1])
+
+
+@pytest.mark.parametrize("native", TWINS)
+def test_an_object_a_plan_failed_on_is_planned_again_only_once_a_read_verifies_it(tmp_path: Path, native: bool) -> None:
+    store = open_store(tmp_path, native_io=native)
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    plan = store.plan_reads(keys)
+    path = _object_path(tmp_path, keys[1].block_hash)
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    _, blocks = _strided_batch()
+    assert plan is not None and not store.read_planned(plan, blocks)
+    assert store.plan_reads(keys) is None  # its remembered header checksum is gone
+    path.write_bytes(good)  # a transient fault: the object is whole again
+    assert all(same_bits(b, make_block(i)) for i, b in enumerate(store.get_many(keys, list(blocks.unbind(0)))))
+    again = store.plan_reads(keys)  # the read verified it: planned again
+    assert again is not None and store.read_planned(again, blocks) and store.stats.corrupt == 0
+
+
+def test_zstd_objects_are_never_planned(tmp_path: Path) -> None:
+    store = open_store(tmp_path, codec="zstd")
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    assert all(same_bits(b, make_block(i)) for i, b in enumerate(store.get_many(keys)))
+    assert store.plan_reads(keys) is None  # a planned read of one could only fail

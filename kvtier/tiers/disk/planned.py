@@ -3,9 +3,10 @@ TieredCache layer's K/V, read through each decode step), with the per-object wor
 
 A plan holds, per object, what `read_many_known` needs besides the output (names, sizes, the
 header checksum the store verified, the key's pieces); executing it cuts the output into each
-block's runs in one go (`StorageViews.batch_runs`) and makes one compiled call. It either vouches
-for every object or reports failure, and the caller then reads the usual way (read_blocks), which
-says what is wrong: a plan never decides what a bad object is.
+block's runs in one go (`StorageViews.batch_runs`) and makes one compiled call per run of objects
+(DiskStore.read_planned). An object it does not vouch for fails the plan and loses its remembered
+header checksum, and the caller reads the usual way (read_blocks), which says what is wrong: a plan
+never decides what a bad object is.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import torch
 
 from kvtier.config import KVLayout
 from kvtier.tiers.base import BlockKey
-from kvtier.tiers.disk.fileio import FileIO
 from kvtier.tiers.disk.names import object_name
 from kvtier.tiers.disk.read import MAX_OUT_RUNS, Pieces, key_pieces
 from kvtier.tiers.format import header_bytes_for, num_segments
 from kvtier.tiers.format.codecs import StorageViews
 from kvtier.tiers.format.header import PAYLOAD_CHECKSUM_AT
+
+KnownCall = tuple[str, str, tuple[memoryview, ...], int, int, int, Pieces]  # one object of read_many_known
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,31 +34,38 @@ class ReadPlan:
     objects: tuple[tuple[str, str, int, int, int, Pieces], ...]
 
 
-def plan_reads(keys: list[BlockKey], header_checksums: list[int], layout: KVLayout) -> ReadPlan:
+def plan_reads(keys: list[BlockKey], header_checksums: list[int], sizes: list[int],
+               layout: KVLayout) -> ReadPlan | None:
+    """The plan of raw objects of `keys` whose files are `sizes` bytes; None if any is not the size
+    of a raw object of its key (a zstd one: a planned read of it could only fail)."""
     segments = num_segments(layout)
     objects = []
-    for key, checksum in zip(keys, header_checksums):
+    for key, checksum, size in zip(keys, header_checksums, sizes):
         header_len = header_bytes_for(len(key.token_ids), segments)
-        objects.append((*object_name(key.block_hash), header_len, header_len + layout.page_size_bytes, checksum,
-                        key_pieces(key, header_len)))
+        if size != header_len + layout.page_size_bytes:
+            return None
+        objects.append((*object_name(key.block_hash), header_len, size, checksum, key_pieces(key, header_len)))
     return ReadPlan(tuple(keys), tuple(objects))
 
 
-def read_planned(io: FileIO, root_fd: int, plan: ReadPlan, outs: torch.Tensor, layout: KVLayout) -> bool:
-    """The plan's objects read into `outs[i]` (`[len(plan.keys), *block_shape]` on the CPU, any
-    non-overlapping strides); True if `read_many_known` vouched for every one. False: it did not,
-    or `outs` cannot be cut into runs; `outs` is then undefined and the caller reads again."""
+def planned_calls(plan: ReadPlan, outs: torch.Tensor, layout: KVLayout) -> list[KnownCall] | None:
+    """`read_many_known`'s calls that read the plan's objects into `outs[i]` (`[len(plan.keys),
+    *block_shape]` on the CPU, any non-overlapping strides), or None: `outs` cannot be cut into runs.
+
+    Raises:
+        ValueError: `outs` is not `[len(plan.keys), *block_shape]` of the layout's dtype.
+    """
     if tuple(outs.shape) != (len(plan.keys), *layout.block_shape) or outs.dtype != layout.dtype:
         raise ValueError(f"a plan of {len(plan.keys)} blocks reads into [{len(plan.keys)}, "
                          f"{', '.join(map(str, layout.block_shape))}] {layout.dtype}, got {list(outs.shape)} {outs.dtype}")
     payloads = StorageViews().batch_runs(outs, MAX_OUT_RUNS)
     if payloads is None:
-        return False
-    headers: dict[int, memoryview] = {}
-    calls = []
+        return None
+    headers: dict[int, memoryview] = {}  # NOTE: one per size for a run of reads: each is checked before the next
+    calls: list[KnownCall] = []
     for (fanout, name, header_len, object_len, checksum, pieces), payload in zip(plan.objects, payloads):
         header = headers.get(header_len)
         if header is None:
             header = headers[header_len] = memoryview(bytearray(header_len))
         calls.append((fanout, name, (header, *payload), object_len, checksum, PAYLOAD_CHECKSUM_AT, pieces))
-    return all(outcome is True for outcome in io.read_many_known(root_fd, calls))
+    return calls

@@ -12,8 +12,9 @@ import itertools
 import logging
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 _NOT_HERE = (errno.ELOOP, errno.ENOTDIR)  # a link at an object's name, or a linked fan-out folder
 
 
+T = TypeVar("T")
+R = TypeVar("R")
 READ_BATCH_OBJECTS = 16
 """Objects `get_many` reads per compiled call: enough that the GIL hand-offs vanish, few enough that
 two I/O threads interleave (one reads while the other verifies). A 4k-token SmolLM2 restore (256
@@ -188,17 +191,8 @@ class DiskStore(TierStore):
             requests.append(ReadRequest(*object_name(key.block_hash), key, out,
                                         entry.header_checksum if entry is not None else None))
             where.append(index)
-        threads = max(1, min(self.config.read_threads, len(requests),
-                             len(requests) * self.layout.page_size_bytes // MIN_THREAD_READ_BYTES))
-        # NOTE: about four runs a thread, so a thread that drew slow objects does not hold the batch up
-        per_run = min(READ_BATCH_OBJECTS, -(-len(requests) // (4 * threads))) if threads > 1 else READ_BATCH_OBJECTS
-        runs = [requests[start:start + per_run] for start in range(0, len(requests), per_run)]
-
-        def read(run: list[ReadRequest]) -> list[ReadResult | OSError | DamagedObjectError]:
-            return read_blocks(self._io, self.folder.fd, run, self.layout)
-
-        pool = self._reader_pool() if threads > 1 else None
-        outcomes = itertools.chain.from_iterable(pool.map(read, runs) if pool is not None else map(read, runs))
+        root_fd = self.folder.fd
+        outcomes = self._read_runs(requests, lambda run: read_blocks(self._io, root_fd, run, self.layout))
         hits = []
         for index, request, result in zip(where, requests, outcomes):
             if isinstance(result, ReadResult):
@@ -214,28 +208,55 @@ class DiskStore(TierStore):
         return results
 
     def plan_reads(self, keys: Sequence[BlockKey]) -> ReadPlan | None:
-        """A plan to read `keys` again with `read_planned`, if this store verified each object's
-        header before (a read or a write of its own); else None."""
+        """A plan to read `keys` again with `read_planned`, if each is a raw object whose header
+        this store verified before (a read or a write of its own); else None."""
         with self._lock:
             entries = [self._index.get(key.block_hash) for key in keys]
-        checksums = [entry.header_checksum if entry is not None else None for entry in entries]
-        if not keys or any(checksum is None for checksum in checksums):
+        if not keys or any(entry is None or entry.header_checksum is None for entry in entries):
             return None
-        return planned.plan_reads(list(keys), checksums, self.layout)  # type: ignore[arg-type]  # NOTE: no None left
+        return planned.plan_reads(list(keys), [e.header_checksum for e in entries],  # type: ignore[union-attr,misc]
+                                  [e.size for e in entries], self.layout)  # type: ignore[union-attr]
 
     def read_planned(self, plan: ReadPlan, outs: torch.Tensor) -> bool:  # type: ignore[override]
         """Read `plan`'s objects into `outs[i]` (`[n, *block_shape]`, CPU, strided or not), each
-        vouched for by its known header and payload checksums; False if any was not (outs then
-        undefined: read them with `get_many`, which accounts for what went wrong). Hits count as
-        `get_many`'s do; nothing is pinned, since nothing unverified can be served."""
-        if self._closed or not planned.read_planned(self._io, self.folder.fd, plan, outs, self.layout):
+        vouched for by its known header and payload checksums, in runs on the reader threads as
+        `get_many` reads; False if any was not (outs then undefined: read them with `get_many`,
+        which says what went wrong). Such an object's header checksum is forgotten, so no plan
+        includes it before a read verifies it again. Hits count as `get_many`'s do; nothing is
+        pinned, since nothing unverified can be served.
+
+        Raises:
+            ValueError: `outs` is not `[len(plan.keys), *block_shape]` of the layout's dtype.
+        """
+        calls = planned.planned_calls(plan, outs, self.layout)
+        if calls is None or self._closed:
             return False
+        root_fd = self.folder.fd
+        outcomes = list(self._read_runs(calls, lambda run: self._io.read_many_known(root_fd, run)))
+        failed = [key.block_hash for key, outcome in zip(plan.keys, outcomes) if outcome is not True]
         with self._lock:
+            if failed:
+                for block_hash in failed:
+                    entry = self._index.get(block_hash)
+                    if entry is not None:
+                        entry.header_checksum = None
+                return False
             for key, (*_, size, checksum, _pieces) in zip(plan.keys, plan.objects):
                 self._index.touch(key.block_hash, checksum)
                 self.stats.bytes_read += size
             self.stats.hits += len(plan.keys)
         return True
+
+    def _read_runs(self, items: list[T], read: Callable[[list[T]], list[R]]) -> Iterator[R]:
+        """`read` of `items` cut into runs of at most READ_BATCH_OBJECTS, up to `config.read_threads`
+        runs at once on the reader threads (one per MIN_THREAD_READ_BYTES of the batch), in order."""
+        threads = max(1, min(self.config.read_threads, len(items),
+                             len(items) * self.layout.page_size_bytes // MIN_THREAD_READ_BYTES))
+        # NOTE: about four runs a thread, so a thread that drew slow objects does not hold the batch up
+        per_run = min(READ_BATCH_OBJECTS, -(-len(items) // (4 * threads))) if threads > 1 else READ_BATCH_OBJECTS
+        runs = [items[start:start + per_run] for start in range(0, len(items), per_run)]
+        pool = self._reader_pool() if threads > 1 else None
+        return itertools.chain.from_iterable(pool.map(read, runs) if pool is not None else map(read, runs))
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:
         """The threads `get_many` reads runs on, made at the first batch that has more than one run;
