@@ -26,7 +26,7 @@ def byte_count(text: str) -> int:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("cache", help="inspect, verify or trim a disk-tier folder")
+    parser = commands.add_parser("cache", help="inspect, verify or trim a disk-tier folder (its shards/ folders too)")
     actions = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     stat = actions.add_parser("stat", help="objects and bytes per namespace, temporaries, ignored entries, quarantine")
     verify = actions.add_parser("verify", help="read and check every object (exit 1 if any is damaged or unreadable)")
@@ -58,24 +58,28 @@ def run(args: argparse.Namespace) -> int:
         remedy = REMEDIES.get(exc.errno or 0, "check the device and the mount")
         print(f"kvtier cache {args.cache_command}: {exc}; {remedy}", file=sys.stderr)
         return 1
-    _print(report, args.json)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print(report)
     if args.cache_command == "verify":
-        return 1 if report["unreadable"] or (report["corrupt"] and not args.repair) else 0
+        folders = [report, *report["shards"].values()]
+        return 1 if any(r["unreadable"] or (r["corrupt"] and not args.repair) for r in folders) else 0
     return 0
 
 
-def _print(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report))
-        return
+def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
-        if key not in ("namespaces", "corrupt_paths", "unreadable_paths", "reasons"):
-            print(f"{key:>16}: {value}")
+        if key not in ("namespaces", "corrupt_paths", "unreadable_paths", "reasons", "shards"):
+            print(f"{indent}{key:>16}: {value}")
     for namespace, entry in report.get("namespaces", {}).items():
-        print(f"  namespace {namespace[:16]}…: {entry['objects']} objects, {entry['bytes']} bytes")
+        print(f"{indent}  namespace {namespace[:16]}…: {entry['objects']} objects, {entry['bytes']} bytes")
     for reason, count in report.get("reasons", {}).items():
-        print(f"  {count} corrupt: {reason}")
+        print(f"{indent}  {count} corrupt: {reason}")
     for path in report.get("corrupt_paths", []):
-        print(f"  corrupt: {path}")
+        print(f"{indent}  corrupt: {path}")
     for path in report.get("unreadable_paths", []):
-        print(f"  unreadable (left alone): {path}")
+        print(f"{indent}  unreadable (left alone): {path}")
+    for name, shard in report.get("shards", {}).items():
+        print(f"{indent}  shard {name}:")
+        _print(shard, indent + "    ")

@@ -93,3 +93,35 @@ def test_parse_bytes_units() -> None:
     assert parse_bytes("1000") == 1000 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("2G") == 2 * 10**9
     with pytest.raises(Exception, match="not a byte count"):
         parse_bytes("lots")
+
+
+def test_stat_verify_and_gc_take_in_the_shard_folders_and_only_real_ones(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A TP/PP rank's objects live in ROOT/shards/layers-A-B.heads-C-D/ (a tier folder each): damage
+    there fails verify, repair quarantines it there, gc's budget counts them; other names and links
+    under shards/ are not shard folders."""
+    shard = tmp_path / "shards" / "layers-0-2.heads-0-1"
+    fill(tmp_path, 2)
+    fill(shard, 3)
+    fill(tmp_path / "shards" / "not-a-shard", 1)
+    fill(tmp_path / "elsewhere", 1)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "shards" / "layers-0-2.heads-1-2")
+    damaged = object_files(shard)[1]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    code, report = run_json(capsys, "stat", str(tmp_path))
+    assert code == 0 and report["objects"] == 2 and list(report["shards"]) == [shard.name]  # type: ignore[call-overload]
+    assert report["shards"][shard.name]["objects"] == 3  # type: ignore[index]
+    code, report = run_json(capsys, "verify", str(tmp_path))
+    assert code == 1 and report["corrupt"] == 0 and report["shards"][shard.name]["corrupt"] == 1  # type: ignore[index]
+    code, report = run_json(capsys, "verify", "--repair", str(tmp_path))
+    assert code == 0 and report["shards"][shard.name]["repaired"] == 1  # type: ignore[index]
+    assert not damaged.exists() and any((shard / "quarantine").iterdir())
+    main(["cache", "verify", str(tmp_path)])
+    assert f"shard {shard.name}:" in capsys.readouterr().out
+    code, report = run_json(capsys, "gc", "--to", str(2 * object_bytes()), str(tmp_path))
+    assert code == 0 and report["folders"] == 2 and report["bytes"] <= 2 * object_bytes()
+    assert len(object_files(tmp_path)) + len(object_files(shard)) == 2 and report["quarantine_removed"] == 1
+    assert len(object_files(tmp_path / "elsewhere")) == 1  # never through the link
+    assert len(object_files(tmp_path / "shards" / "not-a-shard")) == 1  # not a shard folder's name

@@ -24,6 +24,7 @@ from kvtier.tiers.disk.folder import TierFolder
 from kvtier.tiers.disk.names import QUARANTINE_DIR, object_name
 from kvtier.tiers.disk.pyfileio import READ_FLAGS
 from kvtier.tiers.disk.scan import FoundFile, scan_folder
+from kvtier.tiers.disk.shard_names import SHARDS_DIR, parse_shard_folder_name
 from kvtier.tiers.format import (
     FIXED_HEADER_BYTES,
     MAX_OBJECT_BYTES,
@@ -46,9 +47,34 @@ class Verdict:
     unreadable: bool = False
 
 
+def shard_folders(root: str) -> list[str]:
+    """The shard folders of a tier folder (ROOT/shards/layers-A-B.heads-C-D[.replica-R], shard_names.py:
+    each a tier folder of its own), by name; real folders only, never through a link."""
+    shards = os.path.join(root, SHARDS_DIR)
+    try:
+        if not stat.S_ISDIR(os.lstat(shards).st_mode):
+            return []
+        names = sorted(os.listdir(shards))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(shards, name)
+        with contextlib.suppress(FileNotFoundError):  # NOTE: gone since the listing: nothing to check there
+            if parse_shard_folder_name(name) is not None and stat.S_ISDIR(os.lstat(path).st_mode):
+                found.append(path)
+    return found
+
+
 def stat_folder(root: str) -> dict[str, Any]:
     """Objects and bytes in total and per namespace (hex, from the headers), temporaries, ignored
-    entries and the quarantine."""
+    entries and the quarantine; the same for each shard folder under `shards`, by name."""
+    report = _stat_one(root)
+    report["shards"] = {os.path.basename(path): _stat_one(path) for path in shard_folders(root)}
+    return report
+
+
+def _stat_one(root: str) -> dict[str, Any]:
     with contextlib.closing(TierFolder(root, 0o700, existing=True)) as folder:
         scan = scan_folder(folder, MAX_OBJECT_BYTES)
         per_namespace: dict[str, dict[str, int]] = {}
@@ -94,7 +120,13 @@ def check_object(folder: TierFolder, found: FoundFile) -> Verdict | None:
 
 def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
     """Read and check every object; with `repair`, move each damaged one to ROOT/quarantine (or remove
-    a file too large to be an object)."""
+    a file too large to be an object). The same in each shard folder (its own quarantine), by name."""
+    report = _verify_one(root, repair)
+    report["shards"] = {os.path.basename(path): _verify_one(path, repair) for path in shard_folders(root)}
+    return report
+
+
+def _verify_one(root: str, repair: bool) -> dict[str, Any]:
     with contextlib.closing(TierFolder(root, 0o700, existing=True)) as folder:
         scan = scan_folder(folder, MAX_OBJECT_BYTES)
         objects = scan.objects + scan.oversized + scan.misplaced
@@ -112,30 +144,35 @@ def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
 
 
 def gc_folder(root: str, to_bytes: int) -> dict[str, Any]:
-    """Remove the quarantine, then the least recently written objects (by mtime), until what is
-    left totals at most `to_bytes`."""
+    """Remove the quarantines, then the least recently written objects (by mtime), until what is
+    left in the folder and its shard folders totals at most `to_bytes`."""
     if isinstance(to_bytes, bool) or not isinstance(to_bytes, int) or to_bytes < 0:
         raise ValueError(f"gc budget must be a whole number of bytes >= 0, got {to_bytes!r}")
-    with contextlib.closing(TierFolder(root, 0o700, existing=True)) as folder:
-        objects = sorted(scan_folder(folder, MAX_OBJECT_BYTES).objects, key=lambda f: f.mtime_ns)
-        quarantined = _quarantine(folder)
-        total = sum(f.size for f in objects) + sum(size for _, _, size in quarantined)
+    with contextlib.ExitStack() as stack:
+        folders = [stack.enter_context(contextlib.closing(TierFolder(path, 0o700, existing=True)))
+                   for path in (root, *shard_folders(root))]
+        objects = sorted(((folder, obj) for folder in folders for obj in scan_folder(folder, MAX_OBJECT_BYTES).objects),
+                         key=lambda pair: pair[1].mtime_ns)
+        quarantined = [(folder, _quarantine(folder)) for folder in folders]
+        total = sum(obj.size for _, obj in objects) + sum(size for _, q in quarantined for _, _, size in q)
         left, q_removed = total, 0
-        if quarantined and left > to_bytes:
+        for folder, files in quarantined:
+            if not files or left <= to_bytes:
+                continue
             with folder.subdir(QUARANTINE_DIR) as q_fd:
-                for _, name, size in quarantined:
+                for _, name, size in files:
                     with contextlib.suppress(FileNotFoundError):  # gone already: its bytes are freed all the same
                         os.unlink(name, dir_fd=q_fd)
                     left, q_removed = left - size, q_removed + 1
         removed = 0
-        for obj in objects:
+        for folder, obj in objects:
             if left <= to_bytes:
                 break
             folder.unlink(obj.fanout, obj.name)  # NOTE: gone already is all the same: its bytes are freed
             left, removed = left - obj.size, removed + 1
-    return {"path": folder.path, "objects_before": len(objects), "bytes_before": total, "removed": removed,
-            "bytes_removed": total - left, "quarantine_removed": q_removed, "objects": len(objects) - removed,
-            "bytes": left, "budget_bytes": to_bytes}
+    return {"path": folders[0].path, "folders": len(folders), "objects_before": len(objects), "bytes_before": total,
+            "removed": removed, "bytes_removed": total - left, "quarantine_removed": q_removed,
+            "objects": len(objects) - removed, "bytes": left, "budget_bytes": to_bytes}
 
 
 class _Damaged(OSError):
