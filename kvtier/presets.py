@@ -25,6 +25,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                          dtype="float32"),  # splits at TP=2 (SmolLM2-135M's 9 heads do not): kvtier bench parallel
     "qwen2.5-7b": dict(num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, hidden_size=3584,
                        intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768,
-                       rope_theta=1000000.0, norm_eps=1e-6, dtype="bfloat16"),
+                       rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, dtype="bfloat16"),
 }
 MODEL_PRESET_NAMES: tuple[str, ...] = tuple(sorted(MODEL_PRESETS))
