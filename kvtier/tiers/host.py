@@ -10,6 +10,7 @@ import torch
 from kvtier.config import KVLayout, check_positive_int
 from kvtier.errors import KVTierError, TierFullError
 from kvtier.tiers.base import BlockKey, TierStore
+from kvtier.tiers.pins import PinCounts
 from kvtier.types import BlockHash, TierKind
 
 
@@ -32,7 +33,7 @@ class HostStore(TierStore):
         self._slots: OrderedDict[BlockHash, int] = OrderedDict()  # LRU first
         self._keys: dict[int, BlockKey] = {}
         self._free_slots = list(range(num_slots - 1, -1, -1))
-        self._pins: dict[BlockHash, int] = {}
+        self._pins = PinCounts()
         self._lock = threading.Lock()
 
     @property
@@ -117,26 +118,17 @@ class HostStore(TierStore):
     def _pin_locked(self, block_hash: BlockHash) -> bool:
         if block_hash not in self._slots:
             return False
-        self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
+        self._pins.add(block_hash)
         return True
 
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:
-            self._unpin_locked(block_hash)
+            self._pins.release(block_hash)
 
     def unpin_many(self, block_hashes: Iterable[BlockHash]) -> None:
         with self._lock:
             for block_hash in block_hashes:
-                self._unpin_locked(block_hash)
-
-    def _unpin_locked(self, block_hash: BlockHash) -> None:
-        count = self._pins.get(block_hash)
-        if count is None:
-            raise RuntimeError(f"unpin of block {block_hash.hex()[:16]} that is not pinned")
-        if count == 1:
-            del self._pins[block_hash]
-        else:
-            self._pins[block_hash] = count - 1
+                self._pins.release(block_hash)
 
     def evict(self, block_hash: BlockHash) -> bool:
         with self._lock:

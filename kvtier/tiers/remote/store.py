@@ -30,6 +30,7 @@ from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.format import max_object_bytes
 from kvtier.tiers.format.encode import encode_block
 from kvtier.tiers.format.verify import verify_object
+from kvtier.tiers.pins import PinCounts
 from kvtier.tiers.remote.breaker import CircuitBreaker
 from kvtier.types import BlockHash, TierKind
 
@@ -100,7 +101,7 @@ class RemoteStore(TierStore):
         self._lock = threading.Lock()
         self._mine: OrderedDict[BlockHash, int] = OrderedDict()  # objects this process wrote: bytes, LRU first
         self._used = 0
-        self._pins: dict[BlockHash, int] = {}
+        self._pins = PinCounts()
         self._ttl_ms = None if config.ttl_s is None else max(1, int(config.ttl_s * 1000))
 
     @property
@@ -259,17 +260,11 @@ class RemoteStore(TierStore):
 
     def pin(self, block_hash: BlockHash) -> None:
         with self._lock:
-            self._pins[block_hash] = self._pins.get(block_hash, 0) + 1
+            self._pins.add(block_hash)
 
     def unpin(self, block_hash: BlockHash) -> None:
         with self._lock:
-            count = self._pins.get(block_hash, 0)
-            if count == 0:
-                raise RuntimeError(f"unpin of {block_hash.hex()}: not pinned")
-            if count == 1:
-                del self._pins[block_hash]
-            else:
-                self._pins[block_hash] = count - 1
+            self._pins.release(block_hash)
 
     def evict(self, block_hash: BlockHash) -> bool:
         with self._lock:
