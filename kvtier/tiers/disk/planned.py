@@ -61,11 +61,6 @@ def planned_calls(plan: ReadPlan, outs: torch.Tensor, layout: KVLayout) -> list[
     payloads = StorageViews().batch_runs(outs, MAX_OUT_RUNS)
     if payloads is None:
         return None
-    headers: dict[int, memoryview] = {}  # NOTE: one per size for a run of reads: each is checked before the next
-    calls: list[KnownCall] = []
-    for (fanout, name, header_len, object_len, checksum, pieces), payload in zip(plan.objects, payloads):
-        header = headers.get(header_len)
-        if header is None:
-            header = headers[header_len] = memoryview(bytearray(header_len))
-        calls.append((fanout, name, (header, *payload), object_len, checksum, PAYLOAD_CHECKSUM_AT, pieces))
-    return calls
+    # NOTE: a header buffer per object: runs of the calls are read on several threads at once
+    return [(fanout, name, (memoryview(bytearray(header_len)), *payload), object_len, checksum, PAYLOAD_CHECKSUM_AT,
+             pieces) for (fanout, name, header_len, object_len, checksum, pieces), payload in zip(plan.objects, payloads)]
