@@ -24,7 +24,7 @@ from kvtier.tiers.disk.folder import TierFolder
 from kvtier.tiers.disk.names import QUARANTINE_DIR, object_name
 from kvtier.tiers.disk.pyfileio import READ_FLAGS
 from kvtier.tiers.disk.scan import FoundFile, scan_folder
-from kvtier.tiers.disk.shard_names import SHARDS_DIR, parse_shard_folder_name
+from kvtier.tiers.disk.shard_names import list_shard_folders
 from kvtier.tiers.format import (
     FIXED_HEADER_BYTES,
     MAX_OBJECT_BYTES,
@@ -47,30 +47,11 @@ class Verdict:
     unreadable: bool = False
 
 
-def shard_folders(root: str) -> list[str]:
-    """The shard folders of a tier folder (ROOT/shards/layers-A-B.heads-C-D[.replica-R], shard_names.py:
-    each a tier folder of its own), by name; real folders only, never through a link."""
-    shards = os.path.join(root, SHARDS_DIR)
-    try:
-        if not stat.S_ISDIR(os.lstat(shards).st_mode):
-            return []
-        names = sorted(os.listdir(shards))
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        path = os.path.join(shards, name)
-        with contextlib.suppress(FileNotFoundError):  # NOTE: gone since the listing: nothing to check there
-            if parse_shard_folder_name(name) is not None and stat.S_ISDIR(os.lstat(path).st_mode):
-                found.append(path)
-    return found
-
-
 def stat_folder(root: str) -> dict[str, Any]:
     """Objects and bytes in total and per namespace (hex, from the headers), temporaries, ignored
     entries and the quarantine; the same for each shard folder under `shards`, by name."""
     report = _stat_one(root)
-    report["shards"] = {os.path.basename(path): _stat_one(path) for path in shard_folders(root)}
+    report["shards"] = {os.path.basename(path): _stat_one(path) for path, _ in list_shard_folders(root)}
     return report
 
 
@@ -122,7 +103,7 @@ def verify_folder(root: str, repair: bool = False) -> dict[str, Any]:
     """Read and check every object; with `repair`, move each damaged one to ROOT/quarantine (or remove
     a file too large to be an object). The same in each shard folder (its own quarantine), by name."""
     report = _verify_one(root, repair)
-    report["shards"] = {os.path.basename(path): _verify_one(path, repair) for path in shard_folders(root)}
+    report["shards"] = {os.path.basename(path): _verify_one(path, repair) for path, _ in list_shard_folders(root)}
     return report
 
 
@@ -150,7 +131,7 @@ def gc_folder(root: str, to_bytes: int) -> dict[str, Any]:
         raise ValueError(f"gc budget must be a whole number of bytes >= 0, got {to_bytes!r}")
     with contextlib.ExitStack() as stack:
         folders = [stack.enter_context(contextlib.closing(TierFolder(path, 0o700, existing=True)))
-                   for path in (root, *shard_folders(root))]
+                   for path in (root, *(path for path, _ in list_shard_folders(root)))]
         objects = sorted(((folder, obj) for folder in folders for obj in scan_folder(folder, MAX_OBJECT_BYTES).objects),
                          key=lambda pair: pair[1].mtime_ns)
         quarantined = [(folder, _quarantine(folder)) for folder in folders]

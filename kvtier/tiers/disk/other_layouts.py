@@ -30,7 +30,7 @@ from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk.folder import SUBDIR_FLAGS, TierFolder
 from kvtier.tiers.disk.names import object_name
 from kvtier.tiers.disk.pyfileio import READ_FLAGS
-from kvtier.tiers.disk.shard_names import SHARDS_DIR, parse_shard_folder_name
+from kvtier.tiers.disk.shard_names import list_shard_folders
 from kvtier.tiers.format import FIXED_HEADER_BYTES, BlockHeader, check_identity, decode_header, header_length
 from kvtier.tiers.format.codecs import decode_payload, tensor_bytes
 from kvtier.tiers.format.verify import payload_view
@@ -208,13 +208,8 @@ class OtherLayouts(TierStore):
     def _relist(self) -> None:
         """Open folders that appeared since the last listing (called under the lock)."""
         found = {self.root: ((0, self.model_layout.num_layers), (0, self.model_layout.num_kv_heads))}
-        shards = os.path.join(self.root, SHARDS_DIR)
-        names = os.listdir(shards) if _is_real_folder(shards) else []
-        for entry in names:
-            parsed = parse_shard_folder_name(entry)
-            path = os.path.join(shards, entry)
-            if parsed is not None and parsed.layers[1] <= self.model_layout.num_layers \
-                    and parsed.heads[1] <= self.model_layout.num_kv_heads and _is_real_folder(path):
+        for path, parsed in list_shard_folders(self.root):
+            if parsed.layers[1] <= self.model_layout.num_layers and parsed.heads[1] <= self.model_layout.num_kv_heads:
                 found[path] = (parsed.layers, parsed.heads)
         for path, (layers, heads) in found.items():
             if path == self.own or path in self._sources:
@@ -295,11 +290,3 @@ class OtherLayouts(TierStore):
         (a, b), (c, d) = piece.layers, piece.heads
         out[a - l0:b - l0, :, c - h0:d - h0].copy_(
             block[a - header.first_layer:b - header.first_layer, :, c - header.head_start:d - header.head_start])
-
-
-def _is_real_folder(path: str) -> bool:
-    """A folder and not a link to one: the store never follows a link out of its root."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False

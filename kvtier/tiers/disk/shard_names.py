@@ -10,7 +10,9 @@ pick the folders that cover what it needs by listing ROOT/shards alone.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from typing import NamedTuple
 
 SHARDS_DIR = "shards"
@@ -42,3 +44,26 @@ def parse_shard_folder_name(name: str) -> ShardName | None:
 def _ranges(match: re.Match[str]) -> tuple[tuple[int, int], tuple[int, int], int]:
     a, b, c, d, r = match.groups()
     return (int(a), int(b)), (int(c), int(d)), int(r or 0)
+
+
+def list_shard_folders(root: str) -> list[tuple[str, ShardName]]:
+    """(path, rectangle) of each shard folder of the tier folder `root`, by name: real folders with
+    a shard folder's name under ROOT/shards, never a link (none when ROOT/shards is not a real folder)."""
+    shards = os.path.join(root, SHARDS_DIR)
+    if not _is_real_folder(shards):
+        return []
+    found = []
+    for name in sorted(os.listdir(shards)):
+        parsed = parse_shard_folder_name(name)
+        path = os.path.join(shards, name)
+        if parsed is not None and _is_real_folder(path):
+            found.append((path, parsed))
+    return found
+
+
+def _is_real_folder(path: str) -> bool:
+    """A folder and not a link to one: the store never follows a link out of its root."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
