@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kvtier.tiers.base import BlockKey
+from kvtier.tiers.disk import DiskStore
 from tests.tiers.disk_support import LAYOUT, make_block, make_key, open_store, same_bits
 
 TWINS = [pytest.param(True, id="c"), pytest.param(False, id="py")]
@@ -23,6 +25,14 @@ def _strided_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return whole, blocks
 
 
+def _filled(store: DiskStore) -> tuple[DiskStore, list[BlockKey]]:
+    """`store` with blocks 0..N-1 put in it, and their keys."""
+    keys = [make_key(i) for i in range(N)]
+    for i, key in enumerate(keys):
+        store.put(key, make_block(i))
+    return store, keys
+
+
 def _object_path(root: Path, block_hash: bytes) -> Path:
     digest = block_hash.hex()
     return root / digest[:2] / f"{digest}.kvb"
@@ -30,10 +40,7 @@ def _object_path(root: Path, block_hash: bytes) -> Path:
 
 @pytest.mark.parametrize("native", TWINS)
 def test_a_plan_reads_verified_objects_into_a_strided_batch_and_counts_hits(tmp_path: Path, native: bool) -> None:
-    store = open_store(tmp_path, native_io=native)
-    keys = [make_key(i) for i in range(N)]
-    for i, key in enumerate(keys):
-        store.put(key, make_block(i))
+    store, keys = _filled(open_store(tmp_path, native_io=native))
     plan = store.plan_reads(keys)
     assert plan is not None
     whole, blocks = _strided_batch()
@@ -53,10 +60,7 @@ def test_a_plan_reads_verified_objects_into_a_strided_batch_and_counts_hits(tmp_
 @pytest.mark.parametrize("damage", ["payload", "header", "gone", "link"])
 def test_damage_after_planning_fails_the_plan_and_the_usual_read_names_it(tmp_path: Path, native: bool,
                                                                         damage: str) -> None:
-    store = open_store(tmp_path, native_io=native)
-    keys = [make_key(i) for i in range(N)]
-    for i, key in enumerate(keys):
-        store.put(key, make_block(i))
+    store, keys = _filled(open_store(tmp_path, native_io=native))
     plan = store.plan_reads(keys)
     assert plan is not None
     path = _object_path(tmp_path, keys[2].block_hash)
@@ -80,10 +84,7 @@ def test_damage_after_planning_fails_the_plan_and_the_usual_read_names_it(tmp_pa
 
 
 def test_a_closed_store_plans_nothing_and_reads_nothing(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    keys = [make_key(i) for i in range(N)]
-    for i, key in enumerate(keys):
-        store.put(key, make_block(i))
+    store, keys = _filled(open_store(tmp_path))
     plan = store.plan_reads(keys)
     assert plan is not None
     store.close()
@@ -92,10 +93,7 @@ def test_a_closed_store_plans_nothing_and_reads_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("native", TWINS)
 def test_an_object_a_plan_failed_on_is_planned_again_only_once_a_read_verifies_it(tmp_path: Path, native: bool) -> None:
-    store = open_store(tmp_path, native_io=native)
-    keys = [make_key(i) for i in range(N)]
-    for i, key in enumerate(keys):
-        store.put(key, make_block(i))
+    store, keys = _filled(open_store(tmp_path, native_io=native))
     plan = store.plan_reads(keys)
     path = _object_path(tmp_path, keys[1].block_hash)
     good = path.read_bytes()
@@ -110,10 +108,7 @@ def test_an_object_a_plan_failed_on_is_planned_again_only_once_a_read_verifies_i
 
 
 def test_zstd_objects_are_never_planned(tmp_path: Path) -> None:
-    store = open_store(tmp_path, codec="zstd")
-    keys = [make_key(i) for i in range(N)]
-    for i, key in enumerate(keys):
-        store.put(key, make_block(i))
+    store, keys = _filled(open_store(tmp_path, codec="zstd"))
     assert all(same_bits(b, make_block(i)) for i, b in enumerate(store.get_many(keys)))
     assert store.plan_reads(keys) is None  # a planned read of one could only fail
 
@@ -123,7 +118,6 @@ def test_a_plan_larger_than_a_threads_share_reads_on_several_reader_threads_into
     import threading
 
     from kvtier.config import DiskTierConfig, KVLayout
-    from kvtier.tiers.disk import DiskStore
 
     layout = KVLayout(num_layers=4, num_kv_heads=4, head_dim=64, block_size=16, dtype=torch.float16)  # 64 KiB
     store = DiskStore(layout, DiskTierConfig(path=str(tmp_path), capacity_bytes=1 << 30, fsync=False))

@@ -17,12 +17,10 @@ import torch
 from kvtier.config import KVLayout
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.disk.names import object_name
-from kvtier.tiers.disk.read import MAX_OUT_RUNS, Pieces, key_pieces
+from kvtier.tiers.disk.read import MAX_OUT_RUNS, KnownCall, Pieces, key_pieces
 from kvtier.tiers.format import header_bytes_for, num_segments
 from kvtier.tiers.format.codecs import StorageViews
 from kvtier.tiers.format.header import PAYLOAD_CHECKSUM_AT
-
-KnownCall = tuple[str, str, tuple[memoryview, ...], int, int, int, Pieces]  # one object of read_many_known
 
 
 @dataclass(frozen=True, slots=True)

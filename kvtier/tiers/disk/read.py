@@ -129,7 +129,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
     headers: dict[int, memoryview] = {}
     views = StorageViews()
     targets: list[torch.Tensor] = []
-    calls: list[tuple[str, str, tuple[memoryview, ...], int, int, int, Pieces]] = []
+    calls: list[KnownCall] = []
     for r in requests:
         if r.known_header is None:
             raise ValueError("_read_known reads requests with a known_header only")
@@ -162,6 +162,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
 
 
 Pieces = tuple[tuple[int, bytes], ...]
+KnownCall = tuple[str, str, tuple[memoryview, ...], int, int, int, Pieces]  # one object of read_many_known
 MAX_OUT_RUNS = 64  # NOTE: a strided output of more runs is read into a new tensor and copied (iovecs per read)
 
 

@@ -212,10 +212,13 @@ class DiskStore(TierStore):
         this store verified before (a read or a write of its own); else None."""
         with self._lock:
             entries = [self._index.get(key.block_hash) for key in keys]
-        if not keys or any(entry is None or entry.header_checksum is None for entry in entries):
-            return None
-        return planned.plan_reads(list(keys), [e.header_checksum for e in entries],  # type: ignore[union-attr,misc]
-                                  [e.size for e in entries], self.layout)  # type: ignore[union-attr]
+        checksums, sizes = [], []
+        for entry in entries:
+            if entry is None or entry.header_checksum is None:
+                return None
+            checksums.append(entry.header_checksum)
+            sizes.append(entry.size)
+        return planned.plan_reads(list(keys), checksums, sizes, self.layout) if keys else None
 
     def read_planned(self, plan: ReadPlan, outs: torch.Tensor) -> bool:  # type: ignore[override]
         """Read `plan`'s objects into `outs[i]` (`[n, *block_shape]`, CPU, strided or not), each
