@@ -193,8 +193,7 @@ class TieredKVCache:
         calls apart."""
         if type(self.agreement) is not Agreement or not block_hashes:
             return None
-        bs = self.layout.block_size
-        keys = [BlockKey(namespace, h, tuple(token_ids[i * bs:(i + 1) * bs])) for i, h in enumerate(block_hashes)]
+        keys = self._keys(namespace, token_ids, block_hashes, 0, len(block_hashes))
         for tier in (*self.tiers, *self.read_tiers):
             plan = tier.plan_reads(keys)
             if plan is not None:
@@ -233,9 +232,8 @@ class TieredKVCache:
         tier knows is asked of the tiers one by one (`_pin_in_tier`), which may look further. Pins
         past the first block found nowhere are released before this returns.
         """
-        bs = self.layout.block_size
         cached = self.manager.allocator.cached
-        keys = [BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs])) for i in range(start, stop)]
+        keys = self._keys(namespace, token_ids, hashes, start, stop)
         # NOTE: the spills in flight first: asked after a tier said no, a spill that finished in between
         # (a round trip to a remote tier is long enough) would be in neither, and the block lost
         spills = self.engine.inflight_many(keys)
@@ -264,6 +262,12 @@ class TieredKVCache:
             raise
         _unpin_rest(keys, pinned, len(found) + 1)  # NOTE: the block at len(found) is the one found nowhere
         return found
+
+    def _keys(self, namespace: Namespace, token_ids: Sequence[int], hashes: list[BlockHash], start: int,
+              stop: int) -> list[BlockKey]:
+        """The keys of blocks [start, stop) of a prefix."""
+        bs = self.layout.block_size
+        return [BlockKey(namespace, hashes[i], tuple(token_ids[i * bs:(i + 1) * bs])) for i in range(start, stop)]
 
     def _pin_in_tier(self, key: BlockKey) -> LowerHit | None:
         for tier in (*self.tiers, *self.read_tiers):
