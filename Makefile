@@ -13,7 +13,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_VERSION ?= 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_VERSION)
 
-$(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c
+$(STAMP): pyproject.toml setup.py kvtier/tiers/disk/_fileio.c kvtier/tiers/remote/_resp.c kvtier/tiers/format/_checksums.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A bare `torch` requirement pulls a multi-GB CUDA build; pin the CPU build when none is present.
@@ -52,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benches/bench_alloc.py --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks kvtier/tiers/disk/_fileio*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks kvtier/tiers/disk/_fileio*.so kvtier/tiers/remote/_resp*.so kvtier/tiers/format/_checksums*.so

@@ -3,7 +3,8 @@ size, on the same server, in the same run, alternating short rounds.
 
 Run: .venv/bin/python benches/bench_remote.py [--value-kib 256] [--clients 4] [--ops 400] [--rounds 4]
      [--url redis://HOST:PORT]   (default: starts a redis-server on a free loopback port)
-Both sides use `--clients` connections at once and one command per round trip (no pipelining):
+Both sides use `--clients` connections at once (the tier: a thread each, looping over its share) and
+one command per round trip (no pipelining):
 the tier's puts are SET NX of a whole block object, its reads GET + verification + copy into a block.
 A third side, redis-py alone (SET/GET of raw bytes of the same size), shows what the client allows.
 """
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,14 +36,57 @@ def layout_for(value_kib: int):
                     dtype=torch.float16)
 
 
-def redis_benchmark(port: int, size: int, clients: int, ops: int, batch: int) -> dict[str, float]:
-    """redis-benchmark's SET and GET rates (requests/s) for values of `size` bytes, `batch` commands a round trip."""
-    done = subprocess.run([shutil.which("redis-benchmark") or shutil.which("valkey-benchmark") or "redis-benchmark",
-                           "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-d", str(size), "-n", str(ops),
-                           "-c", str(clients), "-r", str(ops), "-P", str(batch), "--csv"],
-                          capture_output=True, text=True, check=True)
-    rows = {row[0]: float(row[1]) for row in csv.reader(io.StringIO(done.stdout)) if row and row[0] != "test"}
-    return {"set": rows["SET"], "get": rows["GET"]}
+def redis_benchmark(url: str, size: int, clients: int, ops: int, batch: int) -> dict[str, float]:
+    """redis-benchmark's SET and GET rates (requests/s) for values of `size` bytes, `batch` commands a round trip.
+
+    NOTE: its keys are `key:<12 digits>` drawn at random from [0, ops) (-r), so after its SET a third of
+    them are still absent and a GET of those is a nil, a few bytes instead of a value; every key is
+    written before its GET runs, so that each GET returns a value of `size` bytes, as the tier's do.
+    """
+    import redis
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark") or "redis-benchmark"
+    rates = {}
+    client = redis.Redis.from_url(url)
+    names = [b"key:%012d" % i for i in range(ops)]
+    for test in ("set", "get"):
+        if test == "get":
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.set(name, bytes(size))
+            pipe.execute()
+        done = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), "-t", test, "-d", str(size), "-n",
+                               str(ops), "-c", str(clients), "-r", str(ops), "-P", str(batch), "--csv"],
+                              capture_output=True, text=True, check=True)
+        rows = {row[0]: float(row[1]) for row in csv.reader(io.StringIO(done.stdout)) if row and row[0] != "test"}
+        rates[test] = rows[test.upper()]
+    client.delete(*names)
+    client.close()
+    return rates
+
+
+def each_thread(clients: int, items: list, fn) -> tuple[float, list]:
+    """fn over `items` on `clients` threads, each a loop over its share (as engine threads call the tier):
+    (seconds, results in order). No executor per item, whose own Python would be timed with the calls."""
+    import threading
+
+    results: list = [None] * len(items)
+    ready = threading.Barrier(clients + 1)
+
+    def loop(first: int) -> None:
+        ready.wait()
+        for i in range(first, len(items), clients):
+            results[i] = fn(first, items[i])
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, results
 
 
 def tier_round(store, layout, clients: int, ops: int, offset: int, batch: int) -> dict[str, float]:
@@ -57,17 +100,13 @@ def tier_round(store, layout, clients: int, ops: int, offset: int, batch: int) -
     keys = [BlockKey(ns, BlockHash(hashlib.sha256(b"%d" % (offset + i)).digest()), ()) for i in range(ops)]
     data = torch.randn(layout.block_shape).to(layout.dtype)
     outs = [torch.empty(layout.block_shape, dtype=layout.dtype) for _ in range(clients)]
-    with ThreadPoolExecutor(clients) as pool:
-        start = time.perf_counter()
-        list(pool.map(lambda k: store.put(k, data), keys))
-        put_s = time.perf_counter() - start
-        start = time.perf_counter()
-        if batch == 1:
-            got = list(pool.map(lambda ik: store.get(ik[1], outs[ik[0] % clients]), enumerate(keys)))
-        else:  # the cache's onload path: get_many, one MGET per batch
-            batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
-            got = [b for part in pool.map(store.get_many, batches) for b in part]
-        get_s = time.perf_counter() - start
+    put_s, _ = each_thread(clients, keys, lambda _, k: store.put(k, data))
+    if batch == 1:
+        get_s, got = each_thread(clients, keys, lambda c, k: store.get(k, outs[c]))
+    else:  # the cache's onload path: get_many, one pipelined round trip per batch
+        batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
+        get_s, parts = each_thread(clients, batches, lambda _, b: store.get_many(b))
+        got = [b for part in parts for b in part]
     if any(g is None for g in got):
         raise AssertionError("a block put in this round was not read back")
     store._client.delete(*(f"kv:{k.block_hash.hex()}" for k in keys))
@@ -81,13 +120,8 @@ def plain_round(url: str, size: int, clients: int, ops: int, offset: int) -> dic
     client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, max_connections=clients))
     value = bytes(size)
     names = [f"plain:{offset + i}" for i in range(ops)]
-    with ThreadPoolExecutor(clients) as pool:
-        start = time.perf_counter()
-        list(pool.map(lambda n: client.set(n, value), names))
-        set_s = time.perf_counter() - start
-        start = time.perf_counter()
-        list(pool.map(client.get, names))
-        get_s = time.perf_counter() - start
+    set_s, _ = each_thread(clients, names, lambda _, n: client.set(n, value))
+    get_s, _ = each_thread(clients, names, lambda _, n: client.get(n))
     client.delete(*names)
     client.close()
     return {"set": ops / set_s, "get": ops / get_s}
@@ -116,7 +150,6 @@ def main() -> None:
         url = server.url
     else:
         url = args.url
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
     layout = layout_for(args.value_kib)
     from kvtier.block.hashing import namespace_digest
     from kvtier.tiers.base import BlockKey
@@ -132,9 +165,9 @@ def main() -> None:
     plain: dict[str, list[float]] = {"set": [], "get": []}
     try:
         for r in range(args.rounds):
-            sides = [(bench, lambda: redis_benchmark(port, size, args.clients, args.ops, args.batch)),
-                     (tier, lambda: tier_round(store, layout, args.clients, args.ops, r * args.ops, args.batch)),
-                     (plain, lambda: plain_round(url, size, args.clients, args.ops, r * args.ops))]
+            sides = [(bench, lambda: redis_benchmark(url, size, args.clients, args.ops, args.batch)),
+                     (tier, lambda r=r: tier_round(store, layout, args.clients, args.ops, r * args.ops, args.batch)),
+                     (plain, lambda r=r: plain_round(url, size, args.clients, args.ops, r * args.ops))]
             for rows, fn in (sides if r % 2 == 0 else sides[::-1]):
                 rates = fn()
                 for op in ("set", "get"):

@@ -131,6 +131,8 @@ class RemoteTierConfig:
         objects hold its layers and heads only, so their keys carry a digest of that shard.
     tls_ca_file: a PEM bundle of the CAs that sign a rediss:// server's certificate (a private CA's);
         None: the system's. The server's name or IP must be in its certificate either way.
+    native_io: a standalone server's GET and SET through the compiled calls where built
+        (tiers/remote/wire.py), else their Python twin; a cluster and TLS go through redis-py.
     """
 
     url: str
@@ -148,6 +150,7 @@ class RemoteTierConfig:
     codec: str = "raw"
     shard: str | None = None
     tls_ca_file: str | None = None
+    native_io: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -158,6 +161,7 @@ class RemoteTierConfig:
         check_positive_int("RemoteTierConfig", "max_connections", self.max_connections)
         check_bool("RemoteTierConfig", "cluster", self.cluster)
         check_bool("RemoteTierConfig", "write_through", self.write_through)
+        check_bool("RemoteTierConfig", "native_io", self.native_io)
         for name in ("timeout_s", "backoff_s", "breaker_reset_s") + (("ttl_s",) if self.ttl_s is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

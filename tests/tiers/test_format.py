@@ -301,3 +301,26 @@ def test_batch_runs_cut_each_block_of_a_strided_batch_as_runs_would_and_refuse_o
     assert views.batch_runs(overlapping, max_runs=8) is None
     one = views.batch_runs(torch.zeros(1, 2, 4), max_runs=1)
     assert one is not None and [len(r) for r in one[0]] == [32]
+
+
+def test_payload_checksums_compiled_and_twin_give_the_format_values() -> None:
+    """The compiled one-pass checksums equal the twin's, which are xxh3_64 of the payload and of each run."""
+    import xxhash
+
+    from kvtier.tiers.format import checksum
+
+    if checksum._checksums is None:
+        pytest.skip("kvtier.tiers.format._checksums is not built")
+    gen = torch.Generator().manual_seed(5)
+    for size, segment in ((0, 8), (1, 8), (4096, 4096), (10000, 4096), (262144, 4096), (333, 1)):
+        payload = bytes(torch.randint(0, 256, (size,), dtype=torch.uint8, generator=gen).tolist())
+        runs = [payload[at:at + segment] for at in range(0, size, segment)]
+        expected = (xxhash.xxh3_64_intdigest(payload),
+                    b"".join(xxhash.xxh3_64_intdigest(r).to_bytes(8, "little") for r in runs))
+        assert checksum._checksums.payload_checksums(payload, segment) == expected
+        assert checksum.py_payload_checksums(payload, segment) == expected
+    for bad in (0, -4):
+        with pytest.raises(ValueError):
+            checksum._checksums.payload_checksums(b"ab", bad)
+        with pytest.raises(ValueError):
+            checksum.py_payload_checksums(b"ab", bad)

@@ -8,6 +8,7 @@ from kvtier.tiers.format.checksum import (
     BufferLike,
     checksum_pieces,
     payload_checksum,
+    payload_checksums,
     pieces_checksum,
 )
 from kvtier.tiers.format.encode import encode_block
@@ -25,7 +26,6 @@ from kvtier.tiers.format.header import (
     max_object_bytes,
     num_segments,
     segment_bytes,
-    segment_checksums,
     stored_header_checksum,
 )
 from kvtier.tiers.format.verify import (
@@ -41,6 +41,6 @@ __all__ = [
     "MAX_TOKENS", "BlockHeader",
     "BufferLike", "check_identity", "checksum_pieces", "decode_block", "decode_header", "encode_block",
     "encode_header", "header_bytes_for", "header_length", "max_object_bytes", "num_segments", "payload_checksum",
-    "payload_view", "pieces_checksum", "segment_bytes", "segment_checksums", "stored_header_checksum",
+    "payload_checksums", "payload_view", "pieces_checksum", "segment_bytes", "stored_header_checksum",
     "verify_object", "verify_raw_header",
 ]

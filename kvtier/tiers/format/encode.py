@@ -5,9 +5,9 @@ import torch
 
 from kvtier.config import KVLayout
 from kvtier.tiers.base import BlockKey
-from kvtier.tiers.format.checksum import BufferLike, payload_checksum
+from kvtier.tiers.format.checksum import BufferLike, payload_checksum, payload_checksums
 from kvtier.tiers.format.codecs import encode_payload
-from kvtier.tiers.format.header import encode_header, segment_bytes, segment_checksums
+from kvtier.tiers.format.header import encode_header, segment_bytes
 
 
 def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str = "raw",
@@ -36,6 +36,9 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         raise ValueError(f"encode_block expects a tensor of shape {list(shape)} and dtype {layout.dtype}, "
                          f"got {list(data.shape)} {data.dtype}")
     payload = encode_payload(data, codec)
-    segments = segment_checksums(payload, segment_bytes(layout)) if codec == "raw" else b""
-    header = encode_header(key, layout, codec, len(payload), payload_checksum(payload), (start, end), segments)
+    if codec == "raw":
+        checksum, segments = payload_checksums(payload, segment_bytes(layout))
+    else:
+        checksum, segments = payload_checksum(payload), b""
+    header = encode_header(key, layout, codec, len(payload), checksum, (start, end), segments)
     return [header, payload]

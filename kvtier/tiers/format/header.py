@@ -124,14 +124,6 @@ def segment_bytes(layout: KVLayout) -> int:
     return layout.block_size * layout.head_dim * layout.dtype.itemsize
 
 
-def segment_checksums(payload: BufferLike, segment_len: int) -> bytes:
-    """xxh3_64 of each `segment_len`-byte run of a raw payload, packed little-endian (the header's table)."""
-    view = memoryview(payload).cast("B")
-    digest = xxhash.xxh3_64_intdigest
-    values = [digest(view[at:at + segment_len]) for at in range(0, view.nbytes, segment_len)]
-    return struct.pack(f"<{len(values)}Q", *values)
-
-
 def max_object_bytes(layout: KVLayout) -> int:
     """The largest object a block of `layout` can be stored as (zstd may grow a payload a little)."""
     return header_bytes_for(layout.block_size, num_segments(layout)) + layout.page_size_bytes + ZSTD_SLACK_BYTES
@@ -142,7 +134,7 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
     """The header of one object (see the module docstring). Raises ValueError on bad input.
 
     `head_range`: the model's KV heads the payload holds, within `layout.head_range` (all of it when None).
-    `segments`: the payload's segment checksums (`segment_checksums`), or none.
+    `segments`: the payload's segment table (`checksum.payload_checksums`), or none.
     """
     _check_key(key)
     start, end = head_range if head_range is not None else layout.head_range

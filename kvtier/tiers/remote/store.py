@@ -9,7 +9,9 @@ redis-py (exponential backoff); past that a call is a miss (get) or a TierIOErro
 circuit breaker stops calling a server that keeps failing until a probe finds it back.
 
 Why redis-py: the reference client of both Redis and Valkey (valkey-py is its fork with the same
-API), with connection pooling, retries with backoff, pipelines, TLS, AUTH and Redis Cluster.
+API), with connection pooling, retries with backoff, pipelines, TLS, AUTH and Redis Cluster. A
+standalone server's GET and SET (the hot path) go through `wire.Wire` instead: a reply's value lands
+in the block's memory and is checksummed there, without the GIL (see wire.py for why).
 """
 from __future__ import annotations
 
@@ -28,10 +30,13 @@ from kvtier.config import KVLayout, RemoteTierConfig
 from kvtier.errors import FormatError, TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.format import max_object_bytes
+from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.tiers.format.encode import encode_block
-from kvtier.tiers.format.verify import verify_object
+from kvtier.tiers.format.header import U64, header_bytes_for, num_segments
+from kvtier.tiers.format.verify import verify_object, verify_raw_header
 from kvtier.tiers.pins import PinCounts
 from kvtier.tiers.remote.breaker import CircuitBreaker
+from kvtier.tiers.remote.wire import Wire
 from kvtier.types import BlockHash, TierKind
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,10 @@ def redis_key(block_hash: BlockHash, shard: str | None = None) -> str:
         return f"kv:{block_hash.hex()}"
     return f"kv:{hashlib.sha256(shard.encode()).hexdigest()[:16]}:{block_hash.hex()}"
 
+
+KNOWN_HEADERS = 1 << 16
+"""Header checksums remembered (of objects this process wrote or verified): a read of one of them
+compares the key's fields only, not a whole expected header (verify_raw_header)."""
 
 SOCKET_READ_BYTES = (64 << 10, 1 << 20)
 """Bounds of redis-py's per-connection read buffer, sized to one object: its default of 64 KiB took
@@ -97,6 +106,9 @@ class RemoteStore(TierStore):
                                                          OSError)
         self._oom = redis.exceptions.OutOfMemoryError
         self._client = connect(config, max_object_bytes(layout))
+        # NOTE: a standalone server's GET/SET skip redis-py (wire.py); a cluster and TLS stay with it
+        self._wire = None if config.cluster or config.url.startswith("rediss://") else Wire(config, config.native_io)
+        self._known: OrderedDict[BlockHash, int] = OrderedDict()  # header checksums: KNOWN_HEADERS at most
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
         self._lock = threading.Lock()
         self._mine: OrderedDict[BlockHash, int] = OrderedDict()  # objects this process wrote: bytes, LRU first
@@ -160,11 +172,16 @@ class RemoteStore(TierStore):
             if key.block_hash in self._mine:  # content-named and immutable: nothing to write
                 self._mine.move_to_end(key.block_hash)
                 return
-        value = b"".join(encode_block(key, data, self.layout, self.config.codec))  # one copy: header + payload
-        self._make_room(key.block_hash, len(value))
+        parts = encode_block(key, data, self.layout, self.config.codec)
+        size = sum(memoryview(p).nbytes for p in parts)
+        self._make_room(key.block_hash, size)
         name = self._key(key.block_hash)
         try:
-            ok, created = self._call("SET", functools.partial(self._client.set, nx=True, px=self._ttl_ms), name, value)
+            if self._wire is not None:  # the parts as they are: no copy
+                ok, created = self._call("SET", self._wire.set_nx, name, parts, self._ttl_ms)
+            else:  # one copy: header + payload
+                ok, created = self._call("SET", functools.partial(self._client.set, nx=True, px=self._ttl_ms), name,
+                                         b"".join(parts))
         except self._oom as exc:
             with self._lock:
                 self.stats.rejected += 1
@@ -177,10 +194,11 @@ class RemoteStore(TierStore):
             return
         with self._lock:
             old = self._mine.pop(key.block_hash, 0)
-            self._mine[key.block_hash] = len(value)
-            self._used += len(value) - old
+            self._mine[key.block_hash] = size
+            self._used += size - old
             self.stats.puts += 1
-            self.stats.bytes_written += len(value)
+            self.stats.bytes_written += size
+            self._remember(key.block_hash, U64.unpack_from(parts[0], len(parts[0]) - 8)[0])
 
     def _make_room(self, block_hash: BlockHash, size: int) -> None:
         """Delete this process's least recently used unpinned objects until `size` more bytes fit."""
@@ -217,6 +235,28 @@ class RemoteStore(TierStore):
                 self.check_block(out, "get")
         if not keys:
             return []
+        if self._wire is not None:
+            results, damaged, read = self._get_wired(self._wire, keys, targets)
+        else:
+            results, damaged, read = self._get_values(keys, targets)
+        with self._lock:
+            served = [r for r in results if r is not None]
+            self.stats.hits += len(served)
+            self.stats.misses += len(results) - len(served)
+            self.stats.bytes_read += read
+            for block_hash in damaged:
+                self._used -= self._mine.pop(block_hash, 0)
+                self._known.pop(block_hash, None)
+            for key, result in zip(keys, results):
+                if result is not None and key.block_hash in self._mine:
+                    self._mine.move_to_end(key.block_hash)
+        if damaged:
+            self._call("DEL", self._client.delete, *(self._key(h) for h in damaged))
+        return results
+
+    def _get_values(self, keys: Sequence[BlockKey], targets: Sequence[torch.Tensor | None]
+                    ) -> tuple[list[torch.Tensor | None], list[BlockHash], int]:
+        """Through redis-py, one MGET: (the verified blocks or None, the damaged blocks' hashes, bytes read)."""
         # NOTE: a cluster spreads blocks by hash; mget_nonatomic sends each node its keys in one pipeline
         mget = self._client.mget_nonatomic if self.config.cluster else self._client.mget
         ok, values = self._call("GET", mget, [self._key(k.block_hash) for k in keys])
@@ -229,19 +269,81 @@ class RemoteStore(TierStore):
             if block is None and value is not None:
                 damaged.append(key.block_hash)
             results.append(block)
+        return results, damaged, sum(len(v) for v in values if v is not None)
+
+    def _get_wired(self, wire: Wire, keys: Sequence[BlockKey], targets: Sequence[torch.Tensor | None]
+                   ) -> tuple[list[torch.Tensor | None], list[BlockHash], int]:
+        """As _get_values, through the wire: each value of a raw block's exact size is read into the
+        block itself (`out`, or a new tensor) and checksummed there; any other goes the redis-py way."""
+        layout = self.layout
+        segments = num_segments(layout)
+        blocks = [out if out is not None and out.is_cpu and out.is_contiguous()
+                  else torch.empty(layout.block_shape, dtype=layout.dtype) for out in targets]
+        headers = [bytearray(header_bytes_for(len(k.token_ids), segments)) for k in keys]
+        requests = [([header, tensor_bytes(block)], len(header)) for header, block in zip(headers, blocks)]
+        ok, replies = self._call("GET", wire.get_many_into, [self._key(k.block_hash) for k in keys], requests)
+        if not ok:
+            return [None] * len(keys), [], 0
+        results: list[torch.Tensor | None] = []
+        damaged: list[BlockHash] = []
+        read = 0
+        for key, out, header, block, (length, checksum) in zip(keys, targets, headers, blocks, replies):
+            result = None
+            if isinstance(checksum, int):  # read into the block: verify it there
+                read += length
+                result = self._verified_in_place(key, header, checksum, block)
+                if result is None:
+                    damaged.append(key.block_hash)
+                elif out is not None and result is not out:
+                    result = out.copy_(result)
+            elif length == -2:  # WRONGTYPE (wire.py): a value of another type is no block of ours
+                logger.warning("remote tier value %s is not a string (%s); deleted", self._key(key.block_hash),
+                               checksum)
+                damaged.append(key.block_hash)
+                with self._lock:
+                    self.stats.corrupt += 1
+            elif length >= 0:  # another size: another codec's object, or damage; redis-py reads and says which
+                read += length
+                if length > max_object_bytes(layout):  # NOTE: not fetched: larger than any object of this layout
+                    logger.warning("remote tier value %s is %d bytes, larger than any block object of this "
+                                   "layout; deleted", self._key(key.block_hash), length)
+                    damaged.append(key.block_hash)
+                    with self._lock:
+                        self.stats.corrupt += 1
+                else:
+                    value = self._call("GET", self._client.get, self._key(key.block_hash))[1]
+                    result = self._verified(key, value, out)
+                    if result is None and value is not None:
+                        damaged.append(key.block_hash)
+            results.append(result)
+        return results, damaged, read
+
+    def _verified_in_place(self, key: BlockKey, header: bytearray, checksum: int,
+                           block: torch.Tensor) -> torch.Tensor | None:
+        """`block`, whose object's header is `header` and payload checksum `checksum`, if they are
+        `key`'s whole raw block; else None (counted, logged)."""
         with self._lock:
-            served = [r for r in results if r is not None]
-            self.stats.hits += len(served)
-            self.stats.misses += len(results) - len(served)
-            self.stats.bytes_read += sum(len(v) for v in values if v is not None)
-            for block_hash in damaged:
-                self._used -= self._mine.pop(block_hash, 0)
-            for key, result in zip(keys, results):
-                if result is not None and key.block_hash in self._mine:
-                    self._mine.move_to_end(key.block_hash)
-        if damaged:
-            self._call("DEL", self._client.delete, *(self._key(h) for h in damaged))
-        return results
+            known = self._known.get(key.block_hash)
+        try:
+            stored = verify_raw_header(header, key, self.layout, known)
+            if stored != checksum:
+                raise FormatError("payload checksum mismatch: the payload is corrupt")
+        except FormatError as exc:
+            with self._lock:
+                self.stats.corrupt += 1
+            logger.warning("remote tier value %s failed verification (%s); deleted", self._key(key.block_hash), exc)
+            return None
+        if known is None:
+            with self._lock:
+                self._remember(key.block_hash, U64.unpack_from(header, len(header) - 8)[0])
+        return block
+
+    def _remember(self, block_hash: BlockHash, header_checksum: int) -> None:
+        """Keep a verified header's checksum (under self._lock), the oldest forgotten past KNOWN_HEADERS."""
+        self._known[block_hash] = header_checksum
+        self._known.move_to_end(block_hash)
+        if len(self._known) > KNOWN_HEADERS:
+            self._known.popitem(last=False)
 
     def _verified(self, key: BlockKey, value: bytes | None, out: torch.Tensor | None) -> torch.Tensor | None:
         """The block of a verified value (in `out` when given), or None: absent, or damaged (counted, logged).
@@ -275,6 +377,8 @@ class RemoteStore(TierStore):
         return bool(ok and removed)
 
     def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
         try:
             self._client.close()
         except self._errors:

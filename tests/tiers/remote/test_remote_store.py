@@ -29,8 +29,18 @@ def block(i: int) -> torch.Tensor:
     return torch.full(LAYOUT.block_shape, float(i), dtype=LAYOUT.dtype) + torch.arange(8, dtype=LAYOUT.dtype)
 
 
+NATIVE_IO = [True]  # what store_for asks for; the fixture below runs every test with each
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["native-io", "python-twin"])
+def both_wires(request: pytest.FixtureRequest) -> None:
+    """Each test with the compiled GET/SET (tiers/remote/_resp.c) and with its Python twin (pyresp.py)."""
+    NATIVE_IO[0] = request.param
+
+
 def store_for(server: RedisServer, **changes: object) -> RemoteStore:
-    config = RemoteTierConfig(**{"url": server.url, "capacity_bytes": 1 << 20, "timeout_s": 0.2, **changes})
+    config = RemoteTierConfig(**{"url": server.url, "capacity_bytes": 1 << 20, "timeout_s": 0.2,
+                                 "native_io": NATIVE_IO[0], **changes})
     return RemoteStore(LAYOUT, config)
 
 
@@ -217,6 +227,21 @@ def test_any_value_at_a_key_is_the_block_or_a_miss(redis_server: RedisServer) ->
 
     check()
     assert store.stats.io_errors == 0
+
+
+def test_another_codecs_object_is_served_and_a_value_of_another_type_deleted(redis_server: RedisServer) -> None:
+    """A zstd object (another engine's codec) has another length than a raw block: read the slow way and
+    served; a list at a block's key (WRONGTYPE) is a miss and deleted; neither is an I/O error."""
+    zstd_writer = store_for(redis_server, codec="zstd")
+    zstd_writer.put(key(0), block(0))
+    reader = store_for(redis_server)
+    out = torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype)
+    assert reader.get(key(0), out) is out and torch.equal(out, block(0))
+    assert torch.equal(reader.get(key(0)), block(0))
+    reader._client.rpush(redis_key(key(1).block_hash), b"not a block")
+    assert reader.get_many([key(1), key(0)])[0] is None
+    assert not reader._client.exists(redis_key(key(1).block_hash))
+    assert reader.stats.corrupt == 1 and reader.stats.io_errors == 0 and reader.stats.hits == 3
 
 
 def test_a_three_node_cluster_spreads_blocks_and_serves_them_in_one_batch(redis_cluster) -> None:

@@ -1,0 +1,399 @@
+/* kvtier.tiers.remote._resp: the remote tier's hot commands (GET into caller buffers, SET from
+ * parts) as one call each that never holds the GIL while it waits or copies.
+ *
+ * Why native: through redis-py, a 256 KiB GET or SET cost the client a parser feed, a bytes
+ * object and a copy, each under the GIL, and the tier ran at 0.2-0.3 of redis-benchmark on the
+ * same server (README: the remote tier row). Here a reply's value goes straight from the socket
+ * into the block's memory, and its payload's xxh3_64 is taken while those bytes are in the cache.
+ *
+ * The Python twin is pyresp.py: same names, signatures, replies and errors. Both speak RESP2 to a
+ * plain TCP or unix socket (TLS stays with redis-py). A socket with a timeout is non-blocking (as
+ * Python sockets make it), so each wait is a poll() of at most that timeout.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define XXH_INLINE_ALL
+#include "xxhash/xxhash.h"
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+#define READ_BUF 4096               /* what one receive takes beyond the bytes asked for: reply lines */
+#define MAX_LINE 512                /* the longest reply line this client reads (an error's message) */
+#define MAX_BULK (1LL << 31)        /* a bulk length above this is no reply of ours: a broken stream */
+#define MAX_TARGET_PARTS 8
+
+typedef struct {
+    int fd;
+    int timeout_ms;  /* -1: none */
+    char buf[READ_BUF];
+    size_t pos, end;
+} Stream;
+
+/* Wait until fd is ready for `events`: 0, ETIMEDOUT, or an errno. */
+static int wait_ready(Stream *s, short events) {
+    struct pollfd p = {.fd = s->fd, .events = events};
+    for (;;) {
+        int n = poll(&p, 1, s->timeout_ms);
+        if (n > 0) return 0;
+        if (n == 0) return ETIMEDOUT;
+        if (errno != EINTR) return errno;
+    }
+}
+
+static int send_iov(Stream *s, struct iovec *iov, int left) {
+    while (left > 0) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(left < IOV_MAX ? left : IOV_MAX)};
+        ssize_t sent = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                int err = wait_ready(s, POLLOUT);
+                if (err) return err;
+                continue;
+            }
+            return errno;
+        }
+        while (left > 0 && (size_t)sent >= iov->iov_len) {
+            sent -= (ssize_t)iov->iov_len;
+            iov++;
+            left--;
+        }
+        if (left > 0) {
+            iov->iov_base = (char *)iov->iov_base + sent;
+            iov->iov_len -= (size_t)sent;
+        }
+    }
+    return 0;
+}
+
+/* One receive into iov (waiting when nothing is there yet): bytes received, or -errno. */
+static ssize_t recv_iov(Stream *s, struct iovec *iov, int count) {
+    for (;;) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)count};
+        ssize_t got = recvmsg(s->fd, &msg, 0);
+        if (got > 0) return got;
+        if (got == 0) return -ECONNRESET;  /* the server closed the connection */
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int err = wait_ready(s, POLLIN);
+            if (err) return -err;
+            continue;
+        }
+        return -errno;
+    }
+}
+
+/* Fill iov exactly: bytes already buffered first, then straight from the socket. 0 or an errno. */
+static int read_exact(Stream *s, struct iovec *iov, int left) {
+    while (left > 0 && s->pos < s->end) {
+        size_t take = s->end - s->pos < iov->iov_len ? s->end - s->pos : iov->iov_len;
+        memcpy(iov->iov_base, s->buf + s->pos, take);
+        s->pos += take;
+        iov->iov_base = (char *)iov->iov_base + take;
+        iov->iov_len -= take;
+        if (iov->iov_len == 0) {
+            iov++;
+            left--;
+        }
+    }
+    while (left > 0) {
+        ssize_t got = recv_iov(s, iov, left < IOV_MAX ? left : IOV_MAX);
+        if (got < 0) return (int)-got;
+        while (left > 0 && (size_t)got >= iov->iov_len) {
+            got -= (ssize_t)iov->iov_len;
+            iov++;
+            left--;
+        }
+        if (left > 0) {
+            iov->iov_base = (char *)iov->iov_base + got;
+            iov->iov_len -= (size_t)got;
+        }
+    }
+    return 0;
+}
+
+/* Discard `n` bytes of the stream. 0 or an errno. */
+static int skip(Stream *s, long long n) {
+    char sink[READ_BUF];
+    while (n > 0) {
+        struct iovec iov = {.iov_base = sink, .iov_len = (size_t)(n < READ_BUF ? n : READ_BUF)};
+        n -= (long long)iov.iov_len;
+        int err = read_exact(s, &iov, 1);
+        if (err) return err;
+    }
+    return 0;
+}
+
+/* The next reply line (without CRLF) at *line, *len. 0, EPROTO (too long), or an errno. */
+static int read_line(Stream *s, const char **line, size_t *len) {
+    size_t scanned = s->pos;
+    for (;;) {
+        for (; scanned + 1 < s->end; scanned++) {
+            if (s->buf[scanned] == '\r' && s->buf[scanned + 1] == '\n') {
+                *line = s->buf + s->pos;
+                *len = scanned - s->pos;
+                s->pos = scanned + 2;
+                return 0;
+            }
+        }
+        if (s->end - s->pos > MAX_LINE) return EPROTO;
+        if (s->pos > 0) {  /* keep the partial line at the front */
+            memmove(s->buf, s->buf + s->pos, s->end - s->pos);
+            scanned -= s->pos;
+            s->end -= s->pos;
+            s->pos = 0;
+        }
+        struct iovec iov = {.iov_base = s->buf + s->end, .iov_len = READ_BUF - s->end};
+        ssize_t got = recv_iov(s, &iov, 1);
+        if (got < 0) return (int)-got;
+        s->end += (size_t)got;
+    }
+}
+
+/* A bulk reply's length from its line "$<n>" (-1: nil); -2 when the line is no bulk length. */
+static long long bulk_length(const char *line, size_t len) {
+    if (len < 2 || line[0] != '$') return -2;
+    if (len == 3 && line[1] == '-' && line[2] == '1') return -1;
+    long long n = 0;
+    for (size_t i = 1; i < len; i++) {
+        if (line[i] < '0' || line[i] > '9' || n > MAX_BULK) return -2;
+        n = n * 10 + (line[i] - '0');
+    }
+    return n > MAX_BULK ? -2 : n;
+}
+
+static int stream_open(PyObject *sock, double timeout_s, Stream *s) {
+    s->fd = PyObject_AsFileDescriptor(sock);
+    if (s->fd < 0) return -1;
+    s->timeout_ms = timeout_s > 0 ? (int)(timeout_s * 1000.0 + 0.5) : -1;
+    s->pos = s->end = 0;
+    return 0;
+}
+
+static PyObject *raise_errno(int err) {
+    if (err == ETIMEDOUT) return PyErr_Format(PyExc_TimeoutError, "redis server: no reply within the timeout");
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* Buffers held for one call (their memory cannot move while the GIL is given up). */
+typedef struct {
+    Py_ssize_t count;
+    Py_buffer views[MAX_TARGET_PARTS];
+} Held;
+
+static void held_release(Held *h) {
+    for (Py_ssize_t i = 0; i < h->count; i++) PyBuffer_Release(&h->views[i]);
+    h->count = 0;
+}
+
+static int held_take(PyObject *seq_obj, int flags, Held *h) {
+    h->count = 0;
+    PyObject *seq = PySequence_Fast(seq_obj, "parts must be a sequence of bytes-like objects");
+    if (seq == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_TARGET_PARTS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d parts, got %zd", MAX_TARGET_PARTS, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &h->views[i], flags) < 0) {
+            held_release(h);
+            Py_DECREF(seq);
+            return -1;
+        }
+        h->count++;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+PyDoc_STRVAR(call_doc,
+"call(sock, parts, timeout_s) -> bytes\n--\n\n"
+"Send the bytes of `parts` (one or more whole RESP commands' worth, in order) and read one reply:\n"
+"its first line without CRLF (b\"+OK\", b\":1\", b\"$-1\", b\"-ERR ...\"); a bulk reply's value is\n"
+"read and dropped. Raises TimeoutError, OSError (the connection is then unusable: close it).");
+
+static PyObject *call(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *sock, *parts_obj;
+    double timeout_s;
+    if (!PyArg_ParseTuple(args, "OOd:call", &sock, &parts_obj, &timeout_s)) return NULL;
+    Stream *s = PyMem_Malloc(sizeof(Stream));
+    if (s == NULL) return PyErr_NoMemory();
+    Held held;
+    if (stream_open(sock, timeout_s, s) < 0 || held_take(parts_obj, PyBUF_SIMPLE, &held) < 0) {
+        PyMem_Free(s);
+        return NULL;
+    }
+    struct iovec iov[MAX_TARGET_PARTS];
+    int count = 0;
+    for (Py_ssize_t i = 0; i < held.count; i++) {
+        if (held.views[i].len == 0) continue;
+        iov[count].iov_base = held.views[i].buf;
+        iov[count++].iov_len = (size_t)held.views[i].len;
+    }
+    const char *line = NULL;
+    size_t len = 0;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = send_iov(s, iov, count);
+    if (!err) err = read_line(s, &line, &len);
+    if (!err) {
+        long long n = bulk_length(line, len);
+        if (n >= 0) {
+            size_t at = (size_t)(line - s->buf);  /* the line stays in buf: skip only consumes after it */
+            err = skip(s, n + 2);
+            line = s->buf + at;
+        }
+        if (!err && s->pos != s->end) err = EPROTO;  /* bytes past the one reply: the stream is out of step */
+    }
+    Py_END_ALLOW_THREADS
+    held_release(&held);
+    PyObject *result = err ? raise_errno(err) : PyBytes_FromStringAndSize(line, (Py_ssize_t)len);
+    PyMem_Free(s);
+    return result;
+}
+
+typedef struct {
+    Held held;
+    Py_ssize_t want;           /* the bytes of the buffers: the value length read into them */
+    Py_ssize_t checksum_from;  /* the payload's checksum covers the value from this byte on */
+    long long length;          /* the reply: -1 nil, -2 error, else the value's length */
+    unsigned long long checksum;
+    char error[MAX_LINE + 1];
+} Target;
+
+/* Read one GET reply into t: its value into t's buffers when it is exactly t->want bytes, else dropped. */
+static int read_get_reply(Stream *s, Target *t) {
+    const char *line;
+    size_t len;
+    int err = read_line(s, &line, &len);
+    if (err) return err;
+    if (len > 0 && line[0] == '-') {
+        size_t copy = len - 1 < MAX_LINE ? len - 1 : MAX_LINE;
+        t->length = -2;
+        memcpy(t->error, line + 1, copy);
+        t->error[copy] = '\0';
+        return 0;
+    }
+    t->length = bulk_length(line, len);
+    if (t->length == -2) return EPROTO;
+    if (t->length < 0) return 0;
+    if (t->length != t->want) return skip(s, t->length + 2);
+    struct iovec iov[MAX_TARGET_PARTS];
+    int count = 0;
+    for (Py_ssize_t i = 0; i < t->held.count; i++) {
+        if (t->held.views[i].len == 0) continue;
+        iov[count].iov_base = t->held.views[i].buf;
+        iov[count++].iov_len = (size_t)t->held.views[i].len;
+    }
+    err = read_exact(s, iov, count);
+    if (!err) err = skip(s, 2);
+    if (err) return err;
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);
+    XXH3_64bits_reset(&state);
+    Py_ssize_t from = t->checksum_from;
+    for (Py_ssize_t i = 0; i < t->held.count; i++) {
+        const char *buf = t->held.views[i].buf;
+        Py_ssize_t part = t->held.views[i].len, drop = from < part ? from : part;
+        from -= drop;
+        if (part > drop) XXH3_64bits_update(&state, buf + drop, (size_t)(part - drop));
+    }
+    t->checksum = (unsigned long long)XXH3_64bits_digest(&state);
+    return 0;
+}
+
+PyDoc_STRVAR(get_many_into_doc,
+"get_many_into(sock, command, targets, timeout_s) -> list of (length, checksum or message)\n--\n\n"
+"Send `command` (one GET per target, in order, pipelined) and read a reply per `(parts,\n"
+"checksum_from)` of `targets`: a value of exactly the bytes of the writable buffers `parts` is read\n"
+"into them, in order, and comes back as (length, xxh3_64 of its bytes from `checksum_from` on); a nil\n"
+"as (-1, None); a value of another length, dropped unread, as (length, None); an error reply as\n"
+"(-2, its message). Raises TimeoutError, OSError (the connection is then unusable: close it).");
+
+static PyObject *get_many_into(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *sock, *targets_obj;
+    Py_buffer command;
+    double timeout_s;
+    if (!PyArg_ParseTuple(args, "Oy*Od:get_many_into", &sock, &command, &targets_obj, &timeout_s)) return NULL;
+    PyObject *result = NULL, *targets = NULL;
+    Stream *s = PyMem_Malloc(sizeof(Stream));
+    Target *t = NULL;
+    Py_ssize_t n = 0, held = 0;
+    if (s == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (stream_open(sock, timeout_s, s) < 0) goto done;
+    targets = PySequence_Fast(targets_obj, "targets must be a sequence of (parts, checksum_from)");
+    if (targets == NULL) goto done;
+    n = PySequence_Fast_GET_SIZE(targets);
+    t = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Target));
+    if (t == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n; held++) {
+        PyObject *parts_obj;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(targets, held), "On:get_many_into target", &parts_obj,
+                              &t[held].checksum_from)
+                || held_take(parts_obj, PyBUF_WRITABLE, &t[held].held) < 0)
+            goto done;
+        for (Py_ssize_t i = 0; i < t[held].held.count; i++) t[held].want += t[held].held.views[i].len;
+    }
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    struct iovec iov = {.iov_base = command.buf, .iov_len = (size_t)command.len};
+    err = send_iov(s, &iov, command.len > 0);
+    for (Py_ssize_t i = 0; !err && i < n; i++) err = read_get_reply(s, &t[i]);
+    if (!err && s->pos != s->end) err = EPROTO;
+    Py_END_ALLOW_THREADS
+    if (err) {
+        raise_errno(err);
+        goto done;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *item = t[i].length == -2 ? Py_BuildValue("(iy)", -2, t[i].error)
+            : t[i].length >= 0 && t[i].length == t[i].want ? Py_BuildValue("(LK)", t[i].length, t[i].checksum)
+            : Py_BuildValue("(LO)", t[i].length, Py_None);
+        if (item == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, item);
+    }
+done:
+    for (Py_ssize_t i = 0; t != NULL && i < held; i++) held_release(&t[i].held);
+    PyMem_Free(t);
+    PyMem_Free(s);
+    Py_XDECREF(targets);
+    PyBuffer_Release(&command);
+    return result;
+}
+
+static PyMethodDef resp_methods[] = {
+    {"call", call, METH_VARARGS, call_doc},
+    {"get_many_into", get_many_into, METH_VARARGS, get_many_into_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef resp_module = {
+    PyModuleDef_HEAD_INIT, "kvtier.tiers.remote._resp",
+    "The remote tier's GET and SET as one GIL-free call each (RESP2, plain sockets); see pyresp.py.", -1,
+    resp_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__resp(void) { return PyModule_Create(&resp_module); }
