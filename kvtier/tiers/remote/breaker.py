@@ -38,6 +38,8 @@ class CircuitBreaker:
             return True
 
     def succeeded(self) -> None:
+        if not (self._failed or self._probing or self._opened_at is not None):
+            return  # NOTE: closed with no failures (every call of a healthy server): nothing to reset, no lock
         with self._lock:
             self._failed, self._opened_at, self._probing = 0, None, False
 

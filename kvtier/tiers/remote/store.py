@@ -322,8 +322,7 @@ class RemoteStore(TierStore):
                            block: torch.Tensor) -> torch.Tensor | None:
         """`block`, whose object's header is `header` and payload checksum `checksum`, if they are
         `key`'s whole raw block; else None (counted, logged)."""
-        with self._lock:
-            known = self._known.get(key.block_hash)
+        known = self._known.get(key.block_hash)  # NOTE: one dict read, atomic under the GIL: no lock taken
         try:
             stored = verify_raw_header(header, key, self.layout, known)
             if stored != checksum:

@@ -9,13 +9,16 @@ for everything else: a cluster (slot routing, redirects), TLS, and the rare comm
 
 Failures: a connection that times out or breaks is closed, never reused (a half-read reply would
 put the stream out of step), and the command is retried on a new one with exponential backoff,
-`retries` times; then the error goes to the caller (the store turns it into a miss).
+`retries` times; then the OSError goes to the caller (the store turns it into a miss). Error
+replies are redis-py's exception types (ResponseError, OutOfMemoryError, AuthenticationError), so
+the store handles both clients' failures alike.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -95,9 +98,12 @@ class Wire:
             self._hello.append(command(b"SELECT", b"%d" % int(options["db"])))
         self.config = config
         self.resp = routines(native)
-        self._idle: list[socket.socket] = []
+        # NOTE: one token per connection allowed, an open socket or None (not opened yet); SimpleQueue is C
+        self._slots: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        for _ in range(config.max_connections):
+            self._slots.put(None)
+        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(config.max_connections)
         self._closed = False
 
     # -- connections ------------------------------------------------------------------------------
@@ -119,8 +125,11 @@ class Wire:
             for hello in self._hello:
                 reply = self.resp.call(sock, [hello], timeout)
                 if reply[:1] == b"-":
-                    raise TierIOError(f"remote tier {self.config.url.split('@')[-1]} refused the connection: "
-                                      f"{reply[1:].decode(errors='replace')}; check the password and db in the URL")
+                    from redis.exceptions import AuthenticationError
+
+                    raise AuthenticationError(f"remote tier {self.config.url.split('@')[-1]} refused the connection: "
+                                              f"{reply[1:].decode(errors='replace')}; check the password and db "
+                                              "in the URL")
         except BaseException:
             sock.close()
             raise
@@ -132,44 +141,43 @@ class Wire:
         for attempt in range(config.retries + 1):
             if attempt:
                 time.sleep(min(config.backoff_s * 2 ** (attempt - 1), config.backoff_s * 2 ** config.retries))
-            if not self._slots.acquire(timeout=config.timeout_s):
-                raise TimeoutError(f"remote tier: all {config.max_connections} connections busy for "
-                                   f"{config.timeout_s} s; raise RemoteTierConfig.max_connections")
-            sock = None
             try:
-                with self._lock:
-                    if self._closed:
-                        raise TierIOError("remote tier is closed")
-                    sock = self._idle.pop() if self._idle else None
+                sock = self._slots.get(timeout=config.timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"remote tier: all {config.max_connections} connections busy for "
+                                   f"{config.timeout_s} s; raise RemoteTierConfig.max_connections") from None
+            try:
+                if self._closed:
+                    from redis.exceptions import ConnectionError as ClosedError
+
+                    raise ClosedError("remote tier is closed")
                 if sock is None:
                     sock = self._connect()
+                    with self._lock:
+                        self._open.add(sock)
                 result = fn(sock)
-            except OSError:
+            except BaseException as exc:
                 if sock is not None:
-                    sock.close()
-                if attempt == config.retries:
+                    self._discard(sock)
+                self._slots.put(None)
+                if not isinstance(exc, OSError) or attempt == config.retries:
                     raise
                 continue
-            except BaseException:
-                if sock is not None:
-                    sock.close()
-                raise
-            else:
-                with self._lock:
-                    if self._closed:
-                        sock.close()
-                    else:
-                        self._idle.append(sock)
-                return result
-            finally:
-                self._slots.release()
+            self._slots.put(sock)
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        sock.close()
+
     def close(self) -> None:
+        """Close every connection; later calls raise redis.ConnectionError (a miss to the store)."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for sock in idle:
+            open_now, self._open = self._open, set()
+        for sock in open_now:
             sock.close()
 
     # -- commands ---------------------------------------------------------------------------------
@@ -204,7 +212,7 @@ class Wire:
             redis.ResponseError: another error reply (NOAUTH, LOADING, ...): the server failed the call.
             OSError: the server is unreachable, after retries.
         """
-        request = b"".join(command(b"GET", name.encode()) for name in names)
+        request = b"".join([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name.encode()) for name in names])
         replies = self._run(lambda sock: self.resp.get_many_into(sock, request, targets, self.config.timeout_s))
         for length, message in replies:
             if length == -2 and isinstance(message, bytes) and not message.startswith(b"WRONGTYPE"):

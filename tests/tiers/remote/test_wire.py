@@ -156,3 +156,26 @@ def test_the_pool_retries_on_a_new_connection_and_selects_the_urls_db(redis_serv
     with pytest.raises(redis.exceptions.ResponseError):
         pool.set_nx("k", [b"x"], -5)  # the server's error reply, typed
     pool.close()
+
+
+@pytest.mark.parametrize("native", TWINS)
+def test_a_wrong_password_and_a_closed_pool_are_redis_errors_the_store_takes_as_misses(tmp_path,
+                                                                                      native: bool) -> None:
+    import redis
+
+    resp_of(native)
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    server.start()
+    try:
+        wrong = RemoteTierConfig(url=f"redis://:nope@127.0.0.1:{server.port}/0", capacity_bytes=1 << 20,
+                                 timeout_s=1.0, native_io=native)
+        with pytest.raises(redis.exceptions.AuthenticationError, match="check the password"):
+            Wire(wrong, native).get_many_into(["k"], [([bytearray(1)], 0)])
+        pool = Wire(RemoteTierConfig(url=f"redis://:s3cret@127.0.0.1:{server.port}/0", capacity_bytes=1 << 20,
+                                     timeout_s=1.0, native_io=native), native)
+        assert pool.get_many_into(["k"], [([bytearray(1)], 0)]) == [(-1, None)]
+        pool.close()
+        with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+            pool.get_many_into(["k"], [([bytearray(1)], 0)])
+    finally:
+        server.stop()
