@@ -132,6 +132,15 @@ static int skip(Stream *s, long long n) {
     return 0;
 }
 
+/* The CRLF that ends a bulk value: 0, EPROTO (other bytes: the stream is out of step), or an errno. */
+static int expect_crlf(Stream *s) {
+    char end[2];
+    struct iovec iov = {.iov_base = end, .iov_len = 2};
+    int err = read_exact(s, &iov, 1);
+    if (err) return err;
+    return end[0] == '\r' && end[1] == '\n' ? 0 : EPROTO;
+}
+
 /* The next reply line (without CRLF) at *line, *len. 0, EPROTO (too long), or an errno. */
 static int read_line(Stream *s, const char **line, size_t *len) {
     size_t scanned = s->pos;
@@ -172,8 +181,17 @@ static long long bulk_length(const char *line, size_t len) {
 
 static int stream_open(PyObject *sock, double timeout_s, Stream *s) {
     s->fd = PyObject_AsFileDescriptor(sock);
-    if (s->fd < 0) return -1;
-    s->timeout_ms = timeout_s > 0 ? (int)(timeout_s * 1000.0 + 0.5) : -1;
+    if (s->fd < 0) {  /* a closed socket (fileno -1): an OSError, as the twin's */
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            errno = EBADF;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return -1;
+    }
+    /* NOTE: at least 1 ms a wait (poll(0) would never wait), at most a day (an int of ms) */
+    s->timeout_ms = timeout_s > 0 ? (int)(timeout_s < 86400.0 ? (timeout_s * 1000.0 > 1.0 ? timeout_s * 1000.0 : 1.0)
+                                           : 86400000.0) : -1;
     s->pos = s->end = 0;
     return 0;
 }
@@ -252,7 +270,8 @@ static PyObject *call(PyObject *self, PyObject *args) {
         long long n = bulk_length(line, len);
         if (n >= 0) {
             size_t at = (size_t)(line - s->buf);  /* the line stays in buf: skip only consumes after it */
-            err = skip(s, n + 2);
+            err = skip(s, n);
+            if (!err) err = expect_crlf(s);
             line = s->buf + at;
         }
         if (!err && s->pos != s->end) err = EPROTO;  /* bytes past the one reply: the stream is out of step */
@@ -271,6 +290,7 @@ typedef struct {
     long long length;          /* the reply: -1 nil, -2 error, else the value's length */
     unsigned long long checksum;
     char error[MAX_LINE + 1];
+    Py_ssize_t error_len;
 } Target;
 
 /* Read one GET reply into t: its value into t's buffers when it is exactly t->want bytes, else dropped. */
@@ -284,12 +304,16 @@ static int read_get_reply(Stream *s, Target *t) {
         t->length = -2;
         memcpy(t->error, line + 1, copy);
         t->error[copy] = '\0';
+        t->error_len = (Py_ssize_t)copy;
         return 0;
     }
     t->length = bulk_length(line, len);
     if (t->length == -2) return EPROTO;
     if (t->length < 0) return 0;
-    if (t->length != t->want) return skip(s, t->length + 2);
+    if (t->length != t->want) {
+        err = skip(s, t->length);
+        return err ? err : expect_crlf(s);
+    }
     struct iovec iov[MAX_TARGET_PARTS];
     int count = 0;
     for (Py_ssize_t i = 0; i < t->held.count; i++) {
@@ -298,7 +322,7 @@ static int read_get_reply(Stream *s, Target *t) {
         iov[count++].iov_len = (size_t)t->held.views[i].len;
     }
     err = read_exact(s, iov, count);
-    if (!err) err = skip(s, 2);
+    if (!err) err = expect_crlf(s);
     if (err) return err;
     XXH3_state_t state;
     XXH3_INITSTATE(&state);
@@ -346,11 +370,17 @@ static PyObject *get_many_into(PyObject *self, PyObject *args) {
         goto done;
     }
     for (; held < n; held++) {
-        PyObject *parts_obj;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(targets, held), "On:get_many_into target", &parts_obj,
-                              &t[held].checksum_from)
-                || held_take(parts_obj, PyBUF_WRITABLE, &t[held].held) < 0)
+        PyObject *parts_obj, *target = PySequence_Fast_GET_ITEM(targets, held);
+        if (!PyTuple_Check(target)) {
+            PyErr_SetString(PyExc_TypeError, "each target must be a tuple (parts, checksum_from)");
             goto done;
+        }
+        if (!PyArg_ParseTuple(target, "On:get_many_into target", &parts_obj, &t[held].checksum_from)) goto done;
+        if (t[held].checksum_from < 0) {
+            PyErr_Format(PyExc_ValueError, "checksum_from must be >= 0, got %zd", t[held].checksum_from);
+            goto done;
+        }
+        if (held_take(parts_obj, PyBUF_WRITABLE, &t[held].held) < 0) goto done;
         for (Py_ssize_t i = 0; i < t[held].held.count; i++) t[held].want += t[held].held.views[i].len;
     }
     int err;
@@ -366,7 +396,7 @@ static PyObject *get_many_into(PyObject *self, PyObject *args) {
     }
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
-        PyObject *item = t[i].length == -2 ? Py_BuildValue("(iy)", -2, t[i].error)
+        PyObject *item = t[i].length == -2 ? Py_BuildValue("(iy#)", -2, t[i].error, t[i].error_len)
             : t[i].length >= 0 && t[i].length == t[i].want ? Py_BuildValue("(LK)", t[i].length, t[i].checksum)
             : Py_BuildValue("(LO)", t[i].length, Py_None);
         if (item == NULL) {

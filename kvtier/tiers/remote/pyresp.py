@@ -23,7 +23,8 @@ class _Stream:
     """A socket's reply bytes: a small buffer for reply lines, values straight into the caller's buffers."""
 
     def __init__(self, sock: socket.socket, timeout_s: float) -> None:
-        sock.settimeout(timeout_s if timeout_s > 0 else None)
+        # NOTE: as _resp.c: at least 1 ms a wait, at most a day
+        sock.settimeout(min(max(timeout_s, 0.001), 86400.0) if timeout_s > 0 else None)
         self.sock = sock
         self.buf = bytearray(READ_BUF)
         self.view = memoryview(self.buf)
@@ -39,6 +40,8 @@ class _Stream:
         return got
 
     def send(self, parts: Sequence[BufferLike]) -> None:
+        if not parts:
+            return
         try:
             self.sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
         except TimeoutError:  # NOTE: socket.timeout is TimeoutError; the message says whose
@@ -77,6 +80,13 @@ class _Stream:
             self.read_exact(sink[:take])
             n -= take
 
+    def expect_crlf(self) -> None:
+        """The CRLF that ends a bulk value; other bytes put the stream out of step."""
+        end = memoryview(bytearray(2))
+        self.read_exact(end)
+        if bytes(end) != b"\r\n":
+            raise OSError(errno.EPROTO, "a bulk value not followed by CRLF: the stream is out of step")
+
     def check_drained(self) -> None:
         if self.pos != self.end:
             raise OSError(errno.EPROTO, "bytes past the replies: the stream is out of step")
@@ -101,7 +111,8 @@ def call(sock: socket.socket, parts: Sequence[BufferLike], timeout_s: float) -> 
     line = stream.line()
     n = bulk_length(line)
     if n >= 0:
-        stream.skip(n + 2)
+        stream.skip(n)
+        stream.expect_crlf()
     stream.check_drained()
     return line
 
@@ -111,7 +122,17 @@ def get_many_into(sock: socket.socket, command: bytes, targets: Sequence[tuple[S
     """One pipelined GET per target, each value of exactly its buffers' bytes read into them (see
     _resp.get_many_into)."""
     stream = _Stream(sock, timeout_s)
-    held = [([memoryview(p).cast("B") for p in parts], checksum_from) for parts, checksum_from in targets]
+    held = []
+    for target in targets:
+        if not isinstance(target, tuple):
+            raise TypeError("each target must be a tuple (parts, checksum_from)")
+        parts, checksum_from = target
+        if checksum_from < 0:
+            raise ValueError(f"checksum_from must be >= 0, got {checksum_from}")
+        views = [memoryview(p).cast("B") for p in parts]
+        if any(v.readonly for v in views):
+            raise BufferError("get_many_into's buffers must be writable")
+        held.append((views, checksum_from))
     if command:
         stream.send([command])
     results: list[tuple[int, int | bytes | None]] = []
@@ -125,12 +146,13 @@ def get_many_into(sock: socket.socket, command: bytes, targets: Sequence[tuple[S
             raise OSError(errno.EPROTO, f"not a GET reply: {line[:40]!r}")
         if n != sum(v.nbytes for v in views):
             if n >= 0:
-                stream.skip(n + 2)
+                stream.skip(n)
+                stream.expect_crlf()
             results.append((n, None))
             continue
         for view in views:
             stream.read_exact(view)
-        stream.skip(2)
+        stream.expect_crlf()
         state = xxhash.xxh3_64()
         skip = checksum_from
         for view in views:

@@ -32,7 +32,12 @@ from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.format import max_object_bytes
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.tiers.format.encode import encode_block
-from kvtier.tiers.format.header import U64, header_bytes_for, num_segments
+from kvtier.tiers.format.header import (
+    U64,
+    decode_header,
+    header_bytes_for,
+    num_segments,
+)
 from kvtier.tiers.format.verify import verify_object, verify_raw_header
 from kvtier.tiers.pins import PinCounts
 from kvtier.tiers.remote.breaker import CircuitBreaker
@@ -57,6 +62,14 @@ SOCKET_READ_BYTES = (64 << 10, 1 << 20)
 """Bounds of redis-py's per-connection read buffer, sized to one object: its default of 64 KiB took
 four reads and four parser feeds per 256 KiB value (GET of 256 KiB values, 4 connections, with
 hiredis: 1176-1819/s at 64 KiB, 1456-2549/s at 1 MiB; benches/bench_remote.py)."""
+
+
+def _of_another_codec(header: bytearray) -> bool:
+    """Whether `header` is a valid header of a payload that is not raw (a zstd object, another engine's)."""
+    try:
+        return decode_header(header).codec != "raw"
+    except FormatError:
+        return False
 
 
 def connect(config: RemoteTierConfig, object_bytes: int = 0) -> Any:
@@ -228,7 +241,10 @@ class RemoteStore(TierStore):
 
     def get_many(self, keys: Sequence[BlockKey],
                  outs: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor | None]:
-        """The verified blocks (into `outs[i]` when given), None for each miss; one pipelined round trip."""
+        """The verified blocks (into `outs[i]` when given), None for each miss; one pipelined round trip.
+
+        NOTE: against a standalone server a value is read into `outs[i]` before it is verified, so on a
+        miss `outs[i]` may hold any bytes (as the disk tier's reads into caller buffers)."""
         targets = self._outputs(keys, outs)
         for out in targets:
             if out is not None:
@@ -291,11 +307,20 @@ class RemoteStore(TierStore):
             result = None
             if isinstance(checksum, int):  # read into the block: verify it there
                 read += length
-                result = self._verified_in_place(key, header, checksum, block)
-                if result is None:
+                failure = self._failure_in_place(key, header, checksum)
+                if failure is None:
+                    result = block if out is None or block is out else out.copy_(block)
+                elif _of_another_codec(header):  # a zstd object as large as a raw block: the slow way reads it
+                    value = self._call("GET", self._client.get, self._key(key.block_hash))[1]
+                    result = self._verified(key, value, out)
+                    if result is None and value is not None:
+                        damaged.append(key.block_hash)
+                else:
+                    with self._lock:
+                        self.stats.corrupt += 1
+                    logger.warning("remote tier value %s failed verification (%s); deleted",
+                                   self._key(key.block_hash), failure)
                     damaged.append(key.block_hash)
-                elif out is not None and result is not out:
-                    result = out.copy_(result)
             elif length == -2:  # WRONGTYPE (wire.py): a value of another type is no block of ours
                 logger.warning("remote tier value %s is not a string (%s); deleted", self._key(key.block_hash),
                                checksum)
@@ -318,24 +343,19 @@ class RemoteStore(TierStore):
             results.append(result)
         return results, damaged, read
 
-    def _verified_in_place(self, key: BlockKey, header: bytearray, checksum: int,
-                           block: torch.Tensor) -> torch.Tensor | None:
-        """`block`, whose object's header is `header` and payload checksum `checksum`, if they are
-        `key`'s whole raw block; else None (counted, logged)."""
+    def _failure_in_place(self, key: BlockKey, header: bytearray, checksum: int) -> FormatError | None:
+        """None if `header` and a payload of checksum `checksum` are `key`'s whole raw block, else why not."""
         known = self._known.get(key.block_hash)  # NOTE: one dict read, atomic under the GIL: no lock taken
         try:
             stored = verify_raw_header(header, key, self.layout, known)
-            if stored != checksum:
-                raise FormatError("payload checksum mismatch: the payload is corrupt")
         except FormatError as exc:
-            with self._lock:
-                self.stats.corrupt += 1
-            logger.warning("remote tier value %s failed verification (%s); deleted", self._key(key.block_hash), exc)
-            return None
+            return exc
+        if stored != checksum:
+            return FormatError("payload checksum mismatch: the payload is corrupt")
         if known is None:
             with self._lock:
                 self._remember(key.block_hash, U64.unpack_from(header, len(header) - 8)[0])
-        return block
+        return None
 
     def _remember(self, block_hash: BlockHash, header_checksum: int) -> None:
         """Keep a verified header's checksum (under self._lock), the oldest forgotten past KNOWN_HEADERS."""

@@ -20,7 +20,6 @@ import logging
 import os
 import queue
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -102,8 +101,6 @@ class Wire:
         self._slots: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         for _ in range(config.max_connections):
             self._slots.put(None)
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
         self._closed = False
 
     # -- connections ------------------------------------------------------------------------------
@@ -153,33 +150,35 @@ class Wire:
                     raise ClosedError("remote tier is closed")
                 if sock is None:
                     sock = self._connect()
-                    with self._lock:
-                        self._open.add(sock)
                 result = fn(sock)
             except BaseException as exc:
                 if sock is not None:
-                    self._discard(sock)
+                    sock.close()
                 self._slots.put(None)
                 if not isinstance(exc, OSError) or attempt == config.retries:
                     raise
                 continue
+            if self._closed:  # NOTE: closed while this call ran: its socket is closed here, by its only user
+                sock.close()
+                sock = None
             self._slots.put(sock)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _discard(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-        sock.close()
-
     def close(self) -> None:
-        """Close every connection; later calls raise redis.ConnectionError (a miss to the store)."""
-        with self._lock:
-            self._closed = True
-            open_now, self._open = self._open, set()
-        for sock in open_now:
-            sock.close()
-
+        """Close the idle connections now and each busy one when its call returns (never under a call:
+        its descriptor could be reused meanwhile); later calls raise redis.ConnectionError (a miss)."""
+        self._closed = True
+        tokens = []
+        while True:
+            try:
+                tokens.append(self._slots.get_nowait())
+            except queue.Empty:
+                break
+        for sock in tokens:
+            if sock is not None:
+                sock.close()
+            self._slots.put(None)
     # -- commands ---------------------------------------------------------------------------------
 
     def set_nx(self, name: str, parts: Sequence[BufferLike], px: int | None) -> bool:
@@ -212,7 +211,8 @@ class Wire:
             redis.ResponseError: another error reply (NOAUTH, LOADING, ...): the server failed the call.
             OSError: the server is unreachable, after retries.
         """
-        request = b"".join([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name.encode()) for name in names])
+        encoded = [name.encode() for name in names]
+        request = b"".join([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name) for name in encoded])
         replies = self._run(lambda sock: self.resp.get_many_into(sock, request, targets, self.config.timeout_s))
         for length, message in replies:
             if length == -2 and isinstance(message, bytes) and not message.startswith(b"WRONGTYPE"):

@@ -104,6 +104,8 @@ BROKEN = {
     "a length far too large": b"$99999999999999999999\r\n",
     "an array": b"*2\r\n$1\r\na\r\n",
     "bytes past the reply": b"$4\r\nabcd\r\n+EXTRA\r\n",
+    "a value not ended by CRLF": b"$4\r\nabcdXY",
+    "a dropped value not ended by CRLF": b"$2\r\nabXY",
 }
 
 
@@ -179,3 +181,20 @@ def test_a_wrong_password_and_a_closed_pool_are_redis_errors_the_store_takes_as_
             pool.get_many_into(["k"], [([bytearray(1)], 0)])
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("native", TWINS)
+def test_bad_arguments_are_typed_errors_before_anything_is_sent(redis_server: RedisServer, native: bool) -> None:
+    resp = resp_of(native)
+    sock = connected(redis_server)
+    get = command(b"GET", b"k")
+    with pytest.raises(TypeError):
+        resp.get_many_into(sock, get, [[[bytearray(1)], 0]], 1.0)  # type: ignore[list-item]  # not a tuple
+    with pytest.raises(ValueError):
+        resp.get_many_into(sock, get, [([bytearray(4)], -2)], 1.0)
+    with pytest.raises(BufferError):
+        resp.get_many_into(sock, get, [([b"read-only"], 0)], 1.0)
+    assert resp.call(sock, [command(b"PING")], 1.0) == b"+PONG"  # nothing was sent: still in step
+    sock.close()
+    with pytest.raises(OSError):  # a closed socket: an OSError, never another type
+        resp.call(sock, [command(b"PING")], 1.0)
