@@ -7,13 +7,16 @@
  * into the block's memory, and its payload's xxh3_64 is taken while those bytes are in the cache.
  *
  * The Python twin is pyresp.py: same names, signatures, replies and errors. Both speak RESP2 to a
- * plain TCP or unix socket (TLS stays with redis-py). A socket with a timeout is non-blocking (as
- * Python sockets make it), so each wait is a poll() of at most that timeout.
+ * plain TCP or unix socket (TLS stays with redis-py). A socket with a Python timeout is non-blocking,
+ * so each wait is a poll() of at most that timeout; a blocking one (wire.py makes its connections so)
+ * has its waits bounded by SO_RCVTIMEO/SO_SNDTIMEO, and a value then arrives in one
+ * recvmsg(MSG_WAITALL) and a command leaves in one sendmsg, without a poll per segment.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -33,12 +36,14 @@
 typedef struct {
     int fd;
     int timeout_ms;  /* -1: none */
+    int blocking;    /* a blocking socket (SO_RCVTIMEO/SO_SNDTIMEO bound its waits): EAGAIN is a timeout */
     char buf[READ_BUF];
     size_t pos, end;
 } Stream;
 
 /* Wait until fd is ready for `events`: 0, ETIMEDOUT, or an errno. */
 static int wait_ready(Stream *s, short events) {
+    if (s->blocking) return ETIMEDOUT;  /* the kernel waited its SO_RCVTIMEO/SO_SNDTIMEO already */
     struct pollfd p = {.fd = s->fd, .events = events};
     for (;;) {
         int n = poll(&p, 1, s->timeout_ms);
@@ -74,11 +79,13 @@ static int send_iov(Stream *s, struct iovec *iov, int left) {
     return 0;
 }
 
-/* One receive into iov (waiting when nothing is there yet): bytes received, or -errno. */
-static ssize_t recv_iov(Stream *s, struct iovec *iov, int count) {
+/* One receive into iov (waiting when nothing is there yet): bytes received, or -errno. `flags`:
+ * MSG_WAITALL where every byte asked for is due (a value): on a blocking socket the kernel then
+ * fills the whole iov in one call, without a return to this loop per segment that arrives. */
+static ssize_t recv_iov(Stream *s, struct iovec *iov, int count, int flags) {
     for (;;) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)count};
-        ssize_t got = recvmsg(s->fd, &msg, 0);
+        ssize_t got = recvmsg(s->fd, &msg, flags);
         if (got > 0) return got;
         if (got == 0) return -ECONNRESET;  /* the server closed the connection */
         if (errno == EINTR) continue;
@@ -105,7 +112,7 @@ static int read_exact(Stream *s, struct iovec *iov, int left) {
         }
     }
     while (left > 0) {
-        ssize_t got = recv_iov(s, iov, left < IOV_MAX ? left : IOV_MAX);
+        ssize_t got = recv_iov(s, iov, left < IOV_MAX ? left : IOV_MAX, MSG_WAITALL);
         if (got < 0) return (int)-got;
         while (left > 0 && (size_t)got >= iov->iov_len) {
             got -= (ssize_t)iov->iov_len;
@@ -161,7 +168,7 @@ static int read_line(Stream *s, const char **line, size_t *len) {
             s->pos = 0;
         }
         struct iovec iov = {.iov_base = s->buf + s->end, .iov_len = READ_BUF - s->end};
-        ssize_t got = recv_iov(s, &iov, 1);
+        ssize_t got = recv_iov(s, &iov, 1, 0);
         if (got < 0) return (int)-got;
         s->end += (size_t)got;
     }
@@ -189,6 +196,8 @@ static int stream_open(PyObject *sock, double timeout_s, Stream *s) {
         }
         return -1;
     }
+    int fl = fcntl(s->fd, F_GETFL);
+    s->blocking = fl >= 0 && !(fl & O_NONBLOCK);
     /* NOTE: at least 1 ms a wait (poll(0) would never wait), at most a day (an int of ms) */
     s->timeout_ms = timeout_s > 0 ? (int)(timeout_s < 86400.0 ? (timeout_s * 1000.0 > 1.0 ? timeout_s * 1000.0 : 1.0)
                                            : 86400000.0) : -1;

@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -68,6 +69,16 @@ def _log_not_built() -> None:
                 "Python twin, which is slower under concurrency; reinstall with a C compiler (gcc) to build it")
 
 
+def blocking_with_timeouts(sock: socket.socket, timeout_s: float) -> None:
+    """Make `sock` blocking with the kernel bounding each wait (SO_RCVTIMEO, SO_SNDTIMEO): the compiled
+    calls then receive a value in one recvmsg(MSG_WAITALL) instead of a poll and a receive per segment."""
+    sock.settimeout(None)
+    seconds = min(max(timeout_s, 0.001), 86400.0)
+    timeval = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 def command(*args: bytes) -> bytes:
     """One RESP2 command (an array of bulk strings) whose arguments are all short."""
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
@@ -96,6 +107,7 @@ class Wire:
         if int(options.get("db", 0)):
             self._hello.append(command(b"SELECT", b"%d" % int(options["db"])))
         self.config = config
+        self.native = native and native_built()
         self.resp = routines(native)
         # NOTE: one token per connection allowed, an open socket or None (not opened yet); SimpleQueue is C
         self._slots: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
@@ -118,6 +130,8 @@ class Wire:
         else:
             sock = socket.create_connection(self.address, timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.native:
+            blocking_with_timeouts(sock, timeout)
         try:
             for hello in self._hello:
                 reply = self.resp.call(sock, [hello], timeout)

@@ -198,3 +198,27 @@ def test_bad_arguments_are_typed_errors_before_anything_is_sent(redis_server: Re
     sock.close()
     with pytest.raises(OSError):  # a closed socket: an OSError, never another type
         resp.call(sock, [command(b"PING")], 1.0)
+
+
+def test_a_blocking_socket_with_kernel_timeouts_reads_whole_values_and_times_out(redis_server: RedisServer,
+                                                                                hold: threading.Event) -> None:
+    """The compiled calls on the connections Wire makes (blocking, SO_RCVTIMEO/SO_SNDTIMEO): the same replies,
+    a value in one MSG_WAITALL receive, and a silent server a TimeoutError after the kernel's wait."""
+    resp = resp_of(True)
+    sock = connected(redis_server)
+    wire.blocking_with_timeouts(sock, 0.3)
+    value = bytes(range(256)) * 4096  # 1 MiB: many TCP segments
+    assert resp.call(sock, [command(b"SET", b"big", value)], 0.3) == b"+OK"
+    header, payload = bytearray(100), bytearray(len(value) - 100)
+    assert resp.get_many_into(sock, command(b"GET", b"big"), [([header, payload], 100)], 0.3) == \
+        [(len(value), xxhash.xxh3_64_intdigest(value[100:]))]
+    assert bytes(header) + bytes(payload) == value
+    sock.close()
+    server = FakeServer(sends(b"$1000\r\n" + b"x" * 10, then_wait=hold))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            wire.blocking_with_timeouts(silent, 0.2)
+            with pytest.raises(TimeoutError):
+                resp.get_many_into(silent, command(b"GET", b"k"), [([bytearray(1000)], 0)], 0.2)
+    finally:
+        server.close()
