@@ -41,6 +41,19 @@ typedef struct {
     size_t pos, end;
 } Stream;
 
+/* Drop `n` bytes from the front of the iovec array (*iov, *left): after a short send or receive. */
+static void iov_consume(struct iovec **iov, int *left, size_t n) {
+    while (*left > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)++;
+        (*left)--;
+    }
+    if (*left > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
+}
+
 /* Wait until fd is ready for `events`: 0, ETIMEDOUT, or an errno. */
 static int wait_ready(Stream *s, short events) {
     if (s->blocking) return ETIMEDOUT;  /* the kernel waited its SO_RCVTIMEO/SO_SNDTIMEO already */
@@ -66,15 +79,7 @@ static int send_iov(Stream *s, struct iovec *iov, int left) {
             }
             return errno;
         }
-        while (left > 0 && (size_t)sent >= iov->iov_len) {
-            sent -= (ssize_t)iov->iov_len;
-            iov++;
-            left--;
-        }
-        if (left > 0) {
-            iov->iov_base = (char *)iov->iov_base + sent;
-            iov->iov_len -= (size_t)sent;
-        }
+        iov_consume(&iov, &left, (size_t)sent);
     }
     return 0;
 }
@@ -104,25 +109,12 @@ static int read_exact(Stream *s, struct iovec *iov, int left) {
         size_t take = s->end - s->pos < iov->iov_len ? s->end - s->pos : iov->iov_len;
         memcpy(iov->iov_base, s->buf + s->pos, take);
         s->pos += take;
-        iov->iov_base = (char *)iov->iov_base + take;
-        iov->iov_len -= take;
-        if (iov->iov_len == 0) {
-            iov++;
-            left--;
-        }
+        iov_consume(&iov, &left, take);
     }
     while (left > 0) {
         ssize_t got = recv_iov(s, iov, left < IOV_MAX ? left : IOV_MAX, MSG_WAITALL);
         if (got < 0) return (int)-got;
-        while (left > 0 && (size_t)got >= iov->iov_len) {
-            got -= (ssize_t)iov->iov_len;
-            iov++;
-            left--;
-        }
-        if (left > 0) {
-            iov->iov_base = (char *)iov->iov_base + got;
-            iov->iov_len -= (size_t)got;
-        }
+        iov_consume(&iov, &left, (size_t)got);
     }
     return 0;
 }

@@ -33,10 +33,10 @@ from kvtier.tiers.format import max_object_bytes
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.tiers.format.encode import encode_block
 from kvtier.tiers.format.header import (
-    U64,
     decode_header,
     header_bytes_for,
     num_segments,
+    stored_header_checksum,
 )
 from kvtier.tiers.format.verify import verify_object, verify_raw_header
 from kvtier.tiers.pins import PinCounts
@@ -211,7 +211,7 @@ class RemoteStore(TierStore):
             self._used += size - old
             self.stats.puts += 1
             self.stats.bytes_written += size
-            self._remember(key.block_hash, U64.unpack_from(parts[0], len(parts[0]) - 8)[0])
+            self._remember(key.block_hash, stored_header_checksum(parts[0]))
 
     def _make_room(self, block_hash: BlockHash, size: int) -> None:
         """Delete this process's least recently used unpinned objects until `size` more bytes fit."""
@@ -278,13 +278,8 @@ class RemoteStore(TierStore):
         ok, values = self._call("GET", mget, [self._key(k.block_hash) for k in keys])
         if not ok:
             values = [None] * len(keys)
-        results: list[torch.Tensor | None] = []
         damaged: list[BlockHash] = []
-        for key, out, value in zip(keys, targets, values):
-            block = self._verified(key, value, out)
-            if block is None and value is not None:
-                damaged.append(key.block_hash)
-            results.append(block)
+        results = [self._verified_value(key, value, out, damaged) for key, out, value in zip(keys, targets, values)]
         return results, damaged, sum(len(v) for v in values if v is not None)
 
     def _get_wired(self, wire: Wire, keys: Sequence[BlockKey], targets: Sequence[torch.Tensor | None]
@@ -311,37 +306,39 @@ class RemoteStore(TierStore):
                 if failure is None:
                     result = block if out is None or block is out else out.copy_(block)
                 elif _of_another_codec(header):  # a zstd object as large as a raw block: the slow way reads it
-                    value = self._call("GET", self._client.get, self._key(key.block_hash))[1]
-                    result = self._verified(key, value, out)
-                    if result is None and value is not None:
-                        damaged.append(key.block_hash)
+                    result = self._verified_value(key, self._get_value(key), out, damaged)
                 else:
-                    with self._lock:
-                        self.stats.corrupt += 1
-                    logger.warning("remote tier value %s failed verification (%s); deleted",
-                                   self._key(key.block_hash), failure)
-                    damaged.append(key.block_hash)
+                    self._condemn(key, f"failed verification ({failure})", damaged)
             elif length == -2:  # WRONGTYPE (wire.py): a value of another type is no block of ours
-                logger.warning("remote tier value %s is not a string (%s); deleted", self._key(key.block_hash),
-                               checksum)
-                damaged.append(key.block_hash)
-                with self._lock:
-                    self.stats.corrupt += 1
+                self._condemn(key, f"is not a string ({checksum!r})", damaged)
             elif length >= 0:  # another size: another codec's object, or damage; redis-py reads and says which
                 read += length
                 if length > max_object_bytes(layout):  # NOTE: not fetched: larger than any object of this layout
-                    logger.warning("remote tier value %s is %d bytes, larger than any block object of this "
-                                   "layout; deleted", self._key(key.block_hash), length)
-                    damaged.append(key.block_hash)
-                    with self._lock:
-                        self.stats.corrupt += 1
+                    self._condemn(key, f"is {length} bytes, larger than any block object of this layout", damaged)
                 else:
-                    value = self._call("GET", self._client.get, self._key(key.block_hash))[1]
-                    result = self._verified(key, value, out)
-                    if result is None and value is not None:
-                        damaged.append(key.block_hash)
+                    result = self._verified_value(key, self._get_value(key), out, damaged)
             results.append(result)
         return results, damaged, read
+
+    def _get_value(self, key: BlockKey) -> bytes | None:
+        """The value at a block's key through redis-py (None: absent, or the call failed)."""
+        value: bytes | None = self._call("GET", self._client.get, self._key(key.block_hash))[1]
+        return value
+
+    def _verified_value(self, key: BlockKey, value: bytes | None, out: torch.Tensor | None,
+                        damaged: list[BlockHash]) -> torch.Tensor | None:
+        """_verified, and a value that fails it added to `damaged` (to be deleted)."""
+        block = self._verified(key, value, out)
+        if block is None and value is not None:
+            damaged.append(key.block_hash)
+        return block
+
+    def _condemn(self, key: BlockKey, why: str, damaged: list[BlockHash]) -> None:
+        """Count, log and add to `damaged` (to be deleted) a value that is no block of `key`'s."""
+        with self._lock:
+            self.stats.corrupt += 1
+        logger.warning("remote tier value %s %s; deleted", self._key(key.block_hash), why)
+        damaged.append(key.block_hash)
 
     def _failure_in_place(self, key: BlockKey, header: bytearray, checksum: int) -> FormatError | None:
         """None if `header` and a payload of checksum `checksum` are `key`'s whole raw block, else why not."""
@@ -354,7 +351,7 @@ class RemoteStore(TierStore):
             return FormatError("payload checksum mismatch: the payload is corrupt")
         if known is None:
             with self._lock:
-                self._remember(key.block_hash, U64.unpack_from(header, len(header) - 8)[0])
+                self._remember(key.block_hash, stored_header_checksum(header))
         return None
 
     def _remember(self, block_hash: BlockHash, header_checksum: int) -> None:
