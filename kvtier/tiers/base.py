@@ -175,7 +175,7 @@ class TierStore(ABC):
         if not isinstance(data, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.{op} expects a torch.Tensor, got {type(data).__name__}")
         shape = self.layout.block_shape
-        if tuple(data.shape) != shape or data.dtype != self.layout.dtype:
+        if data.shape != shape or data.dtype != self.layout.dtype:  # NOTE: a torch.Size is a tuple
             raise ValueError(f"{type(self).__name__}.{op} expects {what} of shape {list(shape)} "
                              f"and dtype {self.layout.dtype}, got {list(data.shape)} {data.dtype}")
 

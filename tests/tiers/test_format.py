@@ -17,6 +17,7 @@ from kvtier.tiers.format import (
     decode_header,
     encode_block,
     header_length,
+    verify_object,
 )
 from kvtier.types import BlockHash, Namespace
 
@@ -244,6 +245,26 @@ def test_a_raw_header_carries_each_segments_checksum_and_a_shards_ranges() -> No
     seg, flat = segment_bytes(layout), memoryview(payload).cast("B")
     expected = [xxhash.xxh3_64_intdigest(flat[i * seg:(i + 1) * seg]) for i in range(num_segments(layout))]
     assert list(memoryview(header.segment_checksums).cast("Q")) == expected
+
+
+def test_an_object_without_its_segment_table_is_verified_whole() -> None:
+    """encode_block(segments=False), as the remote tier writes: a shorter header, flags 0, the same
+    payload checksum; verify_raw_header reads each kind only when told which it expects."""
+    from kvtier.tiers.format import header_bytes_for, verify_raw_header
+
+    data = torch.randn(LAYOUT.block_shape).to(LAYOUT.dtype)
+    key = make_key(1)
+    with_table, _ = encode_block(key, data, LAYOUT)
+    without, same_payload = encode_block(key, data, LAYOUT, segments=False)
+    header = decode_header(without)
+    assert len(without) == header_bytes_for(len(key.token_ids)) < len(with_table)
+    assert header.segment_checksums == b"" and header.payload_checksum == decode_header(with_table).payload_checksum
+    assert torch.equal(verify_object(bytes(without) + bytes(same_payload), key, LAYOUT)[1], data)
+    assert verify_raw_header(bytearray(without), key, LAYOUT, segments=False) == header.payload_checksum
+    with pytest.raises(FormatError):
+        verify_raw_header(bytearray(without), key, LAYOUT)
+    with pytest.raises(FormatError):
+        verify_raw_header(bytearray(with_table), key, LAYOUT, segments=False)
 
 
 def test_segment_checksums_on_a_compressed_payload_are_refused() -> None:

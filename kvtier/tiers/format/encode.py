@@ -11,7 +11,7 @@ from kvtier.tiers.format.header import encode_header, segment_bytes
 
 
 def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str = "raw",
-                 head_range: tuple[int, int] | None = None) -> list[BufferLike]:
+                 head_range: tuple[int, int] | None = None, segments: bool = True) -> list[BufferLike]:
     """One block as the parts of an object: `[header, payload]`, to write in order.
 
     Args:
@@ -22,6 +22,9 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         codec: "raw" or "zstd" (byte planes, then zstandard).
         head_range: the model's KV heads [start, end) held by `data`, within `layout.head_range`;
             all of the layout's when None.
+        segments: whether a raw payload's header carries its segment table, which a reader of some
+            layers or heads verifies; an object always read whole (the remote tier's) goes without,
+            and its payload is hashed once instead of twice.
 
     Returns:
         The header bytes and the payload; for "raw" the payload is a view of `data`'s memory,
@@ -36,9 +39,9 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         raise ValueError(f"encode_block expects a tensor of shape {list(shape)} and dtype {layout.dtype}, "
                          f"got {list(data.shape)} {data.dtype}")
     payload = encode_payload(data, codec)
-    if codec == "raw":
-        checksum, segments = payload_checksums(payload, segment_bytes(layout))
+    if codec == "raw" and segments:
+        checksum, table = payload_checksums(payload, segment_bytes(layout))
     else:
-        checksum, segments = payload_checksum(payload), b""
-    header = encode_header(key, layout, codec, len(payload), checksum, (start, end), segments)
+        checksum, table = payload_checksum(payload), b""
+    header = encode_header(key, layout, codec, len(payload), checksum, (start, end), table)
     return [header, payload]

@@ -120,8 +120,10 @@ def check_identity(header: BlockHeader, key: BlockKey | None, layout: KVLayout |
                               f"{wanted + (layout.head_range,)}")
 
 
-def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: int | None = None) -> int:
-    """The payload checksum stored in `buf`, which must be the header of a whole raw block of `key`.
+def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: int | None = None,
+                      segments: bool = True) -> int:
+    """The payload checksum stored in `buf`, which must be the header of a whole raw block of `key`
+    with its segment table, or without one if `segments` is False (encode_block's `segments`).
 
     `known` is the header checksum of the header the store wrote, or last verified, under this
     block hash. If the stored checksum equals it and is the checksum of the bytes read, those
@@ -134,17 +136,18 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
     view = memoryview(buf)
     # NOTE: struct on the bytearray itself, no casts or helper calls: this runs on every fast-path read
     if known is not None and len(buf) > FIXED_HEADER_BYTES and U64.unpack_from(buf, len(buf) - 8)[0] == known \
-            and xxhash.xxh3_64_intdigest(view[:-8]) == known and _holds_key(buf, key):
+            and xxhash.xxh3_64_intdigest(view[:-8]) == known and holds_key(buf, key):
         return int(U64.unpack_from(buf, PAYLOAD_CHECKSUM_AT)[0])
+    table_bytes = 8 * num_segments(layout) if segments else 0
     try:
         expected = pack_header(key, layout, CODEC_IDS["raw"], *layout.head_range, layout.page_size_bytes, 0,
-                               bytes(8 * num_segments(layout)))
+                               bytes(table_bytes))
     except struct.error as exc:
         raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
     at, end = PAYLOAD_CHECKSUM_AT, FIXED_HEADER_BYTES
     expected[at:end] = view[at:end]  # NOTE: the fields a reader cannot know: the payload's checksums
     table = FIXED_HEADER_BYTES + 4 * len(key.token_ids)
-    expected[table:table + 8 * num_segments(layout)] = view[table:table + 8 * num_segments(layout)]
+    expected[table:table + table_bytes] = view[table:table + table_bytes]
     if (len(buf) == len(expected) and view[:-8] == memoryview(expected)[:-8]
             and checksum_of_header(view) == stored_header_checksum(view)):
         return stored_payload_checksum(buf)
@@ -154,7 +157,7 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
                       f"payload {header.payload_len} bytes: not a whole raw block of this layout")
 
 
-def _holds_key(buf: bytearray, key: BlockKey) -> bool:
+def holds_key(buf: bytearray, key: BlockKey) -> bool:
     """Whether a header's namespace, block hash and token ids are `key`'s (nothing else is read).
 
     NOTE: `startswith` at an offset compares in place, without slicing.

@@ -29,6 +29,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """True to make the call; False while open (one caller at a time gets True after reset_s: the probe)."""
+        if self._opened_at is None:
+            return True  # NOTE: closed (every call of a healthy server): one attribute read, no lock
         with self._lock:
             if self._opened_at is None:
                 return True

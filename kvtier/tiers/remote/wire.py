@@ -146,8 +146,8 @@ class Wire:
             raise
         return sock
 
-    def _run(self, fn: Callable[[socket.socket], T]) -> T:
-        """fn on a pooled connection; a connection that fails is closed and fn retried on a new one."""
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(socket, *args) on a pooled connection; a connection that fails is closed and fn retried on a new one."""
         config = self.config
         for attempt in range(config.retries + 1):
             if attempt:
@@ -164,7 +164,7 @@ class Wire:
                     raise ClosedError("remote tier is closed")
                 if sock is None:
                     sock = self._connect()
-                result = fn(sock)
+                result = fn(sock, *args)
             except BaseException as exc:
                 if sock is not None:
                     sock.close()
@@ -206,7 +206,7 @@ class Wire:
         key = name.encode()
         head = b"*%d\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (4 if px is None else 6, len(key), key, size)
         tail = b"\r\n$2\r\nNX\r\n" + (b"" if px is None else b"$2\r\nPX\r\n$%d\r\n%d\r\n" % (len(b"%d" % px), px))
-        reply = self._run(lambda sock: self.resp.call(sock, [head, *parts, tail], self.config.timeout_s))
+        reply = self._run(self.resp.call, [head, *parts, tail], self.config.timeout_s)
         if reply == b"+OK":
             return True
         if reply == b"$-1":
@@ -225,9 +225,8 @@ class Wire:
             redis.ResponseError: another error reply (NOAUTH, LOADING, ...): the server failed the call.
             OSError: the server is unreachable, after retries.
         """
-        encoded = [name.encode() for name in names]
-        request = b"".join([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name) for name in encoded])
-        replies = self._run(lambda sock: self.resp.get_many_into(sock, request, targets, self.config.timeout_s))
+        request = b"".join([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name) for name in map(str.encode, names)])
+        replies = self._run(self.resp.get_many_into, request, targets, self.config.timeout_s)
         for length, message in replies:
             if length == -2 and isinstance(message, bytes) and not message.startswith(b"WRONGTYPE"):
                 from redis.exceptions import ResponseError

@@ -123,7 +123,7 @@ def test_full_server_refuses_writes_without_crashing(tmp_path) -> None:
 
 
 def test_budget_evicts_own_least_recently_used_and_respects_pins(redis_server: RedisServer) -> None:
-    one = len(b"".join(encode_block(key(0), block(0), LAYOUT)))
+    one = len(b"".join(encode_block(key(0), block(0), LAYOUT, segments=False)))
     store = store_for(redis_server, capacity_bytes=3 * one)
     for i in range(3):
         store.put(key(i), block(i))
@@ -242,6 +242,21 @@ def test_another_codecs_object_is_served_and_a_value_of_another_type_deleted(red
     assert reader.get_many([key(1), key(0)])[0] is None
     assert not reader._client.exists(redis_key(key(1).block_hash))
     assert reader.stats.corrupt == 1 and reader.stats.io_errors == 0 and reader.stats.hits == 3
+
+
+def test_an_object_with_a_segment_table_is_served_and_a_known_header_still_names_its_key(
+        redis_server: RedisServer) -> None:
+    """An object with a segment table (what this tier wrote before it dropped the table) has another
+    length than the tier's own and is read the slow way, and served; a read whose header is the one
+    this process wrote, under a key of the same hash but other token ids, is a miss."""
+    store = store_for(redis_server)
+    store._client.set(redis_key(key(0).block_hash), b"".join(encode_block(key(0), block(0), LAYOUT)))
+    out = torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype)
+    assert store.get(key(0), out) is out and torch.equal(out, block(0))
+    store.put(key(1), block(1))
+    impostor = BlockKey(key(1).namespace, key(1).block_hash, (7, 7))
+    assert store.get(impostor) is None and store.stats.corrupt == 1
+    assert store.stats.hits == 1 and store.stats.io_errors == 0
 
 
 def test_a_three_node_cluster_spreads_blocks_and_serves_them_in_one_batch(redis_cluster) -> None:
