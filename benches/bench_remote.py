@@ -2,7 +2,9 @@
 size, on the same server, in the same run, alternating short rounds.
 
 Run: .venv/bin/python benches/bench_remote.py [--value-kib 256] [--clients 4] [--ops 400] [--rounds 4]
-     [--url redis://HOST:PORT]   (default: starts a redis-server on a free loopback port)
+     [--url redis://HOST:PORT]   (default: starts a redis-server on a free loopback port, in a session
+     of its own, as a service runs: a child in this process's session shares its CPU scheduling group
+     (sched_autogroup) with the tier's client threads, which then starve it; README, the remote row)
 Both sides use `--clients` connections at once (the tier: a thread each, looping over its share) and
 one command per round trip (no pipelining):
 the tier's puts are SET NX of a whole block object, its reads GET + verification + copy into a block.
@@ -151,7 +153,7 @@ def main() -> None:
 
     server = None
     if args.url is None:
-        server = RedisServer(Path(tempfile.mkdtemp(prefix="kvtier-bench-redis-")))
+        server = RedisServer(Path(tempfile.mkdtemp(prefix="kvtier-bench-redis-")), own_session=True)
         server.start()
         url = server.url
     else:
@@ -163,7 +165,7 @@ def main() -> None:
 
     probe = BlockKey(namespace_digest("x", None), BlockHash(bytes(32)), ())
     size = sum(memoryview(p).nbytes for p in encode_block(probe, torch.zeros(layout.block_shape, dtype=layout.dtype),
-                                                          layout))
+                                                          layout, segments=False))  # as RemoteStore.put writes
     store = RemoteStore(layout, RemoteTierConfig(url=url, capacity_bytes=1 << 40, timeout_s=5.0,
                                                  max_connections=args.clients))
     tier: dict[str, list[float]] = {"set": [], "get": []}

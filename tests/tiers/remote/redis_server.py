@@ -32,8 +32,8 @@ class RedisServer:
     """One server process; `stop()` kills it (a crash, as far as clients can tell), `start()` brings it back
     on the same port, empty (no persistence), as a restarted cache server would be."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.workdir, self.args = workdir, args
+    def __init__(self, workdir: Path, *args: str, own_session: bool = False) -> None:
+        self.workdir, self.args, self.own_session = workdir, args, own_session
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +45,7 @@ class RedisServer:
         cmd = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(self.workdir), *self.args]
         log = open(self.workdir / f"redis-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.own_session)
         deadline = time.monotonic() + 20
         while not self._answers():  # the server's own readiness: it answers PING
             if self.proc.poll() is not None:
