@@ -8,7 +8,9 @@ Run: .venv/bin/python benches/bench_remote.py [--value-kib 256] [--clients 4] [-
 Both sides use `--clients` connections at once (the tier: a thread each, looping over its share) and
 one command per round trip (no pipelining):
 the tier's puts are SET NX of a whole block object, its reads GET + verification + copy into a block.
-A third side, redis-py alone (SET/GET of raw bytes of the same size), shows what the client allows.
+A third side, redis-py alone (SET/GET of raw bytes of the same size), shows what the client allows;
+the tier's own GETs read again through its wire alone (the compiled call, with its checksum, but
+none of the store's Python: verification, stats, buffers) show what the store's Python costs.
 """
 from __future__ import annotations
 
@@ -117,8 +119,20 @@ def tier_round(store, layout, clients: int, ops: int, offset: int, batch: int) -
         got = [b for part in parts for b in part]
     if any(g is None for g in got):
         raise AssertionError("a block put in this round was not read back")
+    rates = {"set": ops / put_s, "get": ops / get_s}
+    if store._wire is not None and batch == 1:  # the same GETs through the wire alone: the store's I/O, not its Python
+        from kvtier.tiers.format.codecs import tensor_bytes
+        from kvtier.tiers.format.header import header_bytes_for
+
+        header_len = header_bytes_for(0)
+        targets = [[([bytearray(header_len), tensor_bytes(out)], header_len)] for out in outs]
+        names = [[f"kv:{k.block_hash.hex()}"] for k in keys]
+        wire_s, replies = each_thread(clients, names, lambda c, n: store._wire.get_many_into(n, targets[c]))
+        if any(not isinstance(reply[0][1], int) for reply in replies):
+            raise AssertionError("a value the store read was not read whole through the wire")
+        rates["wire_get"] = ops / wire_s
     store._client.delete(*(f"kv:{k.block_hash.hex()}" for k in keys))
-    return {"set": ops / put_s, "get": ops / get_s}
+    return rates
 
 
 def plain_round(url: str, size: int, clients: int, ops: int, offset: int) -> dict[str, float]:
@@ -171,6 +185,7 @@ def main() -> None:
     tier: dict[str, list[float]] = {"set": [], "get": []}
     bench: dict[str, list[float]] = {"set": [], "get": []}
     plain: dict[str, list[float]] = {"set": [], "get": []}
+    wire: list[float] = []  # the tier's GETs through its wire alone (no verification, stats or buffers)
     try:
         for r in range(args.rounds):
             sides = [(bench, lambda: redis_benchmark(url, size, args.clients, args.ops, args.batch)),
@@ -180,13 +195,16 @@ def main() -> None:
                 rates = fn()
                 for op in ("set", "get"):
                     rows[op].append(rates[op])
+                if "wire_get" in rates:
+                    wire.append(rates["wire_get"])
     finally:
         store.close()
         if server is not None:
             server.stop()
     ratios = {op: [t / b for t, b in zip(tier[op], bench[op])] for op in ("set", "get")}
     result = {"value_bytes": size, "clients": args.clients, "ops": args.ops, "batch": args.batch, "tier_ops_s": tier,
-              "redis_benchmark_ops_s": bench, "redis_py_plain_ops_s": plain, "ratio": ratios,
+              "redis_benchmark_ops_s": bench, "redis_py_plain_ops_s": plain, "wire_get_ops_s": wire,
+              "wire_get_ratio": [w / b for w, b in zip(wire, bench["get"])], "ratio": ratios,
               "median_ratio": {op: statistics.median(v) for op, v in ratios.items()}}
     if args.json:
         print(json.dumps(result))
@@ -197,6 +215,9 @@ def main() -> None:
               f"{[round(x) for x in bench[op]]} ops/s; ratio {[round(x, 2) for x in ratios[op]]} "
               f"({size * statistics.median(tier[op]) / 1e9:.2f} GB/s tier median); redis-py alone "
               f"{[round(x) for x in plain[op]]} ops/s")
+    if wire:
+        print(f"  GET through the tier's wire alone (its compiled call, none of the store's Python): "
+              f"{[round(x) for x in wire]} ops/s; ratio {[round(w / b, 2) for w, b in zip(wire, bench['get'])]}")
 
 
 if __name__ == "__main__":
