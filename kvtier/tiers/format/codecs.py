@@ -41,7 +41,8 @@ def tensor_bytes(data: torch.Tensor) -> memoryview:
 
 @functools.lru_cache(maxsize=64)
 def _byte_array(num_bytes: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
-    """The ctypes array type of `num_bytes` bytes (building one each call took 0.7 us of tensor_bytes' 2.7)."""
+    """The ctypes array type of `num_bytes` bytes, built once per size (building it was a quarter of
+    tensor_bytes, which every read into a caller's buffer calls)."""
     return ctypes.c_ubyte * num_bytes
 
 

@@ -56,7 +56,7 @@ def redis_key(block_hash: BlockHash, shard: str | None = None) -> str:
 KNOWN_HEADERS = 1 << 15
 """Headers remembered, with their payload checksums (of objects this process wrote or verified, about
 300 bytes each): a read whose header is one of them byte for byte compares the key's fields only,
-instead of building a whole expected header (verify_raw_header: 5 us a read here)."""
+instead of building a whole expected header (verify_raw_header)."""
 
 SOCKET_READ_BYTES = (64 << 10, 1 << 20)
 """Bounds of redis-py's per-connection read buffer, sized to one object: its default of 64 KiB took
