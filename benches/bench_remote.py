@@ -10,7 +10,10 @@ one command per round trip (no pipelining):
 the tier's puts are SET NX of a whole block object, its reads GET + verification + copy into a block.
 A third side, redis-py alone (SET/GET of raw bytes of the same size), shows what the client allows;
 the tier's own GETs read again through its wire alone (the compiled call, with its checksum, but
-none of the store's Python: verification, stats, buffers) show what the store's Python costs.
+none of the store's Python: verification, stats, buffers) show what the store's Python costs (a
+reference taken right after the tier's reads, not a side of its own in the alternation).
+With --url, use a scratch server or db: the bench writes and then deletes `key:*` (redis-benchmark's
+keys, every one), `plain:*` and its own `kv:*` objects there.
 """
 from __future__ import annotations
 

@@ -64,12 +64,15 @@ four reads and four parser feeds per 256 KiB value (GET of 256 KiB values, 4 con
 hiredis: 1176-1819/s at 64 KiB, 1456-2549/s at 1 MiB; benches/bench_remote.py)."""
 
 
-def _of_another_codec(header: bytearray) -> bool:
-    """Whether `header` is a valid header of a payload that is not raw (a zstd object, another engine's)."""
+def _is_a_header(header: bytearray) -> bool:
+    """Whether `header` is a valid object header at all, though not this tier's raw one for the key: a
+    zstd object as long as a raw block, a raw one with a segment table whose padding hid its length
+    (layers x heads <= 3), or another key's. The slow way reads the whole value and says which."""
     try:
-        return decode_header(header).codec != "raw"
+        decode_header(header)
     except FormatError:
         return False
+    return True
 
 
 def connect(config: RemoteTierConfig, object_bytes: int = 0) -> Any:
@@ -212,7 +215,8 @@ class RemoteStore(TierStore):
             self._used += size - old
             self.stats.puts += 1
             self.stats.bytes_written += size
-            self._remember(key.block_hash, bytes(parts[0]))
+            if self.config.codec == "raw":  # NOTE: _known holds raw headers only (the fast path reads raw)
+                self._remember(key.block_hash, bytes(parts[0]))
 
     def _make_room(self, block_hash: BlockHash, size: int) -> None:
         """Delete this process's least recently used unpinned objects until `size` more bytes fit."""
@@ -233,6 +237,7 @@ class RemoteStore(TierStore):
                                     f"{self.config.capacity_bytes} and every object of this process is pinned")
             for victim in victims:
                 self._used -= self._mine.pop(victim)
+                self._known.pop(victim, None)
                 self.stats.evictions += 1
         if victims:
             self._call("DEL", self._client.delete, *(self._key(v) for v in victims))
@@ -312,7 +317,7 @@ class RemoteStore(TierStore):
                 failure = self._failure_in_place(key, header, checksum)
                 if failure is None:
                     result = block if out is None or block is out else out.copy_(block)
-                elif _of_another_codec(header):  # a zstd object as large as a raw block: the slow way reads it
+                elif _is_a_header(header):  # e.g. another codec's object of a raw block's length
                     result = self._verified_value(key, self._get_value(key), out, damaged)
                 else:
                     self._condemn(key, f"failed verification ({failure})", damaged)
@@ -359,7 +364,7 @@ class RemoteStore(TierStore):
                 return exc
         if stored != checksum:
             return FormatError("payload checksum mismatch: the payload is corrupt")
-        if known is None:
+        if known is None or known[0] != header:  # NOTE: a header verified the slow way replaces an older one
             with self._lock:
                 self._remember(key.block_hash, bytes(header))
         return None
@@ -400,6 +405,7 @@ class RemoteStore(TierStore):
             if self._pins.get(block_hash):
                 raise RuntimeError(f"evict of pinned block {block_hash.hex()}")
             self._used -= self._mine.pop(block_hash, 0)
+            self._known.pop(block_hash, None)
         ok, removed = self._call("DEL", self._client.delete, self._key(block_hash))
         return bool(ok and removed)
 

@@ -259,6 +259,39 @@ def test_an_object_with_a_segment_table_is_served_and_a_known_header_still_names
     assert store.stats.hits == 1 and store.stats.io_errors == 0
 
 
+def test_a_segment_table_the_header_padding_hides_is_read_the_slow_way_and_served(redis_server: RedisServer) -> None:
+    """One layer of one KV head: 2 segment checksums fit in the header's padding, so an object with its
+    table is as long as the tier's own and is read in place; it fails the in-place check, is a valid
+    header, and is read whole, verified and served (not deleted as damage)."""
+    tiny = KVLayout(num_layers=1, num_kv_heads=1, head_dim=8, block_size=4, dtype=torch.float16)
+    store = RemoteStore(tiny, store_for(redis_server).config)
+    data = torch.randn(tiny.block_shape).to(tiny.dtype)
+    with_table = encode_block(key(0), data, tiny)
+    assert len(with_table[0]) == len(encode_block(key(0), data, tiny, segments=False)[0])  # the case itself
+    store._client.set(redis_key(key(0).block_hash), b"".join(with_table))
+    out = torch.empty(tiny.block_shape, dtype=tiny.dtype)
+    assert store.get(key(0), out) is out and torch.equal(out, data)
+    assert store.stats.corrupt == 0 and store._client.exists(redis_key(key(0).block_hash))
+
+
+def test_a_zstd_object_as_long_as_a_raw_block_is_never_served_as_raw(redis_server: RedisServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zstd payload of exactly a raw block's bytes (rare, but a matter of time) that this process wrote:
+    its header is remembered nowhere the in-place read trusts, so its bytes are decoded, never served raw."""
+    import xxhash
+
+    import kvtier.tiers.remote.store as remote_store
+    from kvtier.tiers.format.header import encode_header
+
+    payload = torch.randint(0, 256, (LAYOUT.page_size_bytes,), dtype=torch.uint8).numpy().tobytes()
+    header = encode_header(key(0), LAYOUT, "zstd", len(payload), xxhash.xxh3_64_intdigest(payload))
+    monkeypatch.setattr(remote_store, "encode_block", lambda *args, **kwargs: [header, payload])
+    store = store_for(redis_server, codec="zstd")
+    store.put(key(0), block(0))
+    assert store.get(key(0), torch.empty(LAYOUT.block_shape, dtype=LAYOUT.dtype)) is None  # not a zstd frame
+    assert store.stats.corrupt == 1
+
+
 def test_a_three_node_cluster_spreads_blocks_and_serves_them_in_one_batch(redis_cluster) -> None:
     """Blocks land on every node (keys spread by block hash); one get_many reads them back across nodes;
     a damaged value on one node is a miss and deleted; a node killed makes misses, never an exception."""
