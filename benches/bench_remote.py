@@ -129,12 +129,12 @@ def tier_round(store, layout, clients: int, ops: int, offset: int, batch: int) -
 
         header_len = header_bytes_for(0)
         targets = [[([bytearray(header_len), tensor_bytes(out)], header_len)] for out in outs]
-        names = [[f"kv:{k.block_hash.hex()}"] for k in keys]
-        wire_s, replies = each_thread(clients, names, lambda c, n: store._wire.get_many_into(n, targets[c]))
+        wire_s, replies = each_thread(clients, [[store._key(k.block_hash)] for k in keys],
+                                      lambda c, n: store._wire.get_many_into(n, targets[c]))
         if any(not isinstance(reply[0][1], int) for reply in replies):
             raise AssertionError("a value the store read was not read whole through the wire")
         rates["wire_get"] = ops / wire_s
-    store._client.delete(*(f"kv:{k.block_hash.hex()}" for k in keys))
+    store._client.delete(*(store._key(k.block_hash) for k in keys))
     return rates
 
 

@@ -355,8 +355,9 @@ class RemoteStore(TierStore):
     def _failure_in_place(self, key: BlockKey, header: bytearray, checksum: int) -> FormatError | None:
         """None if `header` and a payload of checksum `checksum` are `key`'s whole raw block, else why not."""
         known = self._known.get(key.block_hash)  # NOTE: one dict read, atomic under the GIL: no lock taken
-        if known is not None and header == known[0] and holds_key(header, key):
-            stored = known[1]  # the header this process wrote or verified, and it names this key
+        fresh = known is None or header != known[0]  # not the header this process wrote or last verified
+        if known is not None and not fresh and holds_key(header, key):
+            stored = known[1]
         else:
             try:
                 stored = verify_raw_header(header, key, self.layout, segments=False)
@@ -364,7 +365,7 @@ class RemoteStore(TierStore):
                 return exc
         if stored != checksum:
             return FormatError("payload checksum mismatch: the payload is corrupt")
-        if known is None or known[0] != header:  # NOTE: a header verified the slow way replaces an older one
+        if fresh:  # NOTE: a header verified the slow way replaces an older one
             with self._lock:
                 self._remember(key.block_hash, bytes(header))
         return None
