@@ -135,7 +135,7 @@ def build_report(config: StorageBenchConfig, phases: dict[str, PhaseResult], tie
         "rounds": config.rounds, "warmup_rounds": WARMUP_ROUNDS,
         "codec": config.codec, "fsync": config.fsync, "duration_s": config.duration_s,
         "read_ratio": config.workload.read_ratio, "keep": config.keep, "workload": asdict(config.workload),
-        "api": config.api, "calibrate": config.calibrate, "fio": config.fio,
+        "api": config.api, "calibrate": config.calibrate, "fio": config.fio, "direct_io": config.direct_io,
         "native_io": native_built()}  # the tier did its file I/O through _fileio.c (tiers/disk/fileio.py)
     report["device"] = device_facts(config.path)
     return report

@@ -72,6 +72,7 @@ class StorageBenchConfig:
     api: str = "sync"  # "sync": TierStore put/get on threads; "async": the asyncio API on one loop
     calibrate: bool = False  # python files in the tier's place too (an A/A run): the ratios' noise floor
     fio: bool = True  # fio's sides (the ceiling) when fio is on PATH; without it the ceiling is python
+    direct_io: bool = False  # the tier in its O_DIRECT mode (DiskTierConfig.direct_io); python stays buffered
 
     def __post_init__(self) -> None:
         check_positive_int("StorageBenchConfig", "concurrency", self.concurrency)
@@ -191,7 +192,7 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
     tier_dir = config.path / run_id  # NOTE: the python side writes `ab/<hex>.pyio` in the tier's own fan-out
     pool = data_pool(config.layout, config.workload.seed)
     disk_config = DiskTierConfig(path=str(tier_dir), capacity_bytes=2 * budget, fsync=config.fsync,
-                                 codec=config.codec)
+                                 codec=config.codec, direct_io=config.direct_io)
     tier_dir.mkdir()
     closers: list[Callable[[], Any]] = [lambda: shutil.rmtree(tier_dir / FIO_DIR, ignore_errors=True)]
     try:
@@ -212,6 +213,7 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
         spare = budget - len(written) * config.layout.page_size_bytes
         run.run("mixed", sides[:2], mixed_trace(chains, written_blocks(written), len(pool)), spare)
         stats = dict(store.stats.as_dict()) if hasattr(store, "stats") else {}
+        stats["direct_io"] = bool(getattr(store, "direct", False))  # the mode the tier ran in (it may fall back)
     finally:
         for close in closers:
             close()

@@ -52,7 +52,8 @@ def header(report: dict[str, Any]) -> list[str]:
     lines = [(f"kvtier bench storage{' --calibrate (plain files on both sides)' if cfg['calibrate'] else ''}: "
               f"{cfg['block_bytes']} B blocks ({cfg['block_size']} tokens), codec {cfg['codec']}, "
               f"fsync {cfg['fsync']}, concurrency {cfg['concurrency']}, read ratio {cfg['read_ratio']} (mixed), "
-              f"{'compiled' if cfg['native_io'] else 'Python'} file I/O, {report['device']['fs_type']} on "
+              f"{'compiled' if cfg['native_io'] else 'Python'} file I/O"
+              f"{', tier O_DIRECT' if report['tier_stats'].get('direct_io') else ''}, {report['device']['fs_type']} on "
               f"{report['block_io']['device'] or report['device']['device']} at {cfg['path']}")]
     if fio["modes"]:
         lines.append(f"ceiling: {fio['version']} ({', '.join(fio['modes'])}; psync, one file per object, "

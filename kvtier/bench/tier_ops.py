@@ -9,6 +9,7 @@ from kvtier.bench.workload import BlockOp
 from kvtier.block.hashing import hash_block_tokens, namespace_digest
 from kvtier.config import KVLayout
 from kvtier.errors import KVTierError
+from kvtier.tiers.aligned import page_aligned_empty
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.transfer.aio import AsyncTier
 
@@ -22,8 +23,9 @@ class BenchCheckError(KVTierError):
 def data_pool(layout: KVLayout, seed: int, num_data: int = NUM_DATA) -> list[torch.Tensor]:
     """`num_data` blocks of standard-normal KV values in the layout's dtype (seeded)."""
     gen = torch.Generator().manual_seed(seed)
-    # [num_layers, 2, num_kv_heads, block_size, head_dim]
-    return [torch.randn(layout.block_shape, generator=gen).to(layout.dtype) for _ in range(num_data)]
+    # [num_layers, 2, num_kv_heads, block_size, head_dim], page-aligned as host slots are
+    return [page_aligned_empty(layout.block_shape, layout.dtype).copy_(torch.randn(layout.block_shape, generator=gen))
+            for _ in range(num_data)]
 
 
 def check_round_trip(store: TierStore, layout: KVLayout, pool: list[torch.Tensor]) -> None:
@@ -57,7 +59,7 @@ class TierOps:
     def _out(self) -> torch.Tensor:
         out = getattr(self._local, "out", None)
         if out is None:
-            out = self._local.out = torch.empty_like(self._pool[0])
+            out = self._local.out = page_aligned_empty(self._pool[0].shape, self._pool[0].dtype)
         return out
 
     def run(self, op: BlockOp) -> bool:
@@ -74,7 +76,7 @@ class AsyncTierOps:
     def __init__(self, store: AsyncTier, pool: list[torch.Tensor], concurrency: int) -> None:
         self.store = store
         self._pool = pool
-        self._outs = [torch.empty_like(pool[0]) for _ in range(concurrency)]
+        self._outs = [page_aligned_empty(pool[0].shape, pool[0].dtype) for _ in range(concurrency)]
 
     async def run(self, op: BlockOp, worker: int) -> bool:
         if op.kind == "write":

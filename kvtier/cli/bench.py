@@ -56,6 +56,9 @@ def _register_storage(benches: Any) -> None:
                    help="timed slices per phase, alternating whether tier or python leads, after one untimed "
                         "warm-up round (default 16)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync in the tier, python and fio alike")
+    p.add_argument("--direct-io", action="store_true",
+                   help="run the tier in its O_DIRECT mode (page-aligned objects, no page cache); python stays "
+                        "buffered, fio runs both modes either way")
     p.add_argument("--no-fio", action="store_true",
                    help="leave fio out (it runs when on PATH); the ratios are then against python alone")
     p.add_argument("--calibrate", action="store_true",
@@ -102,6 +105,7 @@ def run_storage(args: argparse.Namespace) -> int:
             path=args.path, layout=layout, concurrency=args.concurrency, codec=args.codec,
             fsync=not args.no_fsync, duration_s=args.duration, rounds=args.rounds, keep=args.keep,
             max_bytes=args.max_bytes, api=args.api, calibrate=args.calibrate, fio=not args.no_fio,
+            direct_io=args.direct_io,
             workload=WorkloadConfig(block_size=layout.block_size, read_ratio=args.read_ratio, seed=args.seed),
             progress=not args.json and sys.stderr.isatty())
         report = run_storage_bench(config)

@@ -59,6 +59,7 @@ class FolderTierConfig:
     fsync: bool = True
     codec: str = "raw"
     native_io: bool = True  # object I/O through the compiled routines where built (tiers/disk/fileio.py)
+    direct_io: bool = False  # O_DIRECT reads and writes, page-aligned headers, where the folder takes them (tiers/disk/direct.py)
     read_threads: int = 4  # a batch read (get_many) reads this many runs of its objects at once
     file_mode: int = 0o600  # KV is user data: private by default
     dir_mode: int = 0o700
@@ -70,7 +71,7 @@ class FolderTierConfig:
         check_positive_int(owner, "capacity_bytes", self.capacity_bytes)
         check_nonnegative_int(owner, "min_free_bytes", self.min_free_bytes)
         check_positive_int(owner, "read_threads", self.read_threads)
-        for name in ("fsync", "native_io"):
+        for name in ("fsync", "native_io", "direct_io"):
             check_bool(owner, name, getattr(self, name))
         if self.codec not in ("raw", "zstd"):
             raise ValueError(f"{owner}.codec must be 'raw' or 'zstd', got {self.codec!r}")

@@ -9,6 +9,7 @@ import torch
 
 from kvtier.config import KVLayout, check_positive_int
 from kvtier.errors import KVTierError, TierFullError
+from kvtier.tiers.aligned import page_aligned_empty
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.pins import PinCounts
 from kvtier.types import BlockHash, TierKind
@@ -28,8 +29,8 @@ class HostStore(TierStore):
         super().__init__(layout)
         check_positive_int("HostStore", "num_slots", num_slots)
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.slab = torch.empty((num_slots, *layout.block_shape), dtype=layout.dtype,
-                                pin_memory=pin)  # [num_slots, num_layers, 2, num_kv_heads, block_size, head_dim]
+        # [num_slots, num_layers, 2, num_kv_heads, block_size, head_dim]; page-aligned for O_DIRECT disk tiers
+        self.slab = page_aligned_empty((num_slots, *layout.block_shape), layout.dtype, pin_memory=pin)
         self._slots: OrderedDict[BlockHash, int] = OrderedDict()  # LRU first
         self._keys: dict[int, BlockKey] = {}
         self._free_slots = list(range(num_slots - 1, -1, -1))

@@ -73,15 +73,16 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         tmpfs_unmount(mount_point)
 
 
-def tmpfs_mount(mount_point: Path, options: str) -> None:
-    """Mount a tmpfs with `options` (root only); skips the test where that is impossible."""
+def tmpfs_mount(mount_point: Path, options: str, fs_type: str = "tmpfs") -> None:
+    """Mount a tmpfs (or another memory filesystem: ramfs) with `options` (root only); skips the test
+    where that is impossible."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip(f"mounting a {fs_type} needs root")
     mount_point.mkdir(exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+    done = subprocess.run(["mount", "-t", fs_type, "-o", options, fs_type, str(mount_point)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a {fs_type} here: {done.stderr.strip()}")
 
 
 def tmpfs_unmount(mount_point: Path) -> None:

@@ -203,7 +203,12 @@ def test_resealed_zstd_garbage_payload_is_format_error() -> None:
 def test_checksum_in_pieces_is_xxh3_of_the_whole(size: int) -> None:
     import xxhash
 
-    from kvtier.tiers.format import CHECKSUM_CHUNK_BYTES, checksum_pieces, payload_checksum, pieces_checksum
+    from kvtier.tiers.format import (
+        CHECKSUM_CHUNK_BYTES,
+        checksum_pieces,
+        payload_checksum,
+        pieces_checksum,
+    )
 
     blob = bytes(range(256)) * (size // 256 + 1)
     pieces = checksum_pieces(blob[:size])
@@ -265,6 +270,41 @@ def test_an_object_without_its_segment_table_is_verified_whole() -> None:
         verify_raw_header(bytearray(without), key, LAYOUT)
     with pytest.raises(FormatError):
         verify_raw_header(bytearray(with_table), key, LAYOUT, segments=False)
+
+
+@pytest.mark.parametrize("codec", ["raw", "zstd"])
+def test_a_page_aligned_header_puts_the_payload_on_a_page_and_says_so_in_its_flags(codec: str) -> None:
+    """encode_block(page_aligned=True), as the disk tier's O_DIRECT mode writes: the header padded to
+    4096 bytes (flags bit 1), the same payload and checksums; a header whose length does not fit its
+    flag is damage, and verify_raw_header reads each kind only when told which it expects."""
+    from kvtier.tiers.format import header_bytes_for, verify_raw_header
+    from kvtier.tiers.format.header import (
+        FLAG_PAGE_ALIGNED,
+        PAGE_ALIGN,
+        U32,
+        checksum_of_header,
+    )
+
+    data, key = make_block(LAYOUT, 3), make_key(3)
+    plain_header, _ = encode_block(key, data, LAYOUT, codec)
+    header, payload = encode_block(key, data, LAYOUT, codec, page_aligned=True)
+    assert len(header) == header_bytes_for(len(key.token_ids), 0 if codec == "zstd" else 16, True) == PAGE_ALIGN
+    decoded = decode_header(header)
+    assert (decoded.header_len, decoded.payload_checksum) == (PAGE_ALIGN, decode_header(plain_header).payload_checksum)
+    assert torch.equal(decode_block(bytes(header) + bytes(payload), key, LAYOUT)[1], data)
+    if codec == "raw":
+        assert verify_raw_header(bytearray(header), key, LAYOUT, page_aligned=True) == decoded.payload_checksum
+        with pytest.raises(FormatError):
+            verify_raw_header(bytearray(header), key, LAYOUT)
+        with pytest.raises(FormatError):
+            verify_raw_header(bytearray(plain_header), key, LAYOUT, page_aligned=True)
+    flags_at = FIXED_HEADER_BYTES - 22  # flags u16, num_tokens u32, payload_len u64, payload_checksum u64
+    for forged_flags, base in ((0, header), (FLAG_PAGE_ALIGNED, plain_header)):  # the flag and the length disagree
+        forged = bytearray(base)
+        forged[flags_at:flags_at + 2] = (forged_flags | (U32.unpack_from(base, flags_at)[0] & 1)).to_bytes(2, "little")
+        forged[-8:] = checksum_of_header(forged).to_bytes(8, "little")
+        with pytest.raises(FormatError, match="does not fit"):
+            decode_header(forged)
 
 
 def test_segment_checksums_on_a_compressed_payload_are_refused() -> None:

@@ -10,6 +10,10 @@
  * O_NOFOLLOW | O_DIRECTORY relative to the root's descriptor, so a link cannot lead it outside.
  * Names are plain strings ("s"): the store builds them from hex digests only.
  *
+ * With `direct`, objects are opened with O_DIRECT (tiers/disk/direct.py): a part whose memory is not
+ * aligned to DIRECT_ALIGN moves through an aligned stand-in, and an object whose parts are not all
+ * whole multiples of it moves as one stand-in rounded up (a write then truncates the file back).
+ *
  * read_many_into also takes each payload's xxh3_64 right after reading it, while its bytes are
  * still in the core's cache, with xxHash itself (third_party/xxhash/xxhash.h, the version
  * python-xxhash 4.1 bundles, BSD-2-Clause): the format's checksum, the value `payload_checksum` gives.
@@ -20,6 +24,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -90,10 +96,8 @@ static void iov_consume(struct iovec **iov, int *left, size_t n) {
     }
 }
 
-/* Write every byte of the parts to fd; 0 or an errno. Advances p->iov (a call uses it once). */
-static int write_all(int fd, Parts *p) {
-    struct iovec *iov = p->iov;
-    int left = p->iov_count;
+/* Write every byte of `iov` to fd; 0 or an errno. Advances the iovecs (a call uses them once). */
+static int write_iov(int fd, struct iovec *iov, int left) {
     while (left > 0) {
         ssize_t written = writev(fd, iov, left < IOV_MAX ? left : IOV_MAX);
         if (written < 0) {
@@ -104,6 +108,85 @@ static int write_all(int fd, Parts *p) {
         iov_consume(&iov, &left, (size_t)written);
     }
     return 0;
+}
+
+#define DIRECT_ALIGN 4096  /* O_DIRECT: addresses, lengths and offsets in whole logical blocks; 4096 covers every disk */
+
+/* An O_DIRECT transfer of some parts: the iovecs the system calls move, with an aligned stand-in
+ * (in `bounce`) for each part whose memory is not aligned, or a single one for the whole object,
+ * rounded up, when some part's length is not a whole multiple of DIRECT_ALIGN. Built and used
+ * without the GIL (malloc, not PyMem). */
+typedef struct {
+    struct iovec *iov;
+    int iov_count;
+    char *bounce;
+    int whole;
+    size_t total;  /* bytes of the parts */
+} Direct;
+
+static size_t round_up(size_t n) { return (n + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN; }
+
+static void direct_release(Direct *d) {
+    free(d->bounce);
+    free(d->iov);
+}
+
+/* The stand-ins of `p` (a write copies the parts into them); 0 or ENOMEM. */
+static int direct_prepare(const Parts *p, Direct *d, int writing) {
+    memset(d, 0, sizeof(*d));
+    size_t bounced = 0;
+    for (int i = 0; i < p->iov_count; i++) {
+        d->total += p->iov[i].iov_len;
+        if (p->iov[i].iov_len % DIRECT_ALIGN) d->whole = 1;
+        else if ((uintptr_t)p->iov[i].iov_base % DIRECT_ALIGN) bounced += p->iov[i].iov_len;
+    }
+    if (d->whole) bounced = round_up(d->total);
+    d->iov = calloc(p->iov_count ? (size_t)p->iov_count : 1, sizeof(struct iovec));
+    if (d->iov == NULL || (bounced && posix_memalign((void **)&d->bounce, DIRECT_ALIGN, bounced) != 0)) {
+        d->bounce = NULL;
+        direct_release(d);
+        return ENOMEM;
+    }
+    size_t at = 0;
+    for (int i = 0; i < p->iov_count; i++) {
+        const struct iovec *part = &p->iov[i];
+        int stand_in = d->whole || (uintptr_t)part->iov_base % DIRECT_ALIGN;
+        if (stand_in && writing) memcpy(d->bounce + at, part->iov_base, part->iov_len);
+        if (!d->whole) d->iov[d->iov_count++] = stand_in ? (struct iovec){d->bounce + at, part->iov_len} : *part;
+        if (stand_in) at += part->iov_len;
+    }
+    if (d->whole) {
+        memset(d->bounce + at, 0, bounced - at);
+        d->iov[0] = (struct iovec){d->bounce, bounced};
+        d->iov_count = 1;
+    }
+    return 0;
+}
+
+/* After a read of `got` bytes: the stand-ins' bytes into the parts they stand in for. */
+static void direct_unload(const Parts *p, const Direct *d, size_t got) {
+    size_t at = 0, from = 0;
+    for (int i = 0; i < p->iov_count && at < got; i++) {
+        const struct iovec *part = &p->iov[i];
+        size_t n = part->iov_len < got - at ? part->iov_len : got - at;
+        if (d->whole || (uintptr_t)part->iov_base % DIRECT_ALIGN) {
+            memcpy(part->iov_base, d->bounce + from, n);
+            from += part->iov_len;
+        }
+        at += part->iov_len;
+    }
+}
+
+/* Write every byte of the parts to fd (opened with O_DIRECT when `direct`); 0 or an errno.
+ * Advances p->iov (a call uses it once). */
+static int write_all(int fd, Parts *p, int direct) {
+    if (!direct) return write_iov(fd, p->iov, p->iov_count);
+    Direct d;
+    int err = direct_prepare(p, &d, 1);
+    if (!err) err = write_iov(fd, d.iov, d.iov_count);
+    if (!err && d.whole && round_up(d.total) != d.total && ftruncate(fd, (off_t)d.total) != 0) err = errno;
+    direct_release(&d);
+    return err;
 }
 
 static int open_retrying(int dir_fd, const char *path, int flags, int mode) {
@@ -133,32 +216,33 @@ static PyObject *raise_errno(int err, const char *path) {
 }
 
 PyDoc_STRVAR(publish_unnamed_doc,
-"publish_unnamed(root_fd, fanout, name, parts, fsync, via_proc, mode)\n--\n\n"
+"publish_unnamed(root_fd, fanout, name, parts, fsync, via_proc, mode, direct=False)\n--\n\n"
 "Write `parts` to an O_TMPFILE inode in the fan-out folder, fsync it if asked, and link it at\n"
 "`name`: linkat(fd, \"\", AT_EMPTY_PATH), or through /proc/self/fd/N when `via_proc`.\n"
 "Raises OSError with nothing left behind (the kernel frees the unnamed inode); FileExistsError\n"
-"when `name` exists, which the caller resolves (write_renamed replaces it atomically).");
+"when `name` exists, which the caller resolves (write_renamed replaces it atomically).\n"
+"With `direct`, the inode is written with O_DIRECT.");
 
 static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
     (void)self;
     const char *fanout, *name;
     PyObject *parts_obj;
-    int root_fd, do_fsync, via_proc, mode;
+    int root_fd, do_fsync, via_proc, mode, direct = 0;
     Parts parts;
-    if (!PyArg_ParseTuple(args, "issOppi:publish_unnamed", &root_fd, &fanout, &name, &parts_obj, &do_fsync,
-                          &via_proc, &mode) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
+    if (!PyArg_ParseTuple(args, "issOppi|p:publish_unnamed", &root_fd, &fanout, &name, &parts_obj, &do_fsync,
+                          &via_proc, &mode, &direct) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
         return NULL;
 
     int err = 0;
     const char *err_path = name;
     Py_BEGIN_ALLOW_THREADS
     int dir_fd = open_fanout(root_fd, fanout);
-    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, ".", O_TMPFILE | O_WRONLY, mode);
+    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, ".", O_TMPFILE | O_WRONLY | (direct ? O_DIRECT : 0), mode);
     if (fd < 0) {
         err = errno;
         err_path = fanout;
     } else {
-        err = write_all(fd, &parts);
+        err = write_all(fd, &parts, direct);
         if (!err && do_fsync) err = fsync_retrying(fd);
         if (!err) {
             int linked;
@@ -181,30 +265,32 @@ static PyObject *publish_unnamed(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(write_renamed_doc,
-"write_renamed(root_fd, fanout, temp_name, name, parts, fsync, mode)\n--\n\n"
+"write_renamed(root_fd, fanout, temp_name, name, parts, fsync, mode, direct=False)\n--\n\n"
 "Create `temp_name` (O_EXCL) in the fan-out folder, write `parts`, fsync if asked, close, and\n"
-"rename it onto `name` (atomic). Raises OSError with the temporary file removed.");
+"rename it onto `name` (atomic). Raises OSError with the temporary file removed. With `direct`,\n"
+"the file is written with O_DIRECT.");
 
 static PyObject *write_renamed(PyObject *self, PyObject *args) {
     (void)self;
     const char *fanout, *temp, *name;
     PyObject *parts_obj;
-    int root_fd, do_fsync, mode;
+    int root_fd, do_fsync, mode, direct = 0;
     Parts parts;
-    if (!PyArg_ParseTuple(args, "isssOpi:write_renamed", &root_fd, &fanout, &temp, &name, &parts_obj, &do_fsync,
-                          &mode) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
+    if (!PyArg_ParseTuple(args, "isssOpi|p:write_renamed", &root_fd, &fanout, &temp, &name, &parts_obj, &do_fsync,
+                          &mode, &direct) || parts_hold(parts_obj, PyBUF_SIMPLE, &parts) < 0)
         return NULL;
 
     int err = 0;
     const char *err_path = temp;
     Py_BEGIN_ALLOW_THREADS
     int dir_fd = open_fanout(root_fd, fanout);
-    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | (direct ? O_DIRECT : 0);
+    int fd = dir_fd < 0 ? -1 : open_retrying(dir_fd, temp, flags, mode);
     if (fd < 0) {
         err = errno;
         if (dir_fd < 0) err_path = fanout;
     } else {
-        err = write_all(fd, &parts);
+        err = write_all(fd, &parts, direct);
         if (!err && do_fsync) err = fsync_retrying(fd);
         if (close(fd) != 0 && !err && errno != EINTR) err = errno;  /* NFS reports write-back errors here */
         if (!err && renameat(dir_fd, temp, dir_fd, name) != 0) {
@@ -231,10 +317,25 @@ typedef struct {
     const char *err_path;
 } ReadOutcome;
 
-/* Open `name` in the fan-out folder and, if it is a regular file of exactly `want` bytes, fill
- * `parts` from it. Runs without the GIL. */
+/* Fill `iov` from fd until `want` bytes or the end of the file, into out->got (or out->err). */
+static void read_iov(int fd, struct iovec *iov, int left, Py_ssize_t want, ReadOutcome *out) {
+    while (left > 0 && out->got < want) {
+        ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            out->err = errno;
+            break;
+        }
+        if (got == 0) break;
+        out->got += got;
+        iov_consume(&iov, &left, (size_t)got);
+    }
+}
+
+/* Open `name` in the fan-out folder (with O_DIRECT when `direct`) and, if it is a regular file of
+ * exactly `want` bytes, fill `parts` from it. Runs without the GIL. */
 static void read_one(int root_fd, const char *fanout, const char *name, Parts *parts, Py_ssize_t want,
-                     ReadOutcome *out) {
+                     int direct, ReadOutcome *out) {
     memset(out, 0, sizeof(*out));
     out->err_path = name;
     int dir_fd = open_fanout(root_fd, fanout);
@@ -243,7 +344,12 @@ static void read_one(int root_fd, const char *fanout, const char *name, Parts *p
         out->err = errno;
         out->err_path = fanout;
     } else {
-        fd = open_retrying(dir_fd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW, 0);  /* NOTE: a FIFO never blocks */
+        int flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW;  /* NOTE: a FIFO never blocks */
+        fd = open_retrying(dir_fd, name, flags | (direct ? O_DIRECT : 0), 0);
+        if (fd < 0 && direct && errno == EINVAL) {  /* not a file O_DIRECT can open (a FIFO, a folder) */
+            direct = 0;
+            fd = open_retrying(dir_fd, name, flags, 0);
+        }
         if (fd < 0) out->err = errno;
         close(dir_fd);
     }
@@ -253,18 +359,16 @@ static void read_one(int root_fd, const char *fanout, const char *name, Parts *p
         out->inode = (unsigned long long)st.st_ino;
         out->regular = S_ISREG(st.st_mode);
         out->size = (long long)st.st_size;
-        struct iovec *iov = parts->iov;
-        int left = parts->iov_count;
-        while (out->regular && out->size == (long long)want && left > 0 && out->got < want) {
-            ssize_t got = readv(fd, iov, left < IOV_MAX ? left : IOV_MAX);
-            if (got < 0) {
-                if (errno == EINTR) continue;
-                out->err = errno;
-                break;
+        if (out->regular && out->size == (long long)want && !direct) {
+            read_iov(fd, parts->iov, parts->iov_count, want, out);
+        } else if (out->regular && out->size == (long long)want) {
+            Direct d;
+            out->err = direct_prepare(parts, &d, 0);
+            if (!out->err) {
+                read_iov(fd, d.iov, d.iov_count, want, out);
+                direct_unload(parts, &d, (size_t)out->got);
+                direct_release(&d);
             }
-            if (got == 0) break;
-            out->got += got;
-            iov_consume(&iov, &left, (size_t)got);
         }
     }
     if (fd >= 0) close(fd);  /* NOTE: a read-only close has nothing to report */
@@ -296,11 +400,12 @@ static PyObject *outcome_error(const ReadOutcome *o) {
 }
 
 PyDoc_STRVAR(read_into_doc,
-"read_into(root_fd, fanout, name, parts, want) -> (got, size, inode)\n--\n\n"
+"read_into(root_fd, fanout, name, parts, want, direct=False) -> (got, size, inode)\n--\n\n"
 "Open `name` in the fan-out folder (O_NONBLOCK | O_NOFOLLOW) and, if it is a regular file of\n"
 "exactly `want` bytes, fill the writable buffers `parts` in order from it. Returns the bytes\n"
 "read, the file's size (None when it is not a regular file) and its inode; nothing is read\n"
-"unless the size is `want`. Raises OSError (FileNotFoundError when absent, ELOOP for a link).");
+"unless the size is `want`. Raises OSError (FileNotFoundError when absent, ELOOP for a link).\n"
+"With `direct`, a file that O_DIRECT can open is read with it.");
 
 static PyObject *read_into(PyObject *self, PyObject *args) {
     (void)self;
@@ -308,13 +413,14 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
     PyObject *parts_obj;
     int root_fd;
     Py_ssize_t want;
+    int direct = 0;
     Parts parts;
-    if (!PyArg_ParseTuple(args, "issOn:read_into", &root_fd, &fanout, &name, &parts_obj, &want)
+    if (!PyArg_ParseTuple(args, "issOn|p:read_into", &root_fd, &fanout, &name, &parts_obj, &want, &direct)
             || parts_hold(parts_obj, PyBUF_WRITABLE, &parts) < 0)
         return NULL;
     ReadOutcome outcome;
     Py_BEGIN_ALLOW_THREADS
-    read_one(root_fd, fanout, name, &parts, want, &outcome);
+    read_one(root_fd, fanout, name, &parts, want, direct, &outcome);
     Py_END_ALLOW_THREADS
     parts_release(&parts);
     if (outcome.err) return raise_errno(outcome.err, outcome.err_path);
@@ -322,7 +428,7 @@ static PyObject *read_into(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(read_many_into_doc,
-"read_many_into(root_fd, requests) -> list of ((got, size, inode), checksum) or OSError\n--\n\n"
+"read_many_into(root_fd, requests, direct=False) -> list of ((got, size, inode), checksum) or OSError\n--\n\n"
 "read_into for each `(fanout, name, parts, want, checksum_from)` of `requests`, in order, in one\n"
 "call that gives the GIL up once: each result is what read_into would return with the xxh3_64 of\n"
 "the bytes read into `parts` from byte `checksum_from` on (None unless all `want` bytes were\n"
@@ -330,9 +436,9 @@ PyDoc_STRVAR(read_many_into_doc,
 
 static PyObject *read_many_into(PyObject *self, PyObject *args) {
     (void)self;
-    int root_fd;
+    int root_fd, direct = 0;
     PyObject *requests_obj;
-    if (!PyArg_ParseTuple(args, "iO:read_many_into", &root_fd, &requests_obj)) return NULL;
+    if (!PyArg_ParseTuple(args, "iO|p:read_many_into", &root_fd, &requests_obj, &direct)) return NULL;
     PyObject *requests = PySequence_Fast(requests_obj, "requests must be a sequence of (fanout, name, parts, want)");
     if (requests == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(requests), held = 0;
@@ -359,7 +465,7 @@ static PyObject *read_many_into(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        read_one(root_fd, fanouts[i], names[i], &parts[i], wants[i], &outcomes[i]);
+        read_one(root_fd, fanouts[i], names[i], &parts[i], wants[i], direct, &outcomes[i]);
         if (!outcomes[i].err && outcomes[i].got == wants[i]) checksums[i] = parts_checksum(&parts[i], froms[i]);
     }
     Py_END_ALLOW_THREADS
@@ -456,7 +562,7 @@ static int known_read_holds(const KnownRead *r, const ReadOutcome *o) {
 }
 
 PyDoc_STRVAR(read_many_known_doc,
-"read_many_known(root_fd, requests) -> list of True, (got, size, inode) or OSError\n--\n\n"
+"read_many_known(root_fd, requests, direct=False) -> list of True, (got, size, inode) or OSError\n--\n\n"
 "read_into for each `(fanout, name, parts, want, known, checksum_at, expect)` of `requests`, in\n"
 "order, in one call that gives the GIL up once, for objects whose header the caller knows by its\n"
 "checksum. True when all `want` bytes were read and the header (parts[0]) ends with the u64\n"
@@ -466,9 +572,9 @@ PyDoc_STRVAR(read_many_known_doc,
 
 static PyObject *read_many_known(PyObject *self, PyObject *args) {
     (void)self;
-    int root_fd;
+    int root_fd, direct = 0;
     PyObject *requests_obj;
-    if (!PyArg_ParseTuple(args, "iO:read_many_known", &root_fd, &requests_obj)) return NULL;
+    if (!PyArg_ParseTuple(args, "iO|p:read_many_known", &root_fd, &requests_obj, &direct)) return NULL;
     PyObject *requests = PySequence_Fast(requests_obj, "requests must be a sequence of (fanout, name, parts, "
                                          "want, known, checksum_at, expect)");
     if (requests == NULL) return NULL;
@@ -491,7 +597,7 @@ static PyObject *read_many_known(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        read_one(root_fd, reads[i].fanout, reads[i].name, &reads[i].parts, reads[i].want, &outcomes[i]);
+        read_one(root_fd, reads[i].fanout, reads[i].name, &reads[i].parts, reads[i].want, direct, &outcomes[i]);
         reads[i].verified = known_read_holds(&reads[i], &outcomes[i]);
     }
     Py_END_ALLOW_THREADS

@@ -6,7 +6,8 @@ the store's lock: it runs at most every `max_age_s`, outside that lock, and what
 wrote and removed since is added in, rounded up to whole filesystem blocks.
 Other processes' writes are seen within `max_age_s`; a removed file that someone still holds
 open frees its space only at close, so until the next reading the estimate may run that far
-ahead.
+ahead. A filesystem that reports no size at all (f_blocks 0: ramfs, some FUSE mounts) has no
+free-space figure to keep a floor above, so it counts as unbounded (the byte budget still holds).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 import time
 
 DEFAULT_MAX_AGE_S = 0.05
+UNBOUNDED_BYTES = 1 << 62  # the free bytes of a filesystem that reports no size
 
 
 class FreeSpace:
@@ -41,7 +43,7 @@ class FreeSpace:
             used_before = self._used
         st = os.statvfs(self.path)
         with self._lock:
-            self._free = st.f_bavail * st.f_frsize
+            self._free = st.f_bavail * st.f_frsize if st.f_blocks else UNBOUNDED_BYTES
             self._block = st.f_frsize or 4096
             self._used -= used_before  # NOTE: what changed during statvfs stays counted
             self._read_at = time.monotonic()

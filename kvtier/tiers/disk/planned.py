@@ -33,13 +33,14 @@ class ReadPlan:
 
 
 def plan_reads(keys: list[BlockKey], header_checksums: list[int], sizes: list[int],
-               layout: KVLayout) -> ReadPlan | None:
+               layout: KVLayout, page_aligned: bool = False) -> ReadPlan | None:
     """The plan of raw objects of `keys` whose files are `sizes` bytes; None if any is not the size
-    of a raw object of its key (a zstd one: a planned read of it could only fail)."""
+    of a raw object of its key (a zstd one: a planned read of it could only fail) with the store's
+    kind of header (`page_aligned`: its O_DIRECT mode)."""
     segments = num_segments(layout)
     objects = []
     for key, checksum, size in zip(keys, header_checksums, sizes):
-        header_len = header_bytes_for(len(key.token_ids), segments)
+        header_len = header_bytes_for(len(key.token_ids), segments, page_aligned)
         if size != header_len + layout.page_size_bytes:
             return None
         objects.append((*object_name(key.block_hash), header_len, size, checksum, key_pieces(key, header_len)))

@@ -17,13 +17,15 @@ from kvtier.tiers.format import BufferLike
 
 @dataclass(frozen=True, slots=True)
 class Publisher:
-    """How one store writes: its file I/O module, folder, durability, link route and file mode."""
+    """How one store writes: its file I/O module, folder, durability, link route, file mode and
+    whether with O_DIRECT."""
 
     io: FileIO
     folder: TierFolder
     fsync: bool
     via_proc: bool | None  # None: no O_TMPFILE linking here (see tmpfile.probe_linking)
     file_mode: int
+    direct: bool = False
 
     def publish(self, block_hash: bytes, fanout: str, name: str, parts: Sequence[BufferLike]) -> None:
         """Write `parts` as `fanout/name`; raises OSError with nothing left behind."""
@@ -38,8 +40,10 @@ class Publisher:
         root_fd = self.folder.fd
         if self.via_proc is not None:
             try:
-                self.io.publish_unnamed(root_fd, fanout, name, parts, self.fsync, self.via_proc, self.file_mode)
+                self.io.publish_unnamed(root_fd, fanout, name, parts, self.fsync, self.via_proc, self.file_mode,
+                                        self.direct)
                 return
             except FileExistsError:  # a leftover the index did not know: replaced atomically below
                 pass
-        self.io.write_renamed(root_fd, fanout, temp_name(block_hash), name, parts, self.fsync, self.file_mode)
+        self.io.write_renamed(root_fd, fanout, temp_name(block_hash), name, parts, self.fsync, self.file_mode,
+                              self.direct)

@@ -4,6 +4,10 @@ system calls in the same order, and nothing left behind on any failure.
 Every call enters the fan-out folder `fanout` of the tier whose root descriptor is `root_fd` with
 O_NOFOLLOW (ENOTDIR when it is a link or a file), and opens objects with O_NOFOLLOW too; reads
 open with O_NONBLOCK and check that the file is a regular one before reading it.
+
+With `direct`, objects are opened with O_DIRECT (tiers/disk/direct.py): a part whose memory is not
+aligned to DIRECT_ALIGN moves through an aligned stand-in, and an object whose parts are not all
+whole multiples of it moves as one stand-in rounded up (a write then truncates the file back).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import stat
 from collections.abc import Sequence
@@ -23,7 +28,9 @@ from kvtier.tiers.format import BufferLike
 O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 AT_EMPTY_PATH = 0x1000
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one readv/writev may take
+O_DIRECT = getattr(os, "O_DIRECT", 0)
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | O_CLOEXEC  # NOTE: a FIFO must never block a read
+DIRECT_ALIGN = 4096  # O_DIRECT: addresses, lengths and offsets in whole logical blocks; 4096 covers every disk
 
 
 # NOTE on durability: with `fsync` the data reaches the disk before the object gets its name, so
@@ -34,18 +41,19 @@ READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | O_CLOEXEC  # NOTE: a 
 
 
 def publish_unnamed(root_fd: int, fanout: str, name: str, parts: Sequence[BufferLike], fsync: bool,
-                    via_proc: bool, mode: int) -> None:
+                    via_proc: bool, mode: int, direct: bool = False) -> None:
     """Write `parts` to an O_TMPFILE inode in the fan-out folder, fsync it if asked, and link it at
     `name`: linkat(fd, "", AT_EMPTY_PATH), or through /proc/self/fd/N when `via_proc`.
 
     Raises OSError with nothing left behind (the kernel frees the unnamed inode); FileExistsError
-    when `name` exists, which the caller resolves (write_renamed replaces it atomically).
+    when `name` exists, which the caller resolves (write_renamed replaces it atomically). With
+    `direct`, the inode is written with O_DIRECT.
     """
     dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
     try:
-        fd = os.open(".", O_TMPFILE | os.O_WRONLY | O_CLOEXEC, mode, dir_fd=dir_fd)
+        fd = os.open(".", O_TMPFILE | os.O_WRONLY | O_CLOEXEC | (O_DIRECT if direct else 0), mode, dir_fd=dir_fd)
         try:
-            write_all(fd, parts)
+            write_all(fd, parts, direct)
             if fsync:
                 os.fsync(fd)
             if via_proc:
@@ -59,15 +67,17 @@ def publish_unnamed(root_fd: int, fanout: str, name: str, parts: Sequence[Buffer
 
 
 def write_renamed(root_fd: int, fanout: str, temp_name: str, name: str, parts: Sequence[BufferLike], fsync: bool,
-                  mode: int) -> None:
+                  mode: int, direct: bool = False) -> None:
     """Create `temp_name` (O_EXCL) in the fan-out folder, write `parts`, fsync if asked, close, and
-    rename it onto `name` (atomic). Raises OSError with the temporary file removed."""
+    rename it onto `name` (atomic). Raises OSError with the temporary file removed. With `direct`,
+    the file is written with O_DIRECT."""
     dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
     try:
-        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | O_CLOEXEC | (O_DIRECT if direct else 0)
+        fd = os.open(temp_name, flags, mode, dir_fd=dir_fd)
         try:
             try:
-                write_all(fd, parts)
+                write_all(fd, parts, direct)
                 if fsync:
                     os.fsync(fd)
             finally:
@@ -82,31 +92,58 @@ def write_renamed(root_fd: int, fanout: str, temp_name: str, name: str, parts: S
 
 
 def read_into(root_fd: int, fanout: str, name: str, parts: Sequence[memoryview],
-              want: int) -> tuple[int, int | None, int]:
+              want: int, direct: bool = False) -> tuple[int, int | None, int]:
     """Open `name` in the fan-out folder and, if it is a regular file of exactly `want` bytes, fill
     `parts` in order from it.
 
     Returns `(bytes read, file size or None when it is not a regular file, inode)`; nothing is
     read unless the size is `want`. Raises OSError (FileNotFoundError when absent, ELOOP for a link).
+    With `direct`, a file that O_DIRECT can open is read with it.
     """
     dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
     try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+        fd = _open_direct(name, dir_fd) if direct else -1
+        direct = fd >= 0
+        if not direct:
+            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return 0, None, st.st_ino
-        got = read_exact_into(fd, parts, want) if st.st_size == want else 0
-        return got, st.st_size, st.st_ino
+        if st.st_size != want:
+            return 0, st.st_size, st.st_ino
+        return (_read_direct(fd, parts, want) if direct else read_exact_into(fd, parts, want)), st.st_size, st.st_ino
     finally:
         os.close(fd)
 
 
-def write_all(fd: int, parts: Sequence[BufferLike]) -> None:
-    """Write every byte of `parts`, in order, with as few `writev` calls as the kernel allows."""
+def _open_direct(name: str, dir_fd: int) -> int:
+    """`name` opened for reading with O_DIRECT, or -1 where O_DIRECT cannot open it (EINVAL: a FIFO, a folder)."""
+    try:
+        return os.open(name, READ_FLAGS | O_DIRECT, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return -1
+
+
+def write_all(fd: int, parts: Sequence[BufferLike], direct: bool = False) -> None:
+    """Write every byte of `parts`, in order, with as few `writev` calls as the kernel allows (to a
+    file opened with O_DIRECT when `direct`: through aligned stand-ins, see the module docstring)."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
+    if not direct:
+        _write_views(fd, views)
+        return
+    stand_ins, whole = _stand_ins(views, writing=True)
+    _write_views(fd, stand_ins)
+    total = sum(v.nbytes for v in views)
+    if whole and total % DIRECT_ALIGN:
+        os.ftruncate(fd, total)
+
+
+def _write_views(fd: int, views: list[memoryview]) -> None:
     while views:
         written = os.writev(fd, views[:IOV_MAX])
         if written == 0:
@@ -114,11 +151,65 @@ def write_all(fd: int, parts: Sequence[BufferLike]) -> None:
         _consume(views, written)
 
 
+def _read_direct(fd: int, parts: Sequence[memoryview], want: int) -> int:
+    """read_exact_into a file opened with O_DIRECT, through aligned stand-ins (see the module docstring)."""
+    views = [memoryview(p).cast("B") for p in parts if p.nbytes]
+    stand_ins, whole = _stand_ins(views, writing=False)
+    got = read_exact_into(fd, list(stand_ins), want)
+    at = 0
+    source = iter(stand_ins)
+    bounce = next(source) if whole else None
+    for view in views:
+        if at >= got:
+            break
+        count = min(view.nbytes, got - at)
+        if whole:
+            view[:count] = bounce[at:at + count]  # type: ignore[index]
+        else:
+            stand_in = next(source)
+            if not _aligned(view):
+                view[:count] = stand_in[:count]
+        at += view.nbytes
+    return got
+
+
+def _stand_ins(views: list[memoryview], writing: bool) -> tuple[list[memoryview], bool]:
+    """What an O_DIRECT transfer of `views` moves: each view, or an aligned stand-in where its memory
+    is not aligned; or, when some length is not a whole multiple of DIRECT_ALIGN, one stand-in for
+    the whole object rounded up (True). A write's stand-ins hold the views' bytes."""
+    total = sum(v.nbytes for v in views)
+    if any(v.nbytes % DIRECT_ALIGN for v in views):
+        bounce = memoryview(mmap.mmap(-1, max(-(-total // DIRECT_ALIGN) * DIRECT_ALIGN, DIRECT_ALIGN)))
+        if writing:
+            at = 0
+            for view in views:
+                bounce[at:at + view.nbytes] = view
+                at += view.nbytes
+        return [bounce[:-(-total // DIRECT_ALIGN) * DIRECT_ALIGN]], True
+    stand_ins = []
+    for view in views:
+        if _aligned(view):
+            stand_ins.append(view)
+            continue
+        stand_in = memoryview(mmap.mmap(-1, view.nbytes))  # NOTE: anonymous maps are page-aligned
+        if writing:
+            stand_in[:] = view
+        stand_ins.append(stand_in)
+    return stand_ins, False
+
+
+def _aligned(view: memoryview) -> bool:
+    """Whether `view`'s memory starts at a multiple of DIRECT_ALIGN (a read-only one counts as not)."""
+    if view.readonly:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN == 0
+
+
 ReadManyResult = tuple[tuple[int, int | None, int], int | None] | OSError
 
 
-def read_many_into(root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int]]
-                   ) -> list[ReadManyResult]:
+def read_many_into(root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int]],
+                   direct: bool = False) -> list[ReadManyResult]:
     """`read_into` for each `(fanout, name, parts, want, checksum_from)` of `requests`, in order: each
     result is what it returns with the xxh3_64 of the bytes read into `parts` from byte
     `checksum_from` on (None unless all `want` bytes were read), or the OSError it raises."""
@@ -127,7 +218,7 @@ def read_many_into(root_fd: int, requests: Sequence[tuple[str, str, Sequence[mem
     results: list[ReadManyResult] = []
     for fanout, name, parts, want, checksum_from in requests:
         try:
-            read = read_into(root_fd, fanout, name, parts, want)
+            read = read_into(root_fd, fanout, name, parts, want, direct)
         except OSError as exc:
             results.append(exc)
             continue
@@ -139,7 +230,8 @@ ReadKnownResult = bool | tuple[int, int | None, int] | OSError
 
 
 def read_many_known(root_fd: int, requests: Sequence[tuple[str, str, Sequence[memoryview], int, int, int,
-                                                          tuple[tuple[int, bytes], ...]]]) -> list[ReadKnownResult]:
+                                                          tuple[tuple[int, bytes], ...]]],
+                    direct: bool = False) -> list[ReadKnownResult]:
     """`read_into` for each `(fanout, name, parts, want, known, checksum_at, expect)` of `requests`, in
     order, for objects whose header the caller knows by its checksum: True when all `want` bytes were
     read and the header (`parts[0]`) ends with the u64 `known` that is the xxh3_64 of the rest of it,
@@ -158,7 +250,7 @@ def read_many_known(root_fd: int, requests: Sequence[tuple[str, str, Sequence[me
     results: list[ReadKnownResult] = []
     for fanout, name, parts, want, known, checksum_at, expect in requests:
         try:
-            read = read_into(root_fd, fanout, name, parts, want)
+            read = read_into(root_fd, fanout, name, parts, want, direct)
         except OSError as exc:
             results.append(exc)
             continue

@@ -5,6 +5,9 @@ Fast path (a known key, raw codec, a file of exactly the size the layout predict
 with the header this kvtier would write for the key, and the payload checksum; no copy, no
 parsing. Anything else (zstd, another size, a scan without a key) parses the header first and
 reads only the object it announces, bounded by the largest object the layout allows.
+
+`direct`: the store's O_DIRECT mode (tiers/disk/direct.py); its objects have page-aligned headers,
+so the fast path expects those and reads with O_DIRECT, and the general path reads either kind.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ class ReadResult:
 
 
 def read_block(io: FileIO, root_fd: int, fanout: str, name: str, key: BlockKey | None, layout: KVLayout,
-               out: torch.Tensor | None = None, known_header: int | None = None) -> ReadResult:
+               out: torch.Tensor | None = None, known_header: int | None = None, direct: bool = False) -> ReadResult:
     """The verified block stored at `fanout/name` of the tier at `root_fd` (into `out` when given;
     `out` is undefined on failure).
 
@@ -80,9 +83,9 @@ def read_block(io: FileIO, root_fd: int, fanout: str, name: str, key: BlockKey |
             another key or layout.
     """
     if key is not None:
-        landing = _landing(out, layout, header_bytes_for(len(key.token_ids), num_segments(layout)))
-        got, size, inode = io.read_into(root_fd, fanout, name, landing.parts, landing.object_bytes)
-        return _landed(root_fd, fanout, name, key, layout, out, known_header, landing, got, size, inode)
+        landing = _landing(out, layout, header_bytes_for(len(key.token_ids), num_segments(layout), direct))
+        got, size, inode = io.read_into(root_fd, fanout, name, landing.parts, landing.object_bytes, direct)
+        return _landed(root_fd, fanout, name, key, layout, out, known_header, landing, got, size, inode, direct)
     return _delivered(_read_parsed(root_fd, fanout, name, key, layout), out)
 
 
@@ -97,8 +100,8 @@ class ReadRequest:
     known_header: int | None = None
 
 
-def read_blocks(io: FileIO, root_fd: int, requests: list[ReadRequest],
-                layout: KVLayout) -> list[ReadResult | OSError | DamagedObjectError]:
+def read_blocks(io: FileIO, root_fd: int, requests: list[ReadRequest], layout: KVLayout,
+                direct: bool = False) -> list[ReadResult | OSError | DamagedObjectError]:
     """`read_block` of every request, with the files read and their payloads checksummed in one
     `read_many_into` call (the GIL given up once for the batch instead of at every system call, and
     each checksum taken while the payload is still in the core's cache), then each verified in
@@ -111,17 +114,17 @@ def read_blocks(io: FileIO, root_fd: int, requests: list[ReadRequest],
     results: list[ReadResult | OSError | DamagedObjectError | None] = [None] * len(requests)
     known = [i for i, r in enumerate(requests) if r.known_header is not None]
     if known:
-        for i, result in zip(known, _read_known(io, root_fd, [requests[i] for i in known], layout)):
+        for i, result in zip(known, _read_known(io, root_fd, [requests[i] for i in known], layout, direct)):
             results[i] = result
     if len(known) < len(requests):
         others = [i for i, r in enumerate(requests) if r.known_header is None]
-        for i, result in zip(others, _read_unknown(io, root_fd, [requests[i] for i in others], layout)):
+        for i, result in zip(others, _read_unknown(io, root_fd, [requests[i] for i in others], layout, direct)):
             results[i] = result
     return results  # type: ignore[return-value]  # NOTE: every slot filled above
 
 
-def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
-                layout: KVLayout) -> list[ReadResult | OSError | DamagedObjectError]:
+def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest], layout: KVLayout,
+                direct: bool) -> list[ReadResult | OSError | DamagedObjectError]:
     """read_blocks of requests with a `known_header`: read into one header buffer per batch (a
     verified header is not needed again) and the output; anything read_many_known does not vouch
     for is read again by `read_block` without the remembered checksum, which says what is wrong."""
@@ -134,7 +137,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         if r.known_header is None:
             raise ValueError("_read_known reads requests with a known_header only")
         num_tokens = len(r.key.token_ids)
-        header_len = header_bytes_for(num_tokens, segments)
+        header_len = header_bytes_for(num_tokens, segments, direct)
         header = headers.get(header_len)
         if header is None:
             header = headers[header_len] = memoryview(bytearray(header_len))
@@ -144,7 +147,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         calls.append((r.fanout, r.name, (header, *payload), header_len + layout.page_size_bytes, r.known_header,
                       PAYLOAD_CHECKSUM_AT, expect))
     results: list[ReadResult | OSError | DamagedObjectError] = []
-    for request, target, call, outcome in zip(requests, targets, calls, io.read_many_known(root_fd, calls)):
+    for request, target, call, outcome in zip(requests, targets, calls, io.read_many_known(root_fd, calls, direct)):
         if outcome is True:
             result = ReadResult(request.key, target, call[3], request.known_header)
             results.append(result if target is request.out else _delivered(result, request.out))
@@ -155,7 +158,7 @@ def _read_known(io: FileIO, root_fd: int, requests: list[ReadRequest],
         else:
             try:
                 results.append(read_block(io, root_fd, request.fanout, request.name, request.key, layout,
-                                          request.out))
+                                          request.out, direct=direct))
             except (OSError, DamagedObjectError) as exc:
                 results.append(exc)
     return results
@@ -195,14 +198,14 @@ def key_pieces(key: BlockKey, header_len: int) -> Pieces:
     return ((0, bytes(header_len + 1)),)
 
 
-def _read_unknown(io: FileIO, root_fd: int, requests: list[ReadRequest],
-                  layout: KVLayout) -> list[ReadResult | OSError | DamagedObjectError]:
+def _read_unknown(io: FileIO, root_fd: int, requests: list[ReadRequest], layout: KVLayout,
+                  direct: bool) -> list[ReadResult | OSError | DamagedObjectError]:
     """read_blocks of requests without a `known_header`: read_many_into, then each header checked here."""
     segments = num_segments(layout)
-    landings = [_landing(r.out, layout, header_bytes_for(len(r.key.token_ids), segments), keep=False)
+    landings = [_landing(r.out, layout, header_bytes_for(len(r.key.token_ids), segments, direct), keep=False)
                 for r in requests]
     outcomes = io.read_many_into(root_fd, [(r.fanout, r.name, landing.parts, landing.object_bytes, len(landing.header))
-                                           for r, landing in zip(requests, landings)])
+                                           for r, landing in zip(requests, landings)], direct)
     results: list[ReadResult | OSError | DamagedObjectError] = []
     for request, landing, outcome in zip(requests, landings, outcomes):
         if isinstance(outcome, OSError):
@@ -211,14 +214,14 @@ def _read_unknown(io: FileIO, root_fd: int, requests: list[ReadRequest],
         (got, size, inode), checksum = outcome
         try:
             results.append(_landed(root_fd, request.fanout, request.name, request.key, layout, request.out,
-                                   request.known_header, landing, got, size, inode, checksum))
+                                   request.known_header, landing, got, size, inode, direct, checksum))
         except (OSError, DamagedObjectError) as exc:
             results.append(exc)
     return results
 
 
 def _landed(root_fd: int, fanout: str, name: str, key: BlockKey, layout: KVLayout, out: torch.Tensor | None,
-            known_header: int | None, landing: _Landing, got: int, size: int | None, inode: int,
+            known_header: int | None, landing: _Landing, got: int, size: int | None, inode: int, direct: bool,
             checksum: int | None = None) -> ReadResult:
     """The verified block of a fast-path read that filled `got` bytes of `landing` from a file of
     `size` bytes (None: not a regular file), `checksum` its payload's if the read took it; any
@@ -227,7 +230,7 @@ def _landed(root_fd: int, fanout: str, name: str, key: BlockKey, layout: KVLayou
         raise DamagedObjectError(_NOT_REGULAR, inode, keep=False)
     if got == landing.object_bytes:
         try:
-            header_checksum = _verify_landing(landing, key, layout, known_header, checksum)
+            header_checksum = _verify_landing(landing, key, layout, known_header, direct, checksum)
         except FormatError as exc:
             raise DamagedObjectError(str(exc), inode) from exc
         return _delivered(ReadResult(key, landing.tensor, got, header_checksum), out)
@@ -277,14 +280,14 @@ def _delivered(result: ReadResult, out: torch.Tensor | None) -> ReadResult:
 
 
 def _verify_landing(landing: _Landing, key: BlockKey, layout: KVLayout, known_header: int | None,
-                    checksum: int | None = None) -> int:
+                    page_aligned: bool, checksum: int | None = None) -> int:
     """The header checksum of the raw object that landed, once header and payload are verified
     (`checksum`: the payload's, when the read took it; else taken here in pieces, holding the GIL)."""
     if checksum is None:
         if landing.pieces is None:
             landing.pieces = checksum_pieces(landing.parts[1])
         checksum = pieces_checksum(landing.pieces)
-    if checksum != verify_raw_header(landing.header, key, layout, known_header):
+    if checksum != verify_raw_header(landing.header, key, layout, known_header, page_aligned=page_aligned):
         raise FormatError("payload checksum mismatch: the payload is corrupt")
     return stored_header_checksum(landing.header)
 

@@ -22,6 +22,7 @@ from kvtier.config import DiskTierConfig, KVLayout, SharedTierConfig
 from kvtier.errors import TierFullError, TierIOError
 from kvtier.tiers.base import BlockKey, TierStore
 from kvtier.tiers.disk import planned
+from kvtier.tiers.disk.direct import probe_direct
 from kvtier.tiers.disk.discard import quarantine, remove_damaged
 from kvtier.tiers.disk.fileio import routines
 from kvtier.tiers.disk.folder import TierFolder, io_error
@@ -80,7 +81,8 @@ class DiskStore(TierStore):
         # NOTE: shared folders keep temporary names: NFS has no O_TMPFILE, and other hosts' tools expect them
         tmpfile = isinstance(config, DiskTierConfig) and config.tmpfile
         via_proc = probe_linking(self.folder.fd, config.file_mode) if tmpfile else None
-        self._publisher = Publisher(self._io, self.folder, config.fsync, via_proc, config.file_mode)
+        self.direct = config.direct_io and probe_direct(self.folder.fd, config.file_mode)
+        self._publisher = Publisher(self._io, self.folder, config.fsync, via_proc, config.file_mode, self.direct)
         self._max_object_bytes = max_object_bytes(layout)
         self._lock = threading.Lock()
         self._readers: ThreadPoolExecutor | None = None
@@ -138,7 +140,7 @@ class DiskStore(TierStore):
             with self._lock:
                 self._index.touch(key.block_hash)
             return
-        parts = encode_block(key, data, self.layout, self.config.codec)
+        parts = encode_block(key, data, self.layout, self.config.codec, page_aligned=self.direct)
         size = sum(memoryview(p).nbytes for p in parts)
         self._reserve(size)
         fanout, name = object_name(key.block_hash)
@@ -163,7 +165,7 @@ class DiskStore(TierStore):
         fanout, name = object_name(key.block_hash)
         try:
             result: ReadResult | OSError | DamagedObjectError = read_block(self._io, self.folder.fd, fanout, name, key,
-                                                                           self.layout, out, known_header)
+                                                                           self.layout, out, known_header, self.direct)
         except (OSError, DamagedObjectError) as exc:
             result = exc
         return self._served(key.block_hash, fanout, name, result)
@@ -192,7 +194,7 @@ class DiskStore(TierStore):
                                         entry.header_checksum if entry is not None else None))
             where.append(index)
         root_fd = self.folder.fd
-        outcomes = self._read_runs(requests, lambda run: read_blocks(self._io, root_fd, run, self.layout))
+        outcomes = self._read_runs(requests, lambda run: read_blocks(self._io, root_fd, run, self.layout, self.direct))
         hits = []
         for index, request, result in zip(where, requests, outcomes):
             if isinstance(result, ReadResult):
@@ -218,7 +220,7 @@ class DiskStore(TierStore):
                 return None
             checksums.append(entry.header_checksum)
             sizes.append(entry.size)
-        return planned.plan_reads(list(keys), checksums, sizes, self.layout) if keys else None
+        return planned.plan_reads(list(keys), checksums, sizes, self.layout, self.direct) if keys else None
 
     def read_planned(self, plan: ReadPlan, outs: torch.Tensor) -> bool:  # type: ignore[override]
         """Read `plan`'s objects into `outs[i]` (`[n, *block_shape]`, CPU, strided or not), each
@@ -235,7 +237,7 @@ class DiskStore(TierStore):
         if calls is None or self._closed:
             return False
         root_fd = self.folder.fd
-        outcomes = list(self._read_runs(calls, lambda run: self._io.read_many_known(root_fd, run)))
+        outcomes = list(self._read_runs(calls, lambda run: self._io.read_many_known(root_fd, run, self.direct)))
         failed = [key.block_hash for key, outcome in zip(plan.keys, outcomes) if outcome is not True]
         with self._lock:
             if failed:
@@ -379,7 +381,7 @@ class DiskStore(TierStore):
             return
         fanout, name = object_name(block_hash)
         try:
-            result = read_block(self._io, self.folder.fd, fanout, name, None, self.layout)
+            result = read_block(self._io, self.folder.fd, fanout, name, None, self.layout, direct=self.direct)
         except (OSError, DamagedObjectError) as exc:
             logger.warning("evicted block %s was unreadable; not handed on: %s", block_hash.hex(), exc)
             return

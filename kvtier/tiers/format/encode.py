@@ -11,7 +11,8 @@ from kvtier.tiers.format.header import encode_header, segment_bytes
 
 
 def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str = "raw",
-                 head_range: tuple[int, int] | None = None, segments: bool = True) -> list[BufferLike]:
+                 head_range: tuple[int, int] | None = None, segments: bool = True,
+                 page_aligned: bool = False) -> list[BufferLike]:
     """One block as the parts of an object: `[header, payload]`, to write in order.
 
     Args:
@@ -25,6 +26,8 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         segments: whether a raw payload's header carries its segment table, which a reader of some
             layers or heads verifies; an object always read whole (the remote tier's) goes without,
             and its payload is hashed once instead of twice.
+        page_aligned: pad the header to a page (the disk tier's O_DIRECT mode), so that the payload
+            starts on one in the file.
 
     Returns:
         The header bytes and the payload; for "raw" the payload is a view of `data`'s memory,
@@ -43,5 +46,5 @@ def encode_block(key: BlockKey, data: torch.Tensor, layout: KVLayout, codec: str
         checksum, table = payload_checksums(payload, segment_bytes(layout))
     else:
         checksum, table = payload_checksum(payload), b""
-    header = encode_header(key, layout, codec, len(payload), checksum, (start, end), table)
+    header = encode_header(key, layout, codec, len(payload), checksum, (start, end), table, page_aligned)
     return [header, payload]

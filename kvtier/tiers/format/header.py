@@ -4,20 +4,23 @@ Layout of one object (all integers little-endian):
 
     fixed part  magic 8s, version u16, header_len u32, namespace 32s, block_hash 32s,
                 num_layers u32, first_layer u32, head_start u32, head_end u32, block_size u32, head_dim u32,
-                dtype u8, codec u8, flags u16 (0), num_tokens u32, payload_len u64,
+                dtype u8, codec u8, flags u16, num_tokens u32, payload_len u64,
                 payload_checksum u64
     token ids   num_tokens x u32
     segments    num_layers x 2 x heads u64 (flags bit 0; raw payloads): xxh3_64 of each contiguous
                 [block_size, head_dim] run of the payload, in payload order, so that a reader of some
                 layers or heads verifies exactly the bytes it reads
-    zero pad    up to header_len - 8 (header_len is a multiple of 64, so the payload is aligned)
+    zero pad    up to header_len - 8 (header_len is a multiple of 64, so the payload is aligned; of
+                4096 with flags bit 1, so that the payload starts on a page and the disk tier's
+                O_DIRECT mode reads it straight into a page-aligned host slot)
     checksum    u64: xxh3_64 of every header byte before it
     payload     payload_len bytes: the block [num_layers, 2, heads, block_size, head_dim], encoded
 
 The object holds the model's layers [first_layer, first_layer + num_layers) and KV heads
 [head_start, head_end): all of them, or one rank's shard under tensor or pipeline parallelism.
 Version 2 added first_layer and the segment checksums; version 1 objects read as misses (and are
-removed as damaged).
+removed as damaged). Flags bit 1 (page-aligned headers) is version 2 too: a reader that predates it
+rejects such objects as damage, as it would any unknown flag.
 """
 from __future__ import annotations
 
@@ -38,11 +41,14 @@ from kvtier.types import BlockHash, Namespace
 MAGIC = b"KVTIERB\x00"
 FORMAT_VERSION = 2
 HEADER_ALIGN = 64
+PAGE_ALIGN = 4096  # a page-aligned header's (flags bit 1); every disk's logical block divides it
 MAX_TOKENS = 1 << 20  # far above any block_size; bounds what a corrupt header can ask for
 MAX_DIM = 1 << 24
 MAX_PAYLOAD_BYTES = 1 << 30  # far above any real block (Llama-3-70B at 16 tokens: 5 MiB); bounds a read
 ZSTD_SLACK_BYTES = 1 << 20  # what an incompressible payload may grow by under zstd
 FLAG_SEGMENT_CHECKSUMS = 1
+FLAG_PAGE_ALIGNED = 2
+KNOWN_FLAGS = FLAG_SEGMENT_CHECKSUMS | FLAG_PAGE_ALIGNED
 DTYPE_IDS: dict[torch.dtype, int] = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
 DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_IDS.items()}
 
@@ -55,7 +61,7 @@ NUM_TOKENS_AT = struct.calcsize("<8sHI32s32sIIIIIIBBH")
 PAYLOAD_CHECKSUM_AT = _FIXED.size - 8  # the fixed part's last field
 FIXED_HEADER_BYTES = _FIXED.size
 """Bytes needed to learn `header_len` (see `header_length`)."""
-MAX_HEADER_BYTES = -(-(_FIXED.size + 4 * MAX_TOKENS + 8) // HEADER_ALIGN) * HEADER_ALIGN
+MAX_HEADER_BYTES = -(-(_FIXED.size + 4 * MAX_TOKENS + 8) // PAGE_ALIGN) * PAGE_ALIGN
 MAX_OBJECT_BYTES = MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES + ZSTD_SLACK_BYTES  # of any layout: a reader's bound
 
 
@@ -107,11 +113,12 @@ def tokens_struct(num_tokens: int) -> struct.Struct:
     return struct.Struct(f"<{num_tokens}I")
 
 
-def header_bytes_for(num_tokens: int, num_segments: int = 0) -> int:
+def header_bytes_for(num_tokens: int, num_segments: int = 0, page_aligned: bool = False) -> int:
     """The header length of an object whose block carries `num_tokens` token ids and `num_segments`
-    segment checksums."""
+    segment checksums, padded to a page when `page_aligned`."""
     unpadded = _FIXED.size + 4 * num_tokens + 8 * num_segments + _CHECKSUM.size
-    return -(-unpadded // HEADER_ALIGN) * HEADER_ALIGN
+    align = PAGE_ALIGN if page_aligned else HEADER_ALIGN
+    return -(-unpadded // align) * align
 
 
 def num_segments(layout: KVLayout) -> int:
@@ -125,16 +132,18 @@ def segment_bytes(layout: KVLayout) -> int:
 
 
 def max_object_bytes(layout: KVLayout) -> int:
-    """The largest object a block of `layout` can be stored as (zstd may grow a payload a little)."""
-    return header_bytes_for(layout.block_size, num_segments(layout)) + layout.page_size_bytes + ZSTD_SLACK_BYTES
+    """The largest object a block of `layout` can be stored as (a page-aligned header; zstd may grow a
+    payload a little)."""
+    return header_bytes_for(layout.block_size, num_segments(layout), True) + layout.page_size_bytes + ZSTD_SLACK_BYTES
 
 
 def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int, checksum: int,
-                  head_range: tuple[int, int] | None = None, segments: bytes = b"") -> bytes:
+                  head_range: tuple[int, int] | None = None, segments: bytes = b"", page_aligned: bool = False) -> bytes:
     """The header of one object (see the module docstring). Raises ValueError on bad input.
 
     `head_range`: the model's KV heads the payload holds, within `layout.head_range` (all of it when None).
     `segments`: the payload's segment table (`checksum.payload_checksums`), or none.
+    `page_aligned`: pad the header to PAGE_ALIGN (flags bit 1).
     """
     _check_key(key)
     start, end = head_range if head_range is not None else layout.head_range
@@ -144,7 +153,7 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
     if codec not in CODEC_IDS:
         raise ValueError(f"codec must be one of {sorted(CODEC_IDS)}, got {codec!r}")
     try:
-        buf = pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum, segments)
+        buf = pack_header(key, layout, CODEC_IDS[codec], start, end, payload_len, checksum, segments, page_aligned)
     except struct.error as exc:  # NOTE: struct range-checks every token id (cheaper than a loop here)
         raise ValueError(f"token ids must be integers in [0, 2**32): {exc}") from exc
     _CHECKSUM.pack_into(buf, len(buf) - 8, xxhash.xxh3_64_intdigest(memoryview(buf)[:-8]))
@@ -152,14 +161,14 @@ def encode_header(key: BlockKey, layout: KVLayout, codec: str, payload_len: int,
 
 
 def pack_header(key: BlockKey, layout: KVLayout, codec_id: int, start: int, end: int,
-                payload_len: int, checksum: int, segments: bytes = b"") -> bytearray:
+                payload_len: int, checksum: int, segments: bytes = b"", page_aligned: bool = False) -> bytearray:
     """Every header byte but the trailing header checksum (left zero); inputs already valid."""
-    header_len = header_bytes_for(len(key.token_ids), len(segments) // 8)
+    header_len = header_bytes_for(len(key.token_ids), len(segments) // 8, page_aligned)
     buf = bytearray(header_len)
+    flags = (FLAG_SEGMENT_CHECKSUMS if segments else 0) | (FLAG_PAGE_ALIGNED if page_aligned else 0)
     _FIXED.pack_into(buf, 0, MAGIC, FORMAT_VERSION, header_len, key.namespace, key.block_hash,
                      layout.num_layers, layout.first_layer, start, end, layout.block_size, layout.head_dim,
-                     DTYPE_IDS[layout.dtype], codec_id, FLAG_SEGMENT_CHECKSUMS if segments else 0,
-                     len(key.token_ids), payload_len, checksum)
+                     DTYPE_IDS[layout.dtype], codec_id, flags, len(key.token_ids), payload_len, checksum)
     at = _FIXED.size + 4 * len(key.token_ids)
     tokens_struct(len(key.token_ids)).pack_into(buf, _FIXED.size, *key.token_ids)
     buf[at:at + len(segments)] = segments
@@ -211,7 +220,7 @@ def decode_header(buf: BufferLike) -> BlockHeader:
     fields = _FIXED.unpack_from(view, 0)
     num_tokens, flags, layers, heads = fields[14], fields[13], fields[5], fields[8] - fields[7]
     segments = layers * 2 * heads if flags & FLAG_SEGMENT_CHECKSUMS and 0 < heads <= MAX_DIM else 0
-    if header_bytes_for(num_tokens, segments) != header_len:
+    if header_bytes_for(num_tokens, segments, bool(flags & FLAG_PAGE_ALIGNED)) != header_len:
         raise FormatError(f"header length {header_len} does not fit {num_tokens} token ids and {segments} "
                           "segment checksums")
     token_ids = tokens_struct(num_tokens).unpack_from(view, _FIXED.size)
@@ -231,7 +240,7 @@ def _header_from_fields(fields: tuple[Any, ...], token_ids: tuple[int, ...], hea
         raise FormatError(f"layout dims out of range (layers, block_size, head_dim, head_end, layer_end)={dims}")
     if head_start >= head_end:
         raise FormatError(f"empty KV-head range [{head_start}, {head_end})")
-    if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags & ~FLAG_SEGMENT_CHECKSUMS:
+    if dtype_id not in DTYPES or codec_id not in CODEC_NAMES or flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown dtype {dtype_id}, codec {codec_id} or flags {flags}")
     if segments and CODEC_NAMES[codec_id] != "raw":
         raise FormatError(f"segment checksums on a {CODEC_NAMES[codec_id]!r} payload (only raw payloads have them)")

@@ -121,9 +121,10 @@ def check_identity(header: BlockHeader, key: BlockKey | None, layout: KVLayout |
 
 
 def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: int | None = None,
-                      segments: bool = True) -> int:
+                      segments: bool = True, page_aligned: bool = False) -> int:
     """The payload checksum stored in `buf`, which must be the header of a whole raw block of `key`
-    with its segment table, or without one if `segments` is False (encode_block's `segments`).
+    with its segment table, or without one if `segments` is False, padded to a page if
+    `page_aligned` (encode_block's `segments` and `page_aligned`).
 
     `known` is the header checksum of the header the store wrote, or last verified, under this
     block hash. If the stored checksum equals it and is the checksum of the bytes read, those
@@ -141,7 +142,7 @@ def verify_raw_header(buf: bytearray, key: BlockKey, layout: KVLayout, known: in
     table_bytes = 8 * num_segments(layout) if segments else 0
     try:
         expected = pack_header(key, layout, CODEC_IDS["raw"], *layout.head_range, layout.page_size_bytes, 0,
-                               bytes(table_bytes))
+                               bytes(table_bytes), page_aligned)
     except struct.error as exc:
         raise ValueError(f"key cannot be stored: {exc}; token ids must be integers in [0, 2**32)") from exc
     at, end = PAYLOAD_CHECKSUM_AT, FIXED_HEADER_BYTES
