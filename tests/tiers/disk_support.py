@@ -13,7 +13,11 @@ import torch
 from kvtier.config import DiskTierConfig, KVLayout, SharedTierConfig
 from kvtier.tiers.base import BlockKey
 from kvtier.tiers.disk import DiskStore
+from kvtier.tiers.disk.fileio import native_built
 from kvtier.types import BlockHash, Namespace
+
+needs_native = pytest.mark.skipif(not native_built(), reason="kvtier.tiers.disk._fileio is not built")
+TWINS = [pytest.param(True, marks=needs_native, id="compiled"), pytest.param(False, id="python")]
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.float16)
 NAMESPACE = Namespace(hashlib.sha256(b"model+tenant").digest())

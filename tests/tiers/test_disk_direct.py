@@ -8,7 +8,6 @@ import ctypes
 import mmap
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,17 @@ from kvtier.config import DiskTierConfig
 from kvtier.tiers.aligned import PAGE_BYTES, page_aligned_empty
 from kvtier.tiers.disk import DiskStore
 from kvtier.tiers.disk.direct import probe_direct
-from kvtier.tiers.disk.fileio import FileIO, native_built, routines
+from kvtier.tiers.disk.fileio import FileIO
 from kvtier.tiers.format import decode_header, header_bytes_for, num_segments
 from kvtier.tiers.format.codecs import tensor_bytes
 from kvtier.tiers.format.header import PAGE_ALIGN
 from tests.tiers.disk_support import (
     BIG_LAYOUT,
+    TWINS,
     big_key,
     make_block,
     make_key,
+    needs_native,
     object_files,
     open_store,
     same_bits,
@@ -36,25 +37,13 @@ from tests.tiers.disk_support import (
     tmpfs_unmount,
 )
 
-needs_native = pytest.mark.skipif(not native_built(), reason="kvtier.tiers.disk._fileio is not built")
-TWINS = [pytest.param(True, marks=needs_native, id="compiled"), pytest.param(False, id="python")]
-
-
-@pytest.fixture(params=TWINS)
-def io(request: pytest.FixtureRequest) -> FileIO:
-    return routines(request.param)
-
 
 @pytest.fixture
-def root_fd(tmp_path: Path) -> Iterator[int]:
-    """A tier-like root at tmp_path with one fan-out folder "f", on a filesystem that takes O_DIRECT."""
-    (tmp_path / "f").mkdir()
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    if not probe_direct(fd, 0o600, "f"):
-        os.close(fd)
+def direct_root_fd(root_fd: int, tmp_path: Path) -> int:
+    """root_fd, on a filesystem that takes O_DIRECT."""
+    if not probe_direct(root_fd, 0o600, "f"):
         pytest.skip(f"{tmp_path} refuses O_DIRECT")
-    yield fd
-    os.close(fd)
+    return root_fd
 
 
 def resident_pages(path: Path) -> int:
@@ -101,38 +90,38 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["o_tmpfile", "temp_name"])
-def test_direct_writes_and_reads_move_exactly_the_parts(io: FileIO, root_fd: int, tmp_path: Path, case: str,
+def test_direct_writes_and_reads_move_exactly_the_parts(io: FileIO, direct_root_fd: int, tmp_path: Path, case: str,
                                                        tmpfile: bool) -> None:
     parts = [filled(p, i * 7 + 1) for i, p in enumerate(CASES[case]())]
     content = b"".join(bytes(p) for p in parts)
     if tmpfile:
-        io.publish_unnamed(root_fd, "f", "obj", parts, True, True, 0o600, True)
+        io.publish_unnamed(direct_root_fd, "f", "obj", parts, True, True, 0o600, True)
     else:
-        io.write_renamed(root_fd, "f", "obj.tmp", "obj", parts, True, 0o600, True)
+        io.write_renamed(direct_root_fd, "f", "obj.tmp", "obj", parts, True, 0o600, True)
     path = tmp_path / "f" / "obj"
     assert path.read_bytes() == content  # exactly: no padding left when the length is not whole pages
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not list(tmp_path.glob("f/*.tmp"))
     drop_cached([str(path)])
     targets = [filled(p, 3) for p in CASES[case]()]  # the same shapes and alignments as the write's
-    assert io.read_into(root_fd, "f", "obj", targets, len(content), True)[:2] == (len(content), len(content))
+    assert io.read_into(direct_root_fd, "f", "obj", targets, len(content), True)[:2] == (len(content), len(content))
     assert b"".join(bytes(t) for t in targets) == content
     checksum_from = targets[0].nbytes
-    ((got, size, _), checksum), = io.read_many_into(root_fd, [("f", "obj", targets, len(content), checksum_from)], True)
+    ((got, size, _), checksum), = io.read_many_into(direct_root_fd, [("f", "obj", targets, len(content), checksum_from)], True)
     assert (got, size, checksum) == (len(content), len(content), xxhash.xxh3_64_intdigest(content[checksum_from:]))
     assert resident_pages(path) == 0
 
 
-def test_a_direct_read_of_another_size_reads_nothing_and_a_fifo_is_no_regular_file(io: FileIO, root_fd: int,
+def test_a_direct_read_of_another_size_reads_nothing_and_a_fifo_is_no_regular_file(io: FileIO, direct_root_fd: int,
                                                                                  tmp_path: Path) -> None:
     (tmp_path / "f" / "short").write_bytes(b"x" * 5000)
     target = aligned(2 * PAGE_ALIGN)
-    assert io.read_into(root_fd, "f", "short", [target], 2 * PAGE_ALIGN, True)[:2] == (0, 5000)
+    assert io.read_into(direct_root_fd, "f", "short", [target], 2 * PAGE_ALIGN, True)[:2] == (0, 5000)
     os.mkfifo(tmp_path / "f" / "fifo")
     (tmp_path / "f" / "folder").mkdir()
     for name in ("fifo", "folder"):  # O_DIRECT refuses both (EINVAL): opened again without it, never read
-        assert io.read_into(root_fd, "f", name, [target], 2 * PAGE_ALIGN, True)[:2] == (0, None)
+        assert io.read_into(direct_root_fd, "f", name, [target], 2 * PAGE_ALIGN, True)[:2] == (0, None)
     with pytest.raises(FileNotFoundError):
-        io.read_into(root_fd, "f", "absent", [target], 2 * PAGE_ALIGN, True)
+        io.read_into(direct_root_fd, "f", "absent", [target], 2 * PAGE_ALIGN, True)
 
 
 @needs_native

@@ -22,7 +22,7 @@ import xxhash
 from kvtier.config import DiskTierConfig
 from kvtier.errors import TierIOError
 from kvtier.tiers.disk import DiskStore, pyfileio
-from kvtier.tiers.disk.fileio import FileIO, native_built, routines
+from kvtier.tiers.disk.fileio import FileIO, native_built
 from kvtier.tiers.disk.tmpfile import probe_linking
 from tests.tiers.disk_support import (
     BIG_LAYOUT,
@@ -30,29 +30,13 @@ from tests.tiers.disk_support import (
     files_open_under,
     make_block,
     make_key,
+    needs_native,
     object_files,
     open_fds,
     open_store,
     same_bits,
     writer_until_killed,
 )
-
-needs_native = pytest.mark.skipif(not native_built(), reason="kvtier.tiers.disk._fileio is not built")
-TWINS = [pytest.param(True, marks=needs_native, id="compiled"), pytest.param(False, id="python")]
-
-
-@pytest.fixture(params=TWINS)
-def io(request: pytest.FixtureRequest) -> FileIO:
-    return routines(request.param)
-
-
-@pytest.fixture
-def root_fd(tmp_path: Path) -> Iterator[int]:
-    """A tier-like root at tmp_path with one fan-out folder "f"."""
-    (tmp_path / "f").mkdir()
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
 
 
 def _has_c_compiler() -> bool:

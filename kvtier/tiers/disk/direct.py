@@ -9,12 +9,11 @@ and says so once.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
 from kvtier.tiers.disk import pyfileio
-from kvtier.tiers.disk.folder import SUBDIR_FLAGS
+from kvtier.tiers.disk.folder import remove_probe
 from kvtier.tiers.disk.names import FANOUT_DIRS, unique_suffix
 
 logger = logging.getLogger(__name__)
@@ -38,12 +37,7 @@ def probe_direct(root_fd: int, mode: int, fanout: str = FANOUT_DIRS[0]) -> bool:
                        "page cache", exc)
         return False
     finally:
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
+        remove_probe(root_fd, fanout, name)
     if not works:
         logger.warning("a page written with O_DIRECT in this tier's folder read back different; the disk tier "
                        "reads and writes through the page cache")

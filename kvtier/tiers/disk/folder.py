@@ -118,6 +118,16 @@ class TierFolder:
             return None
 
 
+def remove_probe(root_fd: int, fanout: str, name: str) -> None:
+    """Remove a probe's file ROOT/fanout/name (never through a link), if it is there; errors are ignored."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def _open_root(path: str, dir_mode: int) -> int:
     """The root's descriptor, made if missing; a typed error when it cannot be a writable folder."""
     try:

@@ -8,12 +8,10 @@ filesystem supports O_TMPFILE (ext4, XFS, btrfs, tmpfs; not NFS). Linking an ope
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 
 from kvtier.tiers.disk import pyfileio
-from kvtier.tiers.disk.folder import SUBDIR_FLAGS
+from kvtier.tiers.disk.folder import remove_probe
 from kvtier.tiers.disk.names import FANOUT_DIRS, unique_suffix
 
 logger = logging.getLogger(__name__)
@@ -32,12 +30,7 @@ def probe_linking(root_fd: int, mode: int, fanout: str = FANOUT_DIRS[0]) -> bool
         except (OSError, AttributeError) as exc:  # AttributeError: no linkat in this libc
             logger.debug("linking O_TMPFILE inodes (via_proc=%s) fails here: %s", via_proc, exc)
             continue
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(fanout, SUBDIR_FLAGS, dir_fd=root_fd)
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
+        remove_probe(root_fd, fanout, name)
         return via_proc
     logger.info("O_TMPFILE inodes cannot be created or linked in this tier's folder; objects get temporary names")
     return None
