@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import itertools
 import mmap
 import os
 import stat
@@ -156,46 +157,44 @@ def _read_direct(fd: int, parts: Sequence[memoryview], want: int) -> int:
     views = [memoryview(p).cast("B") for p in parts if p.nbytes]
     stand_ins, whole = _stand_ins(views, writing=False)
     got = read_exact_into(fd, list(stand_ins), want)
+    if whole:  # the one stand-in, cut at the views' lengths
+        offsets = list(itertools.accumulate((v.nbytes for v in views), initial=0))
+        stand_ins = [stand_ins[0][start:end] for start, end in itertools.pairwise(offsets)]
     at = 0
-    source = iter(stand_ins)
-    bounce = next(source) if whole else None
-    for view in views:
-        if at >= got:
-            break
-        count = min(view.nbytes, got - at)
-        if whole:
-            view[:count] = bounce[at:at + count]  # type: ignore[index]
-        else:
-            stand_in = next(source)
-            if not _aligned(view):
-                view[:count] = stand_in[:count]
+    for view, stand_in in zip(views, stand_ins):
+        if stand_in is not view:
+            count = max(0, min(view.nbytes, got - at))
+            view[:count] = stand_in[:count]
         at += view.nbytes
     return got
 
 
 def _stand_ins(views: list[memoryview], writing: bool) -> tuple[list[memoryview], bool]:
-    """What an O_DIRECT transfer of `views` moves: each view, or an aligned stand-in where its memory
-    is not aligned; or, when some length is not a whole multiple of DIRECT_ALIGN, one stand-in for
-    the whole object rounded up (True). A write's stand-ins hold the views' bytes."""
-    total = sum(v.nbytes for v in views)
+    """What an O_DIRECT transfer of `views` moves: each view itself, or an aligned stand-in where its
+    memory is not aligned; or, when some length is not a whole multiple of DIRECT_ALIGN, one stand-in
+    for the whole object rounded up (True). A write's stand-ins hold the views' bytes."""
     if any(v.nbytes % DIRECT_ALIGN for v in views):
-        bounce = memoryview(mmap.mmap(-1, max(-(-total // DIRECT_ALIGN) * DIRECT_ALIGN, DIRECT_ALIGN)))
-        if writing:
-            at = 0
-            for view in views:
-                bounce[at:at + view.nbytes] = view
-                at += view.nbytes
-        return [bounce[:-(-total // DIRECT_ALIGN) * DIRECT_ALIGN]], True
+        size = _round_up(sum(v.nbytes for v in views))
+        bounce = memoryview(mmap.mmap(-1, max(size, DIRECT_ALIGN)))[:size]  # NOTE: anonymous maps are page-aligned
+        at = 0
+        for view in views if writing else ():  # NOTE: the rest of the map is zeros already
+            bounce[at:at + view.nbytes] = view
+            at += view.nbytes
+        return [bounce], True
     stand_ins = []
     for view in views:
         if _aligned(view):
             stand_ins.append(view)
             continue
-        stand_in = memoryview(mmap.mmap(-1, view.nbytes))  # NOTE: anonymous maps are page-aligned
+        stand_in = memoryview(mmap.mmap(-1, view.nbytes))
         if writing:
             stand_in[:] = view
         stand_ins.append(stand_in)
     return stand_ins, False
+
+
+def _round_up(nbytes: int) -> int:
+    return -(-nbytes // DIRECT_ALIGN) * DIRECT_ALIGN
 
 
 def _aligned(view: memoryview) -> bool:
