@@ -164,6 +164,8 @@ def fio_plan(config: StorageBenchConfig) -> tuple[str | None, dict[str, Any]]:
 def _tier_side(config: StorageBenchConfig, store: Any, tier_dir: Path, pool: list[torch.Tensor],
                closers: list[Callable[[], Any]], async_factory: AsyncFactory | None) -> OpSide:
     tier_path = _object_path_fn(store)
+    if config.calibrate:  # NOTE: the python side's op, not get() into a tensor (7 us more an op): a true A/A
+        return OpSide("tier", tier_dir, op_fn=store.run, path_of=tier_path)
     if config.api == "async":
         astore = (async_factory or default_async_factory)(store, config.concurrency)
         closers.insert(0, astore.close)
@@ -179,13 +181,11 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
     Args:
         config: what to run.
         tier_factory: builds the TierStore under test (default: DiskStore; PythonFileTier when
-            `config.calibrate`).
+            `config.calibrate`, whose ops are then the python side's own, so that the run is A/A).
         async_factory: wraps it in its asyncio API when `config.api == "async"` (default: AsyncTier).
     """
     if not config.path.is_dir():
         raise ValueError(f"--path {config.path} is not an existing folder")
-    if config.calibrate:
-        tier_factory = PythonFileTier
     fio_binary, fio_facts = fio_plan(config)
     budget = _budget(config, 2 + len(fio_facts["modes"]))
     run_id = f"kvtier-bench-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -196,7 +196,8 @@ def run_storage_bench(config: StorageBenchConfig, tier_factory: TierFactory | No
     tier_dir.mkdir()
     closers: list[Callable[[], Any]] = [lambda: shutil.rmtree(tier_dir / FIO_DIR, ignore_errors=True)]
     try:
-        store = (tier_factory or default_tier_factory)(config.layout, disk_config)
+        store = PythonFileTier(config.layout, disk_config, pool=pool) if config.calibrate \
+            else (tier_factory or default_tier_factory)(config.layout, disk_config)
         closers.append(store.close)
         check_round_trip(store, config.layout, pool)
         python = PythonFileTier(config.layout, disk_config, suffix=PYTHON_SUFFIX, pool=pool)
