@@ -3,6 +3,8 @@ through an aligned stand-in (tiers/disk/direct.py). CUDA's pinned memory is page
 torch's CPU allocator aligns to 64 bytes only."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 PAGE_BYTES = 4096
@@ -12,10 +14,7 @@ def page_aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, pin_memory: b
     """An uninitialised contiguous CPU tensor whose memory starts on a page."""
     if pin_memory:
         return torch.empty(shape, dtype=dtype, pin_memory=True)
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8)
     skip = -raw.data_ptr() % PAGE_BYTES
     return raw[skip:skip + nbytes].view(dtype).view(shape)

@@ -359,12 +359,11 @@ static void read_one(int root_fd, const char *fanout, const char *name, Parts *p
         out->inode = (unsigned long long)st.st_ino;
         out->regular = S_ISREG(st.st_mode);
         out->size = (long long)st.st_size;
-        if (out->regular && out->size == (long long)want && !direct) {
-            read_iov(fd, parts->iov, parts->iov_count, want, out);
-        } else if (out->regular && out->size == (long long)want) {
+        if (out->regular && out->size == (long long)want) {
             Direct d;
-            out->err = direct_prepare(parts, &d, 0);
-            if (!out->err) {
+            if (!direct) {
+                read_iov(fd, parts->iov, parts->iov_count, want, out);
+            } else if (!(out->err = direct_prepare(parts, &d, 0))) {
                 read_iov(fd, d.iov, d.iov_count, want, out);
                 direct_unload(parts, &d, (size_t)out->got);
                 direct_release(&d);
